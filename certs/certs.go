@@ -1,0 +1,179 @@
+// Package certs provides the stub's serving certificate.
+//
+// A first run needs no certificate: EnsureSelfSigned creates, once, a CA and
+// a serving certificate for the configured host names in the state directory,
+// and reuses them on later starts (re-issuing the serving certificate when the
+// host names change or it nears expiry). Agents pin that CA (the manifest
+// `stub register` prints carries it) and kubeconfigs embed it. An operator's
+// own certificate and key are loaded with LoadPair instead.
+package certs
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/keyhole-dev/keyhole/internal/statefile"
+)
+
+// Bundle is a serving certificate and, for self-signed installs, the CA that
+// clients must trust (nil when the certificate chains to a public root).
+type Bundle struct {
+	Cert  tls.Certificate
+	CAPEM []byte
+}
+
+// LoadPair loads an operator-supplied certificate and key.
+func LoadPair(certFile, keyFile string) (*Bundle, error) {
+	c, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls.certFile %q / tls.keyFile %q: %w", certFile, keyFile, err)
+	}
+	return &Bundle{Cert: c}, nil
+}
+
+// EnsureSelfSigned returns the self-signed bundle in dir for hosts, creating
+// what is missing.
+func EnsureSelfSigned(dir string, hosts []string) (*Bundle, error) {
+	caCrt, caKey := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	srvCrt, srvKey := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	ca, caPriv, caPEM, err := loadCA(caCrt, caKey)
+	if errors.Is(err, os.ErrNotExist) {
+		ca, caPriv, caPEM, err = newCA(caCrt, caKey)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("self-signed CA in %s: %w", dir, err)
+	}
+	pair, err := tls.LoadX509KeyPair(srvCrt, srvKey)
+	if err == nil && covers(pair.Leaf, hosts) && time.Until(pair.Leaf.NotAfter) > 30*24*time.Hour && pair.Leaf.CheckSignatureFrom(ca) == nil {
+		return &Bundle{Cert: pair, CAPEM: caPEM}, nil
+	}
+	pair, err = issue(ca, caPriv, hosts, srvCrt, srvKey)
+	if err != nil {
+		return nil, fmt.Errorf("serving certificate in %s: %w", dir, err)
+	}
+	return &Bundle{Cert: pair, CAPEM: caPEM}, nil
+}
+
+func covers(leaf *x509.Certificate, hosts []string) bool {
+	if leaf == nil {
+		return false
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			if !slices.ContainsFunc(leaf.IPAddresses, ip.Equal) {
+				return false
+			}
+		} else if !slices.Contains(leaf.DNSNames, h) {
+			return false
+		}
+	}
+	return true
+}
+
+func loadCA(crtPath, keyPath string) (*x509.Certificate, *ecdsa.PrivateKey, []byte, error) {
+	crtPEM, err := os.ReadFile(crtPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pair, err := tls.X509KeyPair(crtPEM, keyPEM)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, nil, nil, errors.New("CA key is not ECDSA")
+	}
+	return pair.Leaf, key, crtPEM, nil
+}
+
+func newKey() (*ecdsa.PrivateKey, []byte, error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return n
+}
+
+func newCA(crtPath, keyPath string) (*x509.Certificate, *ecdsa.PrivateKey, []byte, error) {
+	key, keyPEM, err := newKey()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "keyhole self-signed CA " + now.UTC().Format("2006-01-02")},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(10, 0, 0),
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true, MaxPathLenZero: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	crtPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := statefile.WriteAtomic(keyPath, keyPEM, 0o600); err != nil {
+		return nil, nil, nil, err
+	}
+	if err := statefile.WriteAtomic(crtPath, crtPEM, 0o644); err != nil {
+		return nil, nil, nil, err
+	}
+	ca, err := x509.ParseCertificate(der)
+	return ca, key, crtPEM, err
+}
+
+func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, hosts []string, crtPath, keyPath string) (tls.Certificate, error) {
+	key, keyPEM, err := newKey()
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "keyhole stub"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(1, 0, 0),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	crtPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := statefile.WriteAtomic(keyPath, keyPEM, 0o600); err != nil {
+		return tls.Certificate{}, err
+	}
+	if err := statefile.WriteAtomic(crtPath, crtPEM, 0o644); err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(crtPEM, keyPEM)
+}

@@ -1,0 +1,143 @@
+// Command agent runs inside a private cluster: it dials the stub, proves
+// which cluster it serves, and serves the stub's streams by calling its own
+// API server with its ServiceAccount and Impersonate-* headers.
+//
+//	agent --config FILE
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/keyhole-dev/keyhole/config"
+	"github.com/keyhole-dev/keyhole/internal/logging"
+	"github.com/keyhole-dev/keyhole/proxy"
+	"github.com/keyhole-dev/keyhole/tunnel"
+)
+
+var version = "dev"
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the AgentConfig file")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *showVersion {
+		fmt.Println(version)
+		return nil
+	}
+	cfg, err := config.LoadAgent(*cfgPath)
+	if err != nil {
+		return err
+	}
+	log, err := logging.New(cfg.Log.Level)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	log = log.With(zap.String("cluster", cfg.Cluster), zap.String("agent", cfg.AgentID))
+
+	rc, err := restConfig(cfg)
+	if err != nil {
+		return err
+	}
+	stubTLS := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.StubCAFile != "" {
+		pem, err := os.ReadFile(cfg.StubCAFile)
+		if err != nil {
+			return fmt.Errorf("stubCAFile: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("stubCAFile %q: no PEM certificate in it", cfg.StubCAFile)
+		}
+		stubTLS.RootCAs = pool
+	}
+	handler, err := proxy.NewAgent(proxy.AgentConfig{Cluster: cfg.Cluster, Rest: rc, Logger: log.Named("proxy")})
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fp, err := fingerprint(ctx, rc, log)
+	if err != nil {
+		return err
+	}
+	agent, err := tunnel.NewAgent(tunnel.AgentConfig{
+		StubURL: cfg.StubURL, Cluster: cfg.Cluster, AgentID: cfg.AgentID, Fingerprint: fp, Version: version,
+		Secret: func() (string, error) {
+			b, err := os.ReadFile(cfg.JoinSecretFile)
+			return strings.TrimSpace(string(b)), err
+		},
+		TLS: stubTLS, Handler: handler, Logger: log.Named("tunnel"),
+		KeepAliveInterval: cfg.Tunnel.KeepAliveInterval.Duration, KeepAliveTimeout: cfg.Tunnel.KeepAliveTimeout.Duration,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("agent starting", zap.String("stub", cfg.StubURL), zap.String("api_server", rc.Host), zap.String("fingerprint", fp), zap.String("version", version))
+	return agent.Run(ctx)
+}
+
+func restConfig(cfg config.Agent) (*rest.Config, error) {
+	switch {
+	case cfg.Kubeconfig != "":
+		rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %q: %w", cfg.Kubeconfig, err)
+		}
+		return rc, nil
+	case cfg.APIServer.URL != "":
+		return &rest.Config{Host: cfg.APIServer.URL, BearerTokenFile: cfg.APIServer.TokenFile,
+			TLSClientConfig: rest.TLSClientConfig{CAFile: cfg.APIServer.CAFile}}, nil
+	default:
+		rc, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster config: %w (outside a cluster set kubeconfig or apiServer in the config)", err)
+		}
+		return rc, nil
+	}
+}
+
+// fingerprint reads the cluster fingerprint, retrying while the API server
+// is not reachable yet.
+func fingerprint(ctx context.Context, rc *rest.Config, log *zap.Logger) (string, error) {
+	b := tunnel.DefaultBackoff
+	for n := 0; ; n++ {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		fp, err := proxy.Fingerprint(rctx, rc)
+		cancel()
+		if err == nil {
+			return fp, nil
+		}
+		wait := b.Wait(n)
+		log.Warn("cannot read cluster fingerprint yet", zap.Error(err), zap.Duration("retry_in", wait))
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}

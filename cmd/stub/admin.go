@@ -1,0 +1,129 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/keyhole-dev/keyhole/authn"
+	"github.com/keyhole-dev/keyhole/config"
+	"github.com/keyhole-dev/keyhole/install"
+	"github.com/keyhole-dev/keyhole/tunnel"
+)
+
+const defaultImage = "ghcr.io/keyhole-dev/keyhole-agent"
+
+func register(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("stub register", flag.ContinueOnError)
+	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
+	image := fs.String("image", defaultImage+":"+imageTag(), "agent container image")
+	rotate := fs.Bool("rotate", false, "issue a new join secret for an already registered cluster")
+	secretOut := fs.String("secret-out", "", "also write the join secret to this file (mode 0600), for agents run outside a cluster")
+	var labels stringList
+	fs.Var(&labels, "label", "cluster label key=value (repeatable)")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("usage: stub register CLUSTER-ID [--config FILE] [--image IMG] [--label k=v] [--rotate] [--secret-out FILE]")
+	}
+	cfg, err := config.LoadStub(*cfgPath)
+	if err != nil {
+		return err
+	}
+	lm := map[string]string{}
+	for _, l := range labels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("--label %q: want key=value", l)
+		}
+		lm[k] = v
+	}
+	if len(lm) == 0 {
+		lm = nil
+	}
+	bundle, err := loadBundle(cfg)
+	if err != nil {
+		return err
+	}
+	secret, err := tunnel.Register(cfg.ClustersFile(), pos[0], lm, *rotate)
+	if err != nil {
+		return err
+	}
+	if *secretOut != "" {
+		if err := os.WriteFile(*secretOut, []byte(secret+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	manifest, err := install.AgentManifest(install.AgentParams{Cluster: pos[0], StubURL: cfg.PublicURL, StubCAPEM: bundle.CAPEM, JoinSecret: secret, Image: *image})
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(manifest)
+	fmt.Fprintf(stderr, "registered cluster %q. The manifest on stdout holds its join secret (shown only now): apply it in that cluster with `kubectl apply -f -`.\n", pos[0])
+	return err
+}
+
+func kubeconfig(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("stub kubeconfig", flag.ContinueOnError)
+	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
+	user := fs.String("user", "", "user name the clusters' RBAC will see (required)")
+	expires := fs.Duration("expires", 0, "token lifetime, e.g. 720h (default: no expiry)")
+	var groups, only stringList
+	fs.Var(&groups, "group", "group of the user (repeatable)")
+	fs.Var(&only, "cluster", "only this cluster (repeatable; default: every registered cluster)")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if *user == "" {
+		return fmt.Errorf("usage: stub kubeconfig --user NAME [--group G]... [--cluster ID]... [--expires 720h] [--config FILE]")
+	}
+	cfg, err := config.LoadStub(*cfgPath)
+	if err != nil {
+		return err
+	}
+	bundle, err := loadBundle(cfg)
+	if err != nil {
+		return err
+	}
+	cf, err := tunnel.OpenClustersFile(cfg.ClustersFile())
+	if err != nil {
+		return err
+	}
+	ids := []string(only)
+	if len(ids) == 0 {
+		for _, c := range cf.List() {
+			ids = append(ids, c.ID)
+		}
+	}
+	for _, id := range ids {
+		if _, ok := cf.Get(id); !ok {
+			return fmt.Errorf("--cluster %q is not registered (see `stub register`)", id)
+		}
+	}
+	if len(ids) == 0 {
+		return fmt.Errorf("no cluster is registered yet: run `stub register CLUSTER-ID` first")
+	}
+	token, err := authn.AddToken(cfg.TokensFile(), *user, groups, parseExpiry(*expires), "kubeconfig "+time.Now().UTC().Format(time.RFC3339))
+	if err != nil {
+		return err
+	}
+	kc, err := install.Kubeconfig(install.KubeconfigParams{PublicURL: cfg.PublicURL, CAPEM: bundle.CAPEM, Clusters: ids, User: *user, Token: token})
+	if err != nil {
+		return err
+	}
+	_, err = stdout.Write(kc)
+	fmt.Fprintf(stderr, "kubeconfig for %q with contexts %s; its token is stored only as a hash.\n", *user, strings.Join(ids, ", "))
+	return err
+}
+
+func imageTag() string {
+	if version == "dev" {
+		return "latest"
+	}
+	return version
+}

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keyhole-dev/keyhole/authn"
+	"github.com/keyhole-dev/keyhole/certs"
+	"github.com/keyhole-dev/keyhole/config"
+	"github.com/keyhole-dev/keyhole/internal/logging"
+	"github.com/keyhole-dev/keyhole/proxy"
+	"github.com/keyhole-dev/keyhole/tunnel"
+)
+
+func loadBundle(cfg config.Stub) (*certs.Bundle, error) {
+	if cfg.TLS.CertFile != "" {
+		return certs.LoadPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	}
+	return certs.EnsureSelfSigned(cfg.TLSDir(), cfg.TLS.Hosts)
+}
+
+func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
+	cfg, err := config.LoadStub(cfgPath)
+	if err != nil {
+		return err
+	}
+	log, err := logging.New(cfg.Log.Level)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	bundle, err := loadBundle(cfg)
+	if err != nil {
+		return err
+	}
+	clusters, err := tunnel.OpenClustersFile(cfg.ClustersFile())
+	if err != nil {
+		return err
+	}
+	tokens, err := authn.OpenTokenFile(cfg.TokensFile())
+	if err != nil {
+		return err
+	}
+	tsrv, err := tunnel.NewServer(tunnel.ServerConfig{Auth: clusters, Logger: log.Named("tunnel"),
+		KeepAliveInterval: cfg.Tunnel.KeepAliveInterval.Duration, KeepAliveTimeout: cfg.Tunnel.KeepAliveTimeout.Duration})
+	if err != nil {
+		return err
+	}
+	defer tsrv.Close()
+	stub, err := proxy.NewStub(proxy.StubConfig{Dialer: tsrv, Clusters: clusters, Auth: tokens, Logger: log.Named("proxy")})
+	if err != nil {
+		return err
+	}
+	defer stub.Close()
+
+	mux := http.NewServeMux()
+	mux.Handle(tunnel.ConnectPath, tsrv)
+	mux.Handle(proxy.ClustersPrefix, stub)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %q: %w (pick a free port in the config's listen key)", cfg.Listen, err)
+	}
+	srv := &http.Server{
+		Handler: mux,
+		TLSConfig: &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			Certificates: []tls.Certificate{bundle.Cert},
+		},
+		// No ReadTimeout or WriteTimeout: watches, logs -f, exec and
+		// port-forward live as long as the client wants. Liveness comes
+		// from TCP, HTTP/2 pings and yamux keepalive instead.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    1 << 20,
+		ErrorLog:          zap.NewStdLog(log.Named("http")),
+	}
+	caNote := "certificate: " + cfg.TLS.CertFile
+	if bundle.CAPEM != nil {
+		caNote = "self-signed CA: " + cfg.TLSDir() + "/ca.crt"
+	}
+	log.Info("stub listening", zap.String("addr", ln.Addr().String()), zap.String("public_url", cfg.PublicURL),
+		zap.String("state_dir", cfg.StateDir), zap.String("version", version))
+	fmt.Fprintf(stderr, `
+Keyhole stub is up on %s (listening on %s; %s).
+Next steps:
+  1. register a cluster and install its agent there:
+       go run ./cmd/stub register my-cluster%s > agent.yaml && kubectl apply -f agent.yaml
+  2. give yourself a kubeconfig:
+       go run ./cmd/stub kubeconfig --user you@example.com%s > keyhole.kubeconfig
+       kubectl --kubeconfig keyhole.kubeconfig get ns
+
+`, cfg.PublicURL, ln.Addr(), caNote, cfgFlag(cfgPath), cfgFlag(cfgPath))
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("shutdown", zap.Error(err))
+	}
+	srv.Close()
+	return nil
+}
+
+func cfgFlag(p string) string {
+	if p == "" {
+		return ""
+	}
+	return " --config " + p
+}

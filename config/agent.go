@@ -1,0 +1,99 @@
+package config
+
+import (
+	"net/url"
+	"os"
+	"time"
+)
+
+// Agent is the agent's configuration (kind AgentConfig).
+type Agent struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	// StubURL is the stub's public https URL.
+	StubURL string `json:"stubURL"`
+	// Cluster is the ID this cluster was registered under.
+	Cluster string `json:"cluster"`
+	// AgentID names this replica; default $POD_NAME, else the host name.
+	AgentID string `json:"agentID"`
+	// JoinSecretFile holds the join secret `stub register` printed.
+	JoinSecretFile string `json:"joinSecretFile"`
+	// StubCAFile pins the CA of the stub's certificate; empty means the
+	// system roots.
+	StubCAFile string `json:"stubCAFile"`
+	// Kubeconfig reaches the API server from outside the cluster; empty
+	// means in-cluster (ServiceAccount token and CA from the pod).
+	Kubeconfig string `json:"kubeconfig"`
+	// APIServer overrides the in-cluster defaults (used by tests and by
+	// agents that run beside, not inside, a cluster).
+	APIServer APIServer `json:"apiServer"`
+	Tunnel    TunnelCfg `json:"tunnel"`
+	Log       Log       `json:"log"`
+}
+
+// APIServer names the API server and the files of the agent's credentials.
+// The token file is re-read as it rotates.
+type APIServer struct {
+	URL       string `json:"url"`
+	TokenFile string `json:"tokenFile"`
+	CAFile    string `json:"caFile"`
+}
+
+// DefaultAgent returns the agent defaults.
+func DefaultAgent() Agent {
+	return Agent{
+		APIVersion: APIVersion, Kind: "AgentConfig",
+		JoinSecretFile: "/etc/keyhole/join-secret",
+		Tunnel:         TunnelCfg{KeepAliveInterval: Duration{5 * time.Second}, KeepAliveTimeout: Duration{5 * time.Second}},
+		Log:            Log{Level: "info"},
+	}
+}
+
+// LoadAgent reads path (required), applies defaults and validates.
+func LoadAgent(path string) (Agent, error) {
+	c := DefaultAgent()
+	if path == "" {
+		return c, errorf("config: the agent needs --config: a %s AgentConfig file (`stub register` prints one)", APIVersion)
+	}
+	data, err := readFile(path)
+	if err != nil {
+		return c, err
+	}
+	if err := decode(path, data, "AgentConfig", &c); err != nil {
+		return c, err
+	}
+	return c, c.validate(path)
+}
+
+func (c *Agent) validate(path string) error {
+	var p problems
+	if u, err := url.Parse(c.StubURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		p.addf("stubURL: %q must be the stub's https:// URL, e.g. \"https://keyhole.example.com\"", c.StubURL)
+	}
+	if c.Cluster == "" {
+		p.addf("cluster: must be the ID the cluster was registered under (`stub register <id>`)")
+	}
+	if c.AgentID == "" {
+		c.AgentID = os.Getenv("POD_NAME")
+	}
+	if c.AgentID == "" {
+		c.AgentID, _ = os.Hostname()
+	}
+	if c.JoinSecretFile == "" {
+		p.addf("joinSecretFile: must name the file holding the join secret")
+	}
+	if c.Kubeconfig != "" && c.APIServer.URL != "" {
+		p.addf("kubeconfig %q and apiServer.url %q: give one of them, not both", c.Kubeconfig, c.APIServer.URL)
+	}
+	if c.APIServer.URL != "" {
+		if u, err := url.Parse(c.APIServer.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+			p.addf("apiServer.url: %q must be an https:// URL", c.APIServer.URL)
+		}
+		if c.APIServer.TokenFile == "" {
+			p.addf("apiServer.tokenFile: required with apiServer.url (the agent's ServiceAccount token)")
+		}
+	}
+	checkTunnel(&p, c.Tunnel)
+	checkLevel(&p, c.Log.Level)
+	return p.err(path)
+}

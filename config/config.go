@@ -1,0 +1,130 @@
+// Package config is the schema of the stub's and the agent's configuration
+// files: one versioned YAML document each, decoded strictly (an unknown or
+// misspelt key is an error), defaulted, and validated with messages that
+// name the key, the value and the fix. Secrets are never values here, only
+// paths of files that hold them.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// APIVersion is the version every config file must declare.
+const APIVersion = "keyhole.dev/v1alpha1"
+
+// Duration is a time.Duration written as "5s" or "1m30s".
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON accepts a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration string such as \"5s\", got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("want a duration such as \"5s\", got %q", s)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+var (
+	unknownField = regexp.MustCompile(`unknown field "([^"]+)"`)
+	typeError    = regexp.MustCompile(`cannot unmarshal (\w+) into Go struct field \w+\.(\S+) of type (\S+)`)
+)
+
+// decode reads one strict YAML document of the given kind into v (a pointer
+// to a struct already holding defaults).
+func decode(path string, data []byte, kind string, v any) error {
+	var head struct {
+		APIVersion string `json:"apiVersion"`
+		Kind       string `json:"kind"`
+	}
+	if err := yaml.Unmarshal(data, &head); err != nil {
+		return fmt.Errorf("config %s: not valid YAML: %v", path, err)
+	}
+	if head.APIVersion != APIVersion || head.Kind != kind {
+		return fmt.Errorf("config %s: apiVersion %q, kind %q: this file must start with\n  apiVersion: %s\n  kind: %s", path, head.APIVersion, head.Kind, APIVersion, kind)
+	}
+	if err := yaml.UnmarshalStrict(data, v); err != nil {
+		msg := err.Error()
+		if m := unknownField.FindStringSubmatch(msg); m != nil {
+			return fmt.Errorf("config %s: unknown key %q: check its spelling; the keys of %s are %s", path, m[1], kind, strings.Join(jsonKeys(reflect.TypeOf(v).Elem(), ""), ", "))
+		}
+		if m := typeError.FindStringSubmatch(msg); m != nil {
+			return fmt.Errorf("config %s: key %q: got a %s, want a %s", path, m[2], m[1], m[3])
+		}
+		if i := strings.LastIndex(msg, "json: "); i >= 0 {
+			msg = msg[i+len("json: "):]
+		}
+		return fmt.Errorf("config %s: %s", path, msg)
+	}
+	return nil
+}
+
+// jsonKeys lists the dotted keys of struct type t.
+func jsonKeys(t reflect.Type, prefix string) []string {
+	var out []string
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		ft := f.Type
+		if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(Duration{}) {
+			out = append(out, jsonKeys(ft, prefix+name+".")...)
+			continue
+		}
+		out = append(out, prefix+name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// readFile reads path; "" means "no file" (embedded defaults).
+func readFile(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w (give --config the path of a %s file, or leave it out for the defaults)", err, APIVersion)
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("config %s: file is empty", path)
+	}
+	return data, nil
+}
+
+// problems collects validation errors.
+type problems []error
+
+func (p *problems) addf(format string, a ...any) { *p = append(*p, fmt.Errorf(format, a...)) }
+func (p problems) err(path string) error {
+	if len(p) == 0 {
+		return nil
+	}
+	where := "defaults"
+	if path != "" {
+		where = path
+	}
+	return fmt.Errorf("config %s is not valid:\n%w", where, errors.Join(p...))
+}
+
+func errorf(format string, a ...any) error { return fmt.Errorf(format, a...) }

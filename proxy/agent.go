@@ -1,0 +1,144 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+
+	"go.uber.org/zap"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/keyhole-dev/keyhole/authn"
+	"github.com/keyhole-dev/keyhole/internal/kubestatus"
+)
+
+// AgentConfig configures the agent hop.
+type AgentConfig struct {
+	// Cluster is this cluster's ID, used in messages.
+	Cluster string
+	// Rest reaches the local API server with the agent's own credentials
+	// (in-cluster ServiceAccount or a kubeconfig).
+	Rest   *rest.Config
+	Logger *zap.Logger
+}
+
+// Agent is the http.Handler the agent serves on tunnel streams.
+type Agent struct {
+	cfg     AgentConfig
+	log     *zap.Logger
+	plain   *httputil.ReverseProxy // HTTP/2 when the API server offers it
+	upgrade *httputil.ReverseProxy // HTTP/1.1 only
+	target  *url.URL
+}
+
+// NewAgent builds the two transports from cfg.Rest.
+func NewAgent(cfg AgentConfig) (*Agent, error) {
+	if cfg.Rest == nil {
+		return nil, errors.New("proxy: AgentConfig.Rest is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	target, err := url.Parse(cfg.Rest.Host)
+	if err != nil || target.Host == "" {
+		return nil, fmt.Errorf("API server URL %q is not a URL", cfg.Rest.Host)
+	}
+	if target.Scheme == "" {
+		target.Scheme = "https"
+	}
+	plainRT, err := rest.TransportFor(cfg.Rest)
+	if err != nil {
+		return nil, fmt.Errorf("API server transport: %w", err)
+	}
+	up := rest.CopyConfig(cfg.Rest)
+	up.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	upRT, err := rest.TransportFor(up)
+	if err != nil {
+		return nil, fmt.Errorf("API server transport (upgrades): %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Logger, target: target}
+	mk := func(rt http.RoundTripper) *httputil.ReverseProxy {
+		return &httputil.ReverseProxy{
+			Rewrite:       a.rewrite,
+			Transport:     rt,
+			FlushInterval: -1,
+			BufferPool:    newBufferPool(),
+			ErrorHandler:  a.proxyError,
+			ErrorLog:      zap.NewStdLog(cfg.Logger.Named("reverseproxy")),
+		}
+	}
+	a.plain, a.upgrade = mk(plainRT), mk(upRT)
+	return a, nil
+}
+
+// ServeHTTP impersonates the caller named by the stub and forwards.
+func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	user := r.Header.Get(HeaderUser)
+	groups := r.Header.Values(HeaderGroup)
+	log := a.log.With(zap.String("request_id", r.Header.Get(HeaderRequestID)), zap.String("user", user))
+	if user == "" {
+		// Fail closed: never forward a request with the agent's own rights.
+		log.Warn("request without caller identity refused")
+		kubestatus.Write(w, kubestatus.Forbidden("agent: request carries no caller identity"))
+		return
+	}
+	if err := authn.ValidateIdentity(user, groups); err != nil {
+		log.Warn("identity refused by agent", zap.Error(err))
+		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("cluster %q refuses this identity: %v", a.cfg.Cluster, err)))
+		return
+	}
+	out := r.Clone(r.Context())
+	h := out.Header
+	h.Del("Authorization") // client-go's bearer round tripper keeps one if present
+	h.Del("Proxy-Authorization")
+	h.Del("Cookie")
+	deletePrefix(h, "Impersonate-")
+	deletePrefix(h, identityPrefix)
+	h.Set("Impersonate-User", user)
+	for _, g := range groups {
+		h.Add("Impersonate-Group", g)
+	}
+	if httpstream.IsUpgradeRequest(r) {
+		a.upgrade.ServeHTTP(w, out)
+		return
+	}
+	a.plain.ServeHTTP(w, out)
+}
+
+func (a *Agent) rewrite(pr *httputil.ProxyRequest) {
+	pr.SetURL(a.target)
+	// The stub set X-Forwarded-For from the real client; keep it so the API
+	// server's audit log shows the caller's address.
+	if xff := pr.In.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+		pr.Out.Header["X-Forwarded-For"] = xff
+	}
+}
+
+func (a *Agent) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return // the stub or its client went away
+	}
+	a.log.Warn("API server request failed", zap.Error(err))
+	kubestatus.Write(w, kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q: the agent cannot reach its API server: %v", a.cfg.Cluster, err)))
+}
+
+// Fingerprint returns the UID of the kube-system namespace, which tells one
+// cluster from another whatever ID they were registered under.
+func Fingerprint(ctx context.Context, cfg *rest.Config) (string, error) {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return "", err
+	}
+	ns, err := cs.CoreV1().Namespaces().Get(ctx, "kube-system", metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read the kube-system namespace for the cluster fingerprint: %w", err)
+	}
+	return strings.TrimSpace(string(ns.UID)), nil
+}

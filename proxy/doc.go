@@ -1,0 +1,36 @@
+// Package proxy holds the two HTTP hops of Keyhole.
+//
+// The stub hop (Stub) receives kubectl's request at /clusters/{id}/…,
+// authenticates the caller, refuses what a caller may not send
+// (Impersonate-*), strips Authorization, cookies and any Keyhole-* identity
+// header, attaches the caller's identity as Keyhole-User / Keyhole-Group, and
+// forwards the request with an http.Transport whose connections are tunnel
+// streams to an agent of that cluster. Connections are kept alive, so a
+// client's keep-alive connection rides one long-lived stream.
+//
+// The agent hop (Agent) serves those streams. It turns the identity headers
+// into Impersonate-User / Impersonate-Group, lets client-go's transport add
+// the agent's own ServiceAccount token (re-read as it rotates), and forwards
+// to the API server: over HTTP/2 for plain requests, over HTTP/1.1 for
+// upgrades, because SPDY and WebSocket upgrades cannot ride HTTP/2.
+//
+// Upgrades (exec, attach, port-forward, cp; SPDY and WebSocket) are proxied by
+// httputil.ReverseProxy: after the 101 both hops copy bytes in both
+// directions and pass half-close on (a tunnel stream's CloseWrite is a yamux
+// FIN). Responses are flushed as they are written (FlushInterval -1), so
+// watches and logs -f are never buffered, and neither hop sets a timeout that
+// would cut a long stream.
+//
+// Every failure the caller can see is a Kubernetes Status with the right code
+// (401, 403, 404, 502, 503), so kubectl prints it readably.
+package proxy
+
+// Headers that carry the caller's identity from the stub to the agent. The
+// stub deletes any a caller sends before setting its own; the agent deletes
+// them before calling the API server.
+const (
+	HeaderUser      = "Keyhole-User"
+	HeaderGroup     = "Keyhole-Group"
+	HeaderRequestID = "Keyhole-Request-Id"
+	identityPrefix  = "Keyhole-"
+)

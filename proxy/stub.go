@@ -1,0 +1,206 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keyhole-dev/keyhole/authn"
+	"github.com/keyhole-dev/keyhole/internal/kubestatus"
+	"github.com/keyhole-dev/keyhole/tunnel"
+)
+
+// ClusterDialer opens a connection to an agent of a cluster
+// (*tunnel.Server).
+type ClusterDialer interface {
+	DialCluster(ctx context.Context, cluster string) (net.Conn, error)
+}
+
+// ClusterRegistry tells whether a cluster ID is registered
+// (*tunnel.ClustersFile).
+type ClusterRegistry interface {
+	Get(id string) (tunnel.ClusterEntry, bool)
+}
+
+// TokenAuthenticator maps a bearer token to a user (*authn.TokenFile).
+type TokenAuthenticator interface {
+	AuthenticateToken(token string) (*authn.User, error)
+}
+
+// StubConfig configures the stub hop.
+type StubConfig struct {
+	Dialer   ClusterDialer
+	Clusters ClusterRegistry
+	Auth     TokenAuthenticator
+	Logger   *zap.Logger
+}
+
+// Stub is the http.Handler for /clusters/{id}/….
+type Stub struct {
+	cfg StubConfig
+	log *zap.Logger
+	rp  *httputil.ReverseProxy
+	tr  *http.Transport
+}
+
+// ClustersPrefix is the path under which every cluster is served.
+const ClustersPrefix = "/clusters/"
+
+type ctxKey int
+
+const clusterKey ctxKey = 0
+
+// NewStub validates cfg and builds the handler.
+func NewStub(cfg StubConfig) (*Stub, error) {
+	if cfg.Dialer == nil || cfg.Clusters == nil || cfg.Auth == nil {
+		return nil, errors.New("proxy: StubConfig needs Dialer, Clusters and Auth")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	s := &Stub{cfg: cfg, log: cfg.Logger}
+	s.tr = &http.Transport{
+		// The "host" of an outbound URL is the cluster ID; each connection is
+		// a tunnel stream to one of its agents.
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				host = addr
+			}
+			return cfg.Dialer.DialCluster(ctx, host)
+		},
+		MaxIdleConns:        0, // no global cap; per cluster below
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true, // pass the API server's encoding through untouched
+		ReadBufferSize:      64 << 10,
+		WriteBufferSize:     64 << 10,
+	}
+	s.rp = &httputil.ReverseProxy{
+		Rewrite:       s.rewrite,
+		Transport:     s.tr,
+		FlushInterval: -1,
+		BufferPool:    newBufferPool(),
+		ErrorHandler:  s.proxyError,
+		ErrorLog:      zap.NewStdLog(cfg.Logger.Named("reverseproxy")),
+	}
+	return s, nil
+}
+
+// Close closes idle tunnel connections.
+func (s *Stub) Close() { s.tr.CloseIdleConnections() }
+
+// ParseClusterPath splits /clusters/{id}/rest into id and /rest.
+func ParseClusterPath(p string) (id, rest string, ok bool) {
+	tail, ok := strings.CutPrefix(p, ClustersPrefix)
+	if !ok {
+		return "", "", false
+	}
+	id, rest, _ = strings.Cut(tail, "/")
+	if !tunnel.ValidClusterID(id) {
+		return "", "", false
+	}
+	return id, "/" + rest, true
+}
+
+func newRequestID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	reqID := newRequestID()
+	w.Header().Set(HeaderRequestID, reqID)
+	log := s.log.With(zap.String("request_id", reqID), zap.String("remote_addr", r.RemoteAddr))
+
+	token, hasToken := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !hasToken || token == "" {
+		log.Info("request refused: no bearer token", zap.String("path", r.URL.Path))
+		kubestatus.Write(w, kubestatus.Unauthorized("no bearer token: use a kubeconfig from `stub kubeconfig`"))
+		return
+	}
+	user, err := s.cfg.Auth.AuthenticateToken(token)
+	if err != nil {
+		log.Info("request refused: invalid token", zap.String("path", r.URL.Path))
+		kubestatus.Write(w, kubestatus.Unauthorized("the bearer token is not valid (unknown, expired or revoked)"))
+		return
+	}
+	log = log.With(zap.String("user", user.Name))
+	cluster, rest, ok := ParseClusterPath(r.URL.Path)
+	if !ok {
+		kubestatus.Write(w, kubestatus.NotFound(fmt.Sprintf("no cluster in path %q: expected %s{cluster-id}/…", r.URL.Path, ClustersPrefix)))
+		return
+	}
+	log = log.With(zap.String("cluster", cluster))
+	if _, ok := s.cfg.Clusters.Get(cluster); !ok {
+		log.Info("request refused: unknown cluster")
+		kubestatus.Write(w, kubestatus.NotFound(fmt.Sprintf("cluster %q is not registered at this gateway", cluster)))
+		return
+	}
+	if hasPrefixHeader(r.Header, "Impersonate-") {
+		log.Info("request refused: caller sent Impersonate-* headers")
+		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("cluster %q: impersonation (kubectl --as/--as-group) is not allowed through this gateway", cluster)))
+		return
+	}
+
+	out := r.Clone(context.WithValue(r.Context(), clusterKey, cluster))
+	out.URL.Path, out.URL.RawPath = rest, ""
+	h := out.Header
+	h.Del("Authorization")
+	h.Del("Cookie")
+	h.Del("Proxy-Authorization")
+	deletePrefix(h, identityPrefix)
+	h.Set(HeaderUser, user.Name)
+	for _, g := range user.Groups {
+		h.Add(HeaderGroup, g)
+	}
+	h.Set(HeaderRequestID, reqID)
+
+	s.rp.ServeHTTP(w, out)
+	if ce := log.Check(zap.DebugLevel, "request"); ce != nil {
+		ce.Write(zap.String("method", r.Method), zap.String("path", rest), zap.Duration("latency", time.Since(start)))
+	}
+}
+
+func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
+	cluster, _ := pr.In.Context().Value(clusterKey).(string)
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = cluster
+	pr.Out.Host = cluster
+	pr.SetXForwarded()
+}
+
+func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	cluster, _ := r.Context().Value(clusterKey).(string)
+	switch {
+	case errors.Is(err, tunnel.ErrNoAgent):
+		kubestatus.Write(w, kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q has no connected agent", cluster)))
+	case r.Context().Err() != nil:
+		// The client left; there is nobody to answer.
+		s.log.Debug("client went away", zap.String("cluster", cluster), zap.Error(err))
+	default:
+		s.log.Warn("forward to agent failed", zap.String("cluster", cluster), zap.Error(err))
+		kubestatus.Write(w, kubestatus.BadGateway(fmt.Sprintf("cluster %q: the connection to its agent failed: %v", cluster, err)))
+	}
+}
+
+// bufferPool shares 32 KiB copy buffers between requests.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
+func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }

@@ -1,0 +1,156 @@
+package tunnel
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/keyhole-dev/keyhole/internal/statefile"
+)
+
+// ClustersFile is the stub's list of registered clusters: for each, the
+// SHA-256 of its join secret and its labels. The secret itself is shown once,
+// at registration, and never stored. The file is re-read when it changes, so
+// `stub register` takes effect on a running stub.
+type ClustersFile struct {
+	file *statefile.File[map[string]ClusterEntry]
+}
+
+// ClusterEntry is one registered cluster.
+type ClusterEntry struct {
+	ID           string            `json:"id"`
+	SecretSHA256 string            `json:"secretSHA256"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	Registered   time.Time         `json:"registered"`
+}
+
+type clustersDoc struct {
+	APIVersion string         `json:"apiVersion"`
+	Kind       string         `json:"kind"`
+	Clusters   []ClusterEntry `json:"clusters"`
+}
+
+const (
+	clustersAPIVersion = "keyhole.dev/v1alpha1"
+	clustersKind       = "Clusters"
+	secretPrefix       = "khj_"
+)
+
+func parseClusters(data []byte) (map[string]ClusterEntry, error) {
+	out := map[string]ClusterEntry{}
+	if len(data) == 0 {
+		return out, nil
+	}
+	var doc clustersDoc
+	if err := yaml.UnmarshalStrict(data, &doc); err != nil {
+		return nil, err
+	}
+	if doc.APIVersion != clustersAPIVersion || doc.Kind != clustersKind {
+		return nil, fmt.Errorf("apiVersion/kind %q/%q: want %s/%s", doc.APIVersion, doc.Kind, clustersAPIVersion, clustersKind)
+	}
+	for i, c := range doc.Clusters {
+		if !ValidClusterID(c.ID) {
+			return nil, fmt.Errorf("clusters[%d].id %q: must be a DNS label", i, c.ID)
+		}
+		if h, err := hex.DecodeString(c.SecretSHA256); err != nil || len(h) != sha256.Size {
+			return nil, fmt.Errorf("clusters[%d].secretSHA256: want 64 hex digits", i)
+		}
+		if _, dup := out[c.ID]; dup {
+			return nil, fmt.Errorf("clusters[%d].id %q: registered twice", i, c.ID)
+		}
+		out[c.ID] = c
+	}
+	return out, nil
+}
+
+// OpenClustersFile loads path; a missing file means no clusters yet.
+func OpenClustersFile(path string) (*ClustersFile, error) {
+	f, err := statefile.Open(path, parseClusters)
+	if err != nil {
+		return nil, fmt.Errorf("clusters file: %w", err)
+	}
+	return &ClustersFile{file: f}, nil
+}
+
+// Get returns the registered cluster id.
+func (c *ClustersFile) Get(id string) (ClusterEntry, bool) {
+	e, ok := c.file.Get()[id]
+	return e, ok
+}
+
+// List returns every registered cluster.
+func (c *ClustersFile) List() []ClusterEntry {
+	m := c.file.Get()
+	out := make([]ClusterEntry, 0, len(m))
+	for _, e := range m {
+		out = append(out, e)
+	}
+	return out
+}
+
+// AuthenticateAgent implements Authenticator.
+func (c *ClustersFile) AuthenticateAgent(cluster, secret string) error {
+	e, ok := c.Get(cluster)
+	if !ok {
+		return ErrUnknownCluster
+	}
+	want, _ := hex.DecodeString(e.SecretSHA256)
+	got := sha256.Sum256([]byte(secret))
+	if subtle.ConstantTimeCompare(want, got[:]) != 1 {
+		return ErrBadSecret
+	}
+	return nil
+}
+
+// Register adds cluster id (or, with rotate, replaces its secret) in the
+// file at path and returns the new join secret.
+func Register(path, id string, labels map[string]string, rotate bool) (string, error) {
+	if !ValidClusterID(id) {
+		return "", fmt.Errorf("cluster ID %q must be a DNS label: lower-case letters, digits and '-', at most 63", id)
+	}
+	doc := clustersDoc{APIVersion: clustersAPIVersion, Kind: clustersKind}
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if _, err := parseClusters(data); err != nil {
+			return "", fmt.Errorf("clusters file %s: %w", path, err)
+		}
+		_ = yaml.Unmarshal(data, &doc)
+	case !errors.Is(err, os.ErrNotExist):
+		return "", err
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	secret := secretPrefix + base64.RawURLEncoding.EncodeToString(b)
+	sum := sha256.Sum256([]byte(secret))
+	entry := ClusterEntry{ID: id, SecretSHA256: hex.EncodeToString(sum[:]), Labels: labels, Registered: time.Now().UTC().Truncate(time.Second)}
+	found := false
+	for i := range doc.Clusters {
+		if doc.Clusters[i].ID == id {
+			if !rotate {
+				return "", fmt.Errorf("cluster %q is already registered (use --rotate to issue a new join secret)", id)
+			}
+			entry.Labels, entry.Registered = doc.Clusters[i].Labels, doc.Clusters[i].Registered
+			doc.Clusters[i] = entry
+			found = true
+		}
+	}
+	if !found {
+		doc.Clusters = append(doc.Clusters, entry)
+	}
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		return "", err
+	}
+	return secret, statefile.WriteAtomic(path, out, 0o600)
+}

@@ -1,0 +1,65 @@
+package tunnel
+
+import (
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Stream is one yamux stream as a net.Conn with half-close.
+//
+// CloseWrite sends FIN (yamux's Close is already a half-close: reads keep
+// working until the peer closes too). Close ends the stream for us: it sends
+// FIN if not yet sent and then discards whatever the peer still sends until
+// the peer closes, for at most 30 s. hashicorp/yamux has no stream reset, so
+// without that drain a peer blocked writing into a full window would wait for
+// the five-minute StreamCloseTimeout; with it, the peer's writes complete, its
+// next read sees our FIN and it closes its side promptly.
+type Stream struct {
+	*yamux.Stream
+	once    sync.Once
+	onClose func()
+}
+
+func newStream(s *yamux.Stream, onClose func()) *Stream {
+	return &Stream{Stream: s, onClose: onClose}
+}
+
+// CloseWrite half-closes the stream: the peer reads EOF, we can still read.
+func (s *Stream) CloseWrite() error { return s.Stream.Close() }
+
+// Close closes the stream in both directions. It is safe to call more than
+// once and after CloseWrite.
+func (s *Stream) Close() error {
+	var err error
+	s.once.Do(func() {
+		err = s.Stream.Close()
+		if s.onClose != nil {
+			s.onClose()
+		}
+		_ = s.Stream.SetReadDeadline(time.Now().Add(drainTimeout))
+		// The drain goroutine is owned by the stream and ends on the peer's
+		// FIN, a reset, the session's end or the deadline, whichever is first.
+		go func() { _, _ = io.Copy(io.Discard, s.Stream) }()
+	})
+	return err
+}
+
+var _ net.Conn = (*Stream)(nil)
+
+// listener serves a session's incoming streams as a net.Listener whose
+// connections support CloseWrite.
+type listener struct{ sess *yamux.Session }
+
+func (l listener) Accept() (net.Conn, error) {
+	st, err := l.sess.AcceptStream()
+	if err != nil {
+		return nil, err
+	}
+	return newStream(st, nil), nil
+}
+func (l listener) Close() error   { return l.sess.Close() }
+func (l listener) Addr() net.Addr { return l.sess.Addr() }

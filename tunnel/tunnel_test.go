@@ -1,0 +1,399 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type secrets map[string]string
+
+func (s secrets) AuthenticateAgent(cluster, secret string) error {
+	want, ok := s[cluster]
+	if !ok {
+		return ErrUnknownCluster
+	}
+	if subtle.ConstantTimeCompare([]byte(want), []byte(secret)) != 1 {
+		return ErrBadSecret
+	}
+	return nil
+}
+
+// env is a stub (httptest TLS server with the tunnel handler) plus helpers to
+// start agents against it.
+type env struct {
+	t    *testing.T
+	srv  *Server
+	ts   *httptest.Server
+	pool *x509.CertPool
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	srv, err := NewServer(ServerConfig{Auth: secrets{"c1": "s3cret", "c2": "other"}, Logger: zaptest.NewLogger(t),
+		KeepAliveInterval: 200 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(srv)
+	ts.EnableHTTP2 = true
+	ts.StartTLS()
+	pool := x509.NewCertPool()
+	pool.AddCert(ts.Certificate())
+	e := &env{t: t, srv: srv, ts: ts, pool: pool}
+	t.Cleanup(func() {
+		srv.Close()
+		ts.Close()
+	})
+	return e
+}
+
+func (e *env) agentConfig(cluster, id, fp, secret string, h http.Handler) AgentConfig {
+	return AgentConfig{
+		StubURL: e.ts.URL, Cluster: cluster, AgentID: id, Fingerprint: fp,
+		Secret:  func() (string, error) { return secret, nil },
+		TLS:     &tls.Config{RootCAs: e.pool},
+		Proxy:   func(*http.Request) (*url.URL, error) { return nil, nil },
+		Handler: h, Logger: zaptest.NewLogger(e.t),
+		KeepAliveInterval: 200 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond,
+		Backoff: Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond, StableAfter: time.Second},
+	}
+}
+
+// startAgent runs an agent until the test ends and waits until registered.
+func (e *env) startAgent(cluster, id, fp string, h http.Handler) context.CancelFunc {
+	e.t.Helper()
+	a, err := NewAgent(e.agentConfig(cluster, id, fp, map[string]string{"c1": "s3cret", "c2": "other"}[cluster], h))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	e.t.Cleanup(stop)
+	e.waitAgents(cluster, func(n int) bool {
+		for _, ai := range e.srv.Agents(cluster) {
+			if ai.ID == id {
+				return true
+			}
+		}
+		return false
+	})
+	return stop
+}
+
+func (e *env) waitAgents(cluster string, ok func(int) bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok(len(e.srv.Agents(cluster))) {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timed out waiting for agents of %s; have %v", cluster, e.srv.Agents(cluster))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func echoAgent(name string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Agent", name)
+		_, _ = io.Copy(w, r.Body)
+	})
+}
+
+// client is an HTTP client whose connections are tunnel streams to cluster.
+func (e *env) client(cluster string) *http.Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return e.srv.DialCluster(ctx, cluster)
+	}}
+	e.t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+func TestRoundTripAndSpread(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent("c1", "a1", "fp", echoAgent("a1"))
+	e.startAgent("c1", "a2", "fp", echoAgent("a2"))
+	seen := map[string]int{}
+	for i := 0; i < 20; i++ {
+		// A fresh transport each time, so each request dials a new stream.
+		c := e.client("c1")
+		resp, err := c.Post("http://c1/", "text/plain", strings.NewReader("ping"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "ping" {
+			t.Fatalf("body %q", b)
+		}
+		seen[resp.Header.Get("X-Agent")]++
+		c.Transport.(*http.Transport).CloseIdleConnections()
+	}
+	if seen["a1"] == 0 || seen["a2"] == 0 {
+		t.Fatalf("streams not spread over agents: %v", seen)
+	}
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent("c1", "a1", "fp-A", echoAgent("a1"))
+	cases := []struct {
+		name, cluster, fp, secret string
+		want                      string
+	}{
+		{"wrong secret", "c1", "fp-A", "nope", "401"},
+		{"empty secret", "c1", "fp-A", "", "401"},
+		{"unknown cluster", "zz", "fp-A", "x", "404"},
+		{"fingerprint mismatch", "c1", "fp-B", "s3cret", "409"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := NewAgent(e.agentConfig(tc.cluster, "x1", tc.fp, tc.secret, echoAgent("x")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = a.Dial(context.Background())
+			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want refusal %s, got %v", tc.want, err)
+			}
+		})
+	}
+	if n := len(e.srv.Agents("c1")); n != 1 {
+		t.Fatalf("refused agents changed the registry: %d agents", n)
+	}
+}
+
+func TestGarbageOnStubPort(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent("c1", "a1", "fp", echoAgent("a1"))
+	addr := e.ts.Listener.Addr().String()
+	inputs := [][]byte{
+		[]byte("\x00\x01\x02garbage\r\n\r\n"),
+		[]byte("GET " + ConnectPath + " HTTP/1.1\r\nHost: x\r\n"), // half a handshake, then hang up
+		bytes.Repeat([]byte("A"), 64<<10),
+	}
+	for _, in := range inputs {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		_, _ = c.Write(in)
+		_, _ = io.Copy(io.Discard, c)
+		c.Close()
+	}
+	// Plain TLS, valid HTTP, no upgrade.
+	tc := e.ts.Client()
+	resp, err := tc.Get(e.ts.URL + ConnectPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("plain GET on connect path: %d", resp.StatusCode)
+	}
+	// The connected agent still serves.
+	r, err := e.client("c1").Post("http://c1/", "", strings.NewReader("ok"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+}
+
+func TestNoAgent(t *testing.T) {
+	e := newEnv(t)
+	_, err := e.srv.DialCluster(context.Background(), "c1")
+	if !errors.Is(err, ErrNoAgent) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// A session whose agent stops answering (no FIN, no RST) is dropped by
+// keepalive; the remaining agent keeps serving.
+func TestVanishedAgentDetected(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent("c1", "good", "fp", echoAgent("good"))
+	// A raw agent: handshake, then never read or write again.
+	a, _ := NewAgent(e.agentConfig("c1", "silent", "fp", "s3cret", echoAgent("x")))
+	conn := dialRaw(t, e, a)
+	defer conn.Close()
+	e.waitAgents("c1", func(n int) bool { return n == 2 })
+	start := time.Now()
+	e.waitAgents("c1", func(n int) bool { return n == 1 })
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("vanished agent noticed after %v", d)
+	}
+	if got := e.srv.Agents("c1")[0].ID; got != "good" {
+		t.Fatalf("wrong agent left: %s", got)
+	}
+}
+
+// dialRaw does the agent handshake by hand and returns the raw connection.
+func dialRaw(t *testing.T, e *env, a *Agent) net.Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", e.ts.Listener.Addr().String(), &tls.Config{RootCAs: e.pool, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: %s\r\nAuthorization: Bearer s3cret\r\n%s: %s\r\n%s: %s\r\n%s: %s\r\n\r\n",
+		ConnectPath, UpgradeProtocol, HeaderCluster, a.cfg.Cluster, HeaderAgent, a.cfg.AgentID, HeaderFingerprint, a.cfg.Fingerprint)
+	buf := make([]byte, 12)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "HTTP/1.1 101" {
+		t.Fatalf("handshake: %q %v", buf, err)
+	}
+	return c
+}
+
+func TestHalfClose(t *testing.T) {
+	e := newEnv(t)
+	// The agent's handler hijacks and answers after reading to EOF, like
+	// `cat` behind an exec whose stdin ended.
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		in, _ := io.ReadAll(brw)
+		_, _ = conn.Write(append([]byte("got:"), in...))
+		_ = conn.(interface{ CloseWrite() error }).CloseWrite()
+	})
+	e.startAgent("c1", "a1", "fp", h)
+	c, err := e.srv.DialCluster(context.Background(), "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\nhello")
+	if err := c.(*Stream).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	out, err := io.ReadAll(c)
+	if err != nil || string(out) != "got:hello" {
+		t.Fatalf("half-close: %q %v", out, err)
+	}
+}
+
+// A stream whose reader does not read stalls only itself.
+func TestSlowReaderStallsOnlyItsStream(t *testing.T) {
+	e := newEnv(t)
+	big := bytes.Repeat([]byte("x"), 8<<20)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/big" {
+			_, _ = w.Write(big)
+			return
+		}
+		_, _ = io.WriteString(w, "small")
+	})
+	e.startAgent("c1", "a1", "fp", h)
+	stalled, err := e.client("c1").Get("http://c1/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Body.Close() // never read: its window fills and stays full
+	for i := 0; i < 50; i++ {
+		c := e.client("c1")
+		resp, err := c.Get("http://c1/small")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "small" {
+			t.Fatalf("got %q", b)
+		}
+	}
+}
+
+// Opening and closing 10,000 streams leaves goroutine count and session
+// stream count where they started.
+func TestTenThousandStreamsNoLeak(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent("c1", "a1", "fp", echoAgent("a1"))
+	c := e.client("c1")
+	warm := func() {
+		resp, err := c.Post("http://c1/", "", strings.NewReader("x"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		c.Transport.(*http.Transport).CloseIdleConnections()
+	}
+	warm()
+	time.Sleep(100 * time.Millisecond)
+	before := runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := 0; i < 10000; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			s, err := e.srv.DialCluster(context.Background(), "c1")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_, _ = io.WriteString(s, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+			_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
+			b, _ := io.ReadAll(s)
+			if !bytes.HasSuffix(b, []byte("\r\n\r\nx")) {
+				t.Errorf("reply %q", b)
+			}
+			s.Close()
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g := runtime.NumGoroutine()
+		streams := e.srv.Agents("c1")[0].Streams
+		if g <= before+2 && streams == 0 {
+			t.Logf("goroutines before %d after %d, open streams %d", before, g, streams)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leak: goroutines before %d after %d, open streams %d", before, g, streams)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	b := Backoff{Base: 100 * time.Millisecond, Max: time.Second}
+	for n := 0; n < 40; n++ {
+		ceiling := b.Base << n
+		if n >= 4 || ceiling > b.Max {
+			ceiling = b.Max
+		}
+		for i := 0; i < 100; i++ {
+			if w := b.Wait(n); w < 0 || w >= ceiling {
+				t.Fatalf("Wait(%d)=%v outside [0,%v)", n, w, ceiling)
+			}
+		}
+	}
+}
