@@ -84,4 +84,3 @@ func parseExpiry(d time.Duration) *time.Time {
 	t := time.Now().Add(d).UTC().Truncate(time.Second)
 	return &t
 }
-
