@@ -204,3 +204,12 @@ func newBufferPool() *bufferPool {
 }
 func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
 func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
+
+// NotFoundHandler answers any path outside /clusters/ with a 404 Status that
+// says where clusters live (kubectl --raw ignores the kubeconfig's path, so
+// its users need the hint).
+func NotFoundHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		kubestatus.Write(w, kubestatus.NotFound(fmt.Sprintf("%q is not served here: cluster APIs live under %s{cluster-id}/ (with kubectl --raw, include that prefix)", r.URL.Path, ClustersPrefix)))
+	})
+}

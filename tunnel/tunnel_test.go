@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -395,5 +396,48 @@ func TestBackoff(t *testing.T) {
 				t.Fatalf("Wait(%d)=%v outside [0,%v)", n, w, ceiling)
 			}
 		}
+	}
+}
+
+func TestClustersFile(t *testing.T) {
+	path := t.TempDir() + "/clusters.yaml"
+	cf, err := OpenClustersFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cf.AuthenticateAgent("prod", "x"); !errors.Is(err, ErrUnknownCluster) {
+		t.Fatalf("got %v", err)
+	}
+	secret, err := Register(path, "prod", map[string]string{"env": "prod"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Register(path, "prod", nil, false); err == nil || !strings.Contains(err.Error(), "--rotate") {
+		t.Fatalf("double registration: %v", err)
+	}
+	if _, err := Register(path, "Not_A_Label", nil, false); err == nil {
+		t.Fatal("bad ID registered")
+	}
+	data, _ := os.ReadFile(path)
+	if strings.Contains(string(data), secret) {
+		t.Fatal("join secret stored in clear")
+	}
+	cf, _ = OpenClustersFile(path)
+	if err := cf.AuthenticateAgent("prod", secret); err != nil {
+		t.Fatal(err)
+	}
+	if err := cf.AuthenticateAgent("prod", secret+"x"); !errors.Is(err, ErrBadSecret) {
+		t.Fatalf("got %v", err)
+	}
+	rotated, err := Register(path, "prod", nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ = OpenClustersFile(path)
+	if cf.AuthenticateAgent("prod", secret) == nil || cf.AuthenticateAgent("prod", rotated) != nil {
+		t.Fatal("rotation did not replace the secret")
+	}
+	if e, _ := cf.Get("prod"); e.Labels["env"] != "prod" {
+		t.Fatalf("rotation lost labels: %+v", e)
 	}
 }

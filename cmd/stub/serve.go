@@ -65,6 +65,7 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	mux.Handle(tunnel.ConnectPath, tsrv)
 	mux.Handle(proxy.ClustersPrefix, stub)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.Handle("/", proxy.NotFoundHandler())
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -1,0 +1,63 @@
+// Package deptest holds the test that keeps imports pointing downwards.
+package deptest
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const mod = "github.com/keyhole-dev/keyhole/"
+
+// banned lists, per package, import path prefixes it must not depend on
+// (directly or not), with the reason.
+var banned = map[string]map[string]string{
+	"tunnel": {
+		mod + "authn": "the tunnel knows nothing of users", mod + "proxy": "proxy builds on tunnel, not the reverse",
+		"k8s.io/": "the tunnel knows nothing of Kubernetes", mod + "cmd/": "nothing imports cmd",
+	},
+	"authn": {mod + "tunnel": "identity is independent of transport", mod + "proxy": "proxy builds on authn"},
+	"proxy": {mod + "cmd/": "nothing imports cmd"},
+	"config": {mod + "tunnel": "the schema is plain data", mod + "proxy": "the schema is plain data"},
+}
+
+func deps(t *testing.T, pkg string) []string {
+	out, err := exec.Command("go", "list", "-deps", "-json=ImportPath", mod+pkg).Output()
+	if err != nil {
+		t.Fatalf("go list %s: %v", pkg, err)
+	}
+	var list []string
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for dec.More() {
+		var p struct{ ImportPath string }
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		list = append(list, p.ImportPath)
+	}
+	return list
+}
+
+func TestImportDirection(t *testing.T) {
+	for pkg, rules := range banned {
+		for _, d := range deps(t, pkg) {
+			for prefix, why := range rules {
+				if strings.HasPrefix(d, prefix) {
+					t.Errorf("%s depends on %s: %s", pkg, d, why)
+				}
+			}
+		}
+	}
+}
+
+// No production package may depend on "testing".
+func TestNoTestingInProduction(t *testing.T) {
+	for _, pkg := range []string{"cmd/stub", "cmd/agent"} {
+		for _, d := range deps(t, pkg) {
+			if d == "testing" || strings.HasPrefix(d, mod+"internal/kubetest") {
+				t.Errorf("%s depends on %s", pkg, d)
+			}
+		}
+	}
+}

@@ -1,0 +1,425 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+
+	"github.com/keyhole-dev/keyhole/authn"
+	"github.com/keyhole-dev/keyhole/tunnel"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type tokens map[string]authn.User
+
+func (t tokens) AuthenticateToken(tok string) (*authn.User, error) {
+	u, ok := t[tok]
+	if !ok {
+		return nil, authn.ErrInvalidToken
+	}
+	return &u, nil
+}
+
+type registry map[string]bool
+
+func (r registry) Get(id string) (tunnel.ClusterEntry, bool) { return tunnel.ClusterEntry{ID: id}, r[id] }
+
+type agentAuth struct{}
+
+func (agentAuth) AuthenticateAgent(cluster, secret string) error {
+	if secret != "join" {
+		return tunnel.ErrBadSecret
+	}
+	return nil
+}
+
+// fakeAPI is an HTTPS+h2 server standing in for kube-apiserver; it records
+// what reached it.
+type fakeAPI struct {
+	*httptest.Server
+	mu      sync.Mutex
+	last    *http.Request
+	hits    int
+	release chan struct{}
+}
+
+func newFakeAPI(t *testing.T) *fakeAPI {
+	f := &fakeAPI{release: make(chan struct{})}
+	f.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.last, f.hits = r.Clone(context.Background()), f.hits+1
+		f.mu.Unlock()
+		switch r.URL.Path {
+		case "/watch":
+			_, _ = io.WriteString(w, `{"type":"ADDED"}`+"\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-f.release:
+			case <-r.Context().Done():
+				return
+			}
+			_, _ = io.WriteString(w, `{"type":"DELETED"}`+"\n")
+		case "/upgrade":
+			w.Header().Set("Connection", "Upgrade")
+			w.Header().Set("Upgrade", "test-proto")
+			w.WriteHeader(http.StatusSwitchingProtocols)
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			in, _ := io.ReadAll(brw) // until the client half-closes
+			_, _ = conn.Write([]byte(strings.ToUpper(string(in)) + "bye"))
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"kind":"PodList","proto":"`+r.Proto+`"}`)
+		}
+	}))
+	f.EnableHTTP2 = true
+	f.StartTLS()
+	t.Cleanup(f.Close)
+	return f
+}
+
+func (f *fakeAPI) lastRequest() (*http.Request, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last, f.hits
+}
+
+func restFor(api *httptest.Server) *rest.Config {
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw})
+	return &rest.Config{Host: api.URL, BearerToken: "agent-sa-token", TLSClientConfig: rest.TLSClientConfig{CAData: ca}}
+}
+
+// chain is stub (TLS, h2 + http/1.1) → tunnel → agent handler → api.
+type chain struct {
+	stubURL string
+	client  *http.Client // HTTP/2-capable client trusting the stub
+	pool    *x509.CertPool
+	api     *fakeAPI
+}
+
+func newChain(t *testing.T, apiRest *rest.Config, api *fakeAPI) *chain {
+	log := zaptest.NewLogger(t)
+	tsrv, err := tunnel.NewServer(tunnel.ServerConfig{Auth: agentAuth{}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true},
+		Auth: tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(tunnel.ConnectPath, tsrv)
+	mux.Handle(ClustersPrefix, stub)
+	mux.Handle("/", NotFoundHandler())
+	ts := httptest.NewUnstartedServer(mux)
+	ts.EnableHTTP2 = true
+	ts.StartTLS()
+	pool := x509.NewCertPool()
+	pool.AddCert(ts.Certificate())
+
+	ah, err := NewAgent(AgentConfig{Cluster: "c1", Rest: apiRest, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag, err := tunnel.NewAgent(tunnel.AgentConfig{StubURL: ts.URL, Cluster: "c1", AgentID: "a1", Fingerprint: "fp",
+		Secret: func() (string, error) { return "join", nil }, TLS: &tls.Config{RootCAs: pool},
+		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }, Handler: ah, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ag.Run(ctx) }()
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
+	t.Cleanup(func() {
+		client.CloseIdleConnections()
+		stub.Close()
+		cancel()
+		<-done
+		tsrv.Close()
+		ts.Close()
+	})
+	for deadline := time.Now().Add(5 * time.Second); len(tsrv.Agents("c1")) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("agent did not connect")
+		}
+	}
+	return &chain{stubURL: ts.URL, client: client, pool: pool, api: api}
+}
+
+func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, c.stubURL+path, nil)
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestForwardImpersonatesAndStrips(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChain(t, restFor(api.Server), api)
+	resp, body := c.do(t, "GET", "/clusters/c1/api/v1/pods?limit=5", "alice-token", http.Header{
+		"Keyhole-User":  {"root"},
+		"Keyhole-Group": {"system:masters"},
+		"Cookie":        {"session=abc"},
+	})
+	if resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" {
+		t.Fatalf("got %s %s: %s", resp.Proto, resp.Status, body)
+	}
+	if !strings.Contains(body, `"proto":"HTTP/2.0"`) {
+		t.Errorf("agent → API server should use HTTP/2 for plain requests: %s", body)
+	}
+	if resp.Header.Get(HeaderRequestID) == "" {
+		t.Error("no request id header in the response")
+	}
+	r, _ := c.api.lastRequest()
+	checks := map[string][]string{
+		"Authorization":     {"Bearer agent-sa-token"},
+		"Impersonate-User":  {"alice"},
+		"Impersonate-Group": {"dev", "ops"},
+	}
+	for k, want := range checks {
+		if got := r.Header.Values(k); strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	for k := range r.Header {
+		if strings.HasPrefix(k, "Keyhole-") || k == "Cookie" {
+			t.Errorf("header %s reached the API server", k)
+		}
+	}
+	if r.URL.Path != "/api/v1/pods" || r.URL.RawQuery != "limit=5" {
+		t.Errorf("path %q query %q", r.URL.Path, r.URL.RawQuery)
+	}
+}
+
+func statusOf(t *testing.T, body string) metav1.Status {
+	t.Helper()
+	var st metav1.Status
+	if err := json.Unmarshal([]byte(body), &st); err != nil || st.Kind != "Status" {
+		t.Fatalf("not a Status: %q (%v)", body, err)
+	}
+	return st
+}
+
+func TestRefusals(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChain(t, restFor(api.Server), api)
+	cases := []struct {
+		name, path, token string
+		hdr               http.Header
+		code              int
+		msg               string
+	}{
+		{"no token", "/clusters/c1/api", "", nil, 401, "no bearer token"},
+		{"bad token", "/clusters/c1/api", "nope", nil, 401, "not valid"},
+		{"unknown cluster", "/clusters/zz/api", "alice-token", nil, 404, `cluster "zz" is not registered`},
+		{"bad cluster id", "/clusters/Bad_ID/api", "alice-token", nil, 404, "no cluster in path"},
+		{"no agent", "/clusters/lonely/api", "alice-token", nil, 503, `cluster "lonely" has no connected agent`},
+		{"impersonation", "/clusters/c1/api", "alice-token", http.Header{"Impersonate-User": {"admin"}}, 403, "impersonation"},
+		{"impersonate extra", "/clusters/c1/api", "alice-token", http.Header{"Impersonate-Extra-Scopes": {"x"}}, 403, "impersonation"},
+		{"outside clusters", "/api/v1/pods", "alice-token", nil, 404, "--raw"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, before := c.api.lastRequest()
+			resp, body := c.do(t, "GET", tc.path, tc.token, tc.hdr)
+			st := statusOf(t, body)
+			if resp.StatusCode != tc.code || int(st.Code) != tc.code || !strings.Contains(st.Message, tc.msg) {
+				t.Fatalf("got %d %+v, want %d with %q", resp.StatusCode, st, tc.code, tc.msg)
+			}
+			if resp.Header.Get("Content-Type") != "application/json" {
+				t.Errorf("content type %q", resp.Header.Get("Content-Type"))
+			}
+			if _, after := c.api.lastRequest(); after != before {
+				t.Error("a refused request reached the API server")
+			}
+		})
+	}
+}
+
+func TestWatchIsNotBuffered(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChain(t, restFor(api.Server), api)
+	req, _ := http.NewRequest("GET", c.stubURL+"/clusters/c1/watch", nil)
+	req.Header.Set("Authorization", "Bearer alice-token")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	// The first event arrives while the API server is still holding the
+	// response open: nothing on the way buffers it.
+	select {
+	case l := <-lines:
+		if !strings.Contains(l, "ADDED") {
+			t.Fatalf("first line %q", l)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("first watch event did not arrive while the stream was open")
+	}
+	close(api.release)
+	if l := <-lines; !strings.Contains(l, "DELETED") {
+		t.Fatalf("second line %q", l)
+	}
+	for range lines {
+	}
+}
+
+func TestUpgradeHalfClose(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChain(t, restFor(api.Server), api)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool}} // HTTP/1.1: upgrades cannot ride h2
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", c.stubURL+"/clusters/c1/upgrade", nil)
+	req.Header.Set("Authorization", "Bearer alice-token")
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "test-proto")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %s: %s", resp.Status, b)
+	}
+	rwc := resp.Body.(io.ReadWriteCloser)
+	defer rwc.Close()
+	if _, err := io.WriteString(rwc, "hello"); err != nil {
+		t.Fatal(err)
+	}
+	// Half-close: the API server sees EOF, and its answer still comes back.
+	if err := rwc.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rwc)
+	if err != nil || string(got) != "HELLObye" {
+		t.Fatalf("got %q, %v", got, err)
+	}
+	r, _ := c.api.lastRequest()
+	if r.Proto != "HTTP/1.1" || r.Header.Get("Impersonate-User") != "alice" {
+		t.Fatalf("upgrade reached the API server as %s with Impersonate-User %q", r.Proto, r.Header.Get("Impersonate-User"))
+	}
+}
+
+func TestAPIServerDown(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	c := newChain(t, &rest.Config{Host: "https://" + addr, BearerToken: "x", TLSClientConfig: rest.TLSClientConfig{Insecure: true}}, nil)
+	resp, body := c.do(t, "GET", "/clusters/c1/api", "alice-token", nil)
+	st := statusOf(t, body)
+	if resp.StatusCode != 503 || !strings.Contains(st.Message, "cannot reach its API server") {
+		t.Fatalf("got %d %q", resp.StatusCode, st.Message)
+	}
+}
+
+func TestAgentFailsClosed(t *testing.T) {
+	api := newFakeAPI(t)
+	ah, err := NewAgent(AgentConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]http.Header{
+		"no identity":   {},
+		"system user":   {HeaderUser: {"system:admin"}},
+		"system group":  {HeaderUser: {"eve"}, HeaderGroup: {"system:masters"}},
+		"empty group":   {HeaderUser: {"eve"}, HeaderGroup: {""}},
+		"whitespace id": {HeaderUser: {"  "}},
+	}
+	for name, h := range cases {
+		t.Run(name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/api", nil)
+			req.Header = h
+			rec := httptest.NewRecorder()
+			ah.ServeHTTP(rec, req)
+			if rec.Code != 403 {
+				t.Fatalf("got %d: %s", rec.Code, rec.Body)
+			}
+		})
+	}
+	if _, hits := api.lastRequest(); hits != 0 {
+		t.Fatalf("%d refused requests reached the API server", hits)
+	}
+}
+
+func TestParseClusterPath(t *testing.T) {
+	cases := []struct {
+		in, id, rest string
+		ok           bool
+	}{
+		{"/clusters/prod/api/v1", "prod", "/api/v1", true},
+		{"/clusters/prod", "prod", "/", true},
+		{"/clusters/prod/", "prod", "/", true},
+		{"/clusters/", "", "", false},
+		{"/clusters/UP/api", "", "", false},
+		{"/clusters/a..b/api", "", "", false},
+		{"/api/v1", "", "", false},
+	}
+	for _, tc := range cases {
+		id, rest, ok := ParseClusterPath(tc.in)
+		if id != tc.id || rest != tc.rest || ok != tc.ok {
+			t.Errorf("%q: got %q %q %v", tc.in, id, rest, ok)
+		}
+	}
+}
+
+func FuzzParseClusterPath(f *testing.F) {
+	for _, s := range []string{"/clusters/prod/api", "/clusters/", "/clusters//x", "/clusters/a/../../etc"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		id, rest, ok := ParseClusterPath(p)
+		if !ok {
+			return
+		}
+		if !tunnel.ValidClusterID(id) || !strings.HasPrefix(rest, "/") || ClustersPrefix+id+rest != p && ClustersPrefix+id+rest != p+"/" {
+			t.Fatalf("%q → %q %q", p, id, rest)
+		}
+	})
+}
+
