@@ -64,6 +64,7 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.ConnectPath, tsrv)
 	mux.Handle(proxy.ClustersPrefix, stub)
+	mux.Handle(proxy.ClustersPath, proxy.ClustersHandler(tokens, clusters, tsrv))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.Handle("/", proxy.NotFoundHandler())
 

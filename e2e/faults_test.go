@@ -1,0 +1,291 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/keyhole-dev/keyhole/internal/kubetest"
+)
+
+func fdCount(t *testing.T, p *process) int {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func (s *suite) testBadInput(t *testing.T) {
+	addr := strings.TrimPrefix(s.g.url, "https://")
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.g.caPEM)
+	stubFDs := fdCount(t, s.g.stub)
+
+	t.Run("garbage and half handshakes on the stub port", func(t *testing.T) {
+		for _, in := range []string{"\x16\x03\x01\x00\x05hello", "GET / HTTP/1.1\r\n", strings.Repeat("\x00", 4096)} {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			_, _ = c.Write([]byte(in))
+			_, _ = io.Copy(io.Discard, c)
+			c.Close()
+		}
+		// TLS, then half an agent handshake, then hang up.
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.WriteString(c, "GET /tunnel/v1/connect HTTP/1.1\r\nHost: x\r\nUpgrade: keyhole-tunnel/1\r\n")
+		c.Close()
+	})
+	t.Run("oversized header", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", s.g.url+"/clusters/e2e/api", nil)
+		req.Header.Set("Authorization", "Bearer "+s.aliceTok)
+		req.Header.Set("X-Big", strings.Repeat("a", 2<<20))
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 30 * time.Second}).Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+		} // else: the server closed the connection on us, also a refusal
+	})
+	t.Run("wrong or missing join secret", func(t *testing.T) {
+		for name, secret := range map[string]string{"wrong": "khj_wrong", "missing": ""} {
+			f := filepath.Join(s.g.dir, "bad-"+name+".secret")
+			writeFile(t, f, secret)
+			p := s.g.startAgent(agentOpts{cluster: "e2e", id: "bad-" + name, secretFile: f, apiURL: s.c.URL, tokenFile: s.saToken, c: s.c})
+			want := map[string]string{"wrong": `join secret is not valid for cluster \"e2e\"`, "missing": "missing join secret"}[name]
+			waitFor(t, 30*time.Second, "agent log to say "+want, func() bool { return strings.Contains(p.logText(), want) }, p)
+			p.stop()
+		}
+		if ids := s.g.agentIDs(s.aliceTok, "e2e"); strings.Join(ids, ",") != "a1,a2" {
+			t.Fatalf("agents now %v", ids)
+		}
+	})
+	t.Run("clients that leave mid-stream", func(t *testing.T) {
+		data := startDataServer(t)
+		s.c.CreatePod(t, "default", "leaver", map[string]string{"nodesim.keyhole.dev/port-8080": data})
+		for i := 0; i < 3; i++ {
+			local, stop := s.portForward(t, nil, "leaver")
+			c := dialData(t, local, 'd', 7, 1<<30) // 1 GiB, abandoned after 8 MiB
+			if _, err := io.CopyN(io.Discard, c, 8<<20); err != nil {
+				t.Fatal(err)
+			}
+			stop() // kubectl is killed with the transfer in flight
+			c.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			_ = s.c.KubectlCmdAs(ctx, s.alice, "get", "configmaps", "-w").Run() // a watch cut by its client
+			cancel()
+		}
+	})
+	t.Run("everything still works and nothing leaked", func(t *testing.T) {
+		if errs := s.load(t, 50); len(errs) > 0 {
+			t.Fatal(errs[0])
+		}
+		if ids := s.g.agentIDs(s.aliceTok, "e2e"); strings.Join(ids, ",") != "a1,a2" {
+			t.Fatalf("agents now %v", ids)
+		}
+		s.g.http.CloseIdleConnections()
+		var now int
+		waitFor(t, 60*time.Second, "stub descriptors to return", func() bool {
+			now = fdCount(t, s.g.stub)
+			return now <= stubFDs+4
+		})
+		t.Logf("stub file descriptors: %d before the bad input, %d after", stubFDs, now)
+	})
+}
+
+// forwarder is a TCP relay that can be cut, standing for the network
+// between an agent and its API server.
+type forwarder struct {
+	l     net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func startForwarder(t *testing.T, target string) *forwarder {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &forwarder{l: l}
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			f.mu.Lock()
+			f.conns = append(f.conns, c, b)
+			f.mu.Unlock()
+			f.wg.Add(2)
+			go func() { defer f.wg.Done(); _, _ = io.Copy(b, c); b.Close() }()
+			go func() { defer f.wg.Done(); _, _ = io.Copy(c, b); c.Close() }()
+		}
+	}()
+	t.Cleanup(f.cut)
+	return f
+}
+
+func (f *forwarder) cut() {
+	f.l.Close()
+	f.mu.Lock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.mu.Unlock()
+	f.wg.Wait()
+}
+
+func (f *forwarder) port() string { return strconv.Itoa(f.l.Addr().(*net.TCPAddr).Port) }
+
+// TestFaults covers an API server that becomes unreachable behind its agent
+// and an agent whose cluster is not the one its join secret names.
+func TestFaults(t *testing.T) {
+	c := kubetest.Start(t)
+	g := startGateway(t, c)
+	manifest, secret := g.register("cut")
+	c.Apply(t, manifest)
+	tokenFile := filepath.Join(g.dir, "sa-token")
+	writeFile(t, tokenFile, c.ServiceAccountToken(t, "keyhole-system", "keyhole-agent"))
+	alice := g.kubeconfig("alice")
+	aliceTok := tokenOf(t, alice)
+	c.Apply(t, `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: alice-admin}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
+`)
+	apiPort := c.URL[strings.LastIndex(c.URL, ":")+1:]
+	fw := startForwarder(t, "127.0.0.1:"+apiPort)
+	agent := g.startAgent(agentOpts{cluster: "cut", id: "a1", secretFile: secret, apiURL: "https://127.0.0.1:" + fw.port(), tokenFile: tokenFile, c: c})
+	g.waitAgents(aliceTok, "cut", "a1")
+	kubectl := func(args ...string) (string, error) { return g.kubectl(alice, nil, nil, args...) }
+	if out, err := kubectl("get", "ns", "-o", "name"); err != nil || !strings.Contains(out, "kube-system") {
+		t.Fatalf("before the cut: %v %s", err, out)
+	}
+
+	t.Run("API server unreachable behind the agent", func(t *testing.T) {
+		fw.cut()
+		_, err := kubectl("get", "pods")
+		if err == nil || !strings.Contains(err.Error(), "ServiceUnavailable") {
+			t.Fatalf("got %v", err)
+		}
+		req, _ := http.NewRequest("GET", g.url+"/clusters/cut/api/v1/namespaces/default/pods", nil)
+		req.Header.Set("Authorization", "Bearer "+aliceTok)
+		resp, err := g.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := readAll(resp)
+		resp.Body.Close()
+		if resp.StatusCode != 503 || !strings.Contains(body, "the agent cannot reach its API server") {
+			t.Fatalf("got %d %s", resp.StatusCode, body)
+		}
+		if ids := g.agentIDs(aliceTok, "cut"); len(ids) != 1 {
+			t.Fatalf("the tunnel should stay up: agents %v", ids)
+		}
+	})
+
+	t.Run("a copied join secret in another cluster is refused", func(t *testing.T) {
+		other := kubetest.Start(t)
+		if other.KubeSystemUID == c.KubeSystemUID {
+			t.Fatal("two clusters with one kube-system UID")
+		}
+		p := g.startAgent(agentOpts{cluster: "cut", id: "intruder", secretFile: secret, kubeconfig: other.AdminKubeconfig})
+		waitFor(t, 60*time.Second, "the intruder to be refused", func() bool {
+			return strings.Contains(p.logText(), "was a join secret copied?")
+		}, p, g.stub)
+		if ids := g.agentIDs(aliceTok, "cut"); strings.Join(ids, ",") != "a1" {
+			t.Fatalf("agents now %v", ids)
+		}
+		if !strings.Contains(g.stub.logText(), "fingerprint differs") {
+			t.Fatal("stub did not log the refusal")
+		}
+	})
+
+	t.Run("rotated ServiceAccount token is re-read", func(t *testing.T) {
+		// A token bound to a Secret dies with the Secret. The agent starts
+		// with one; then the file gets a new token and the old one dies.
+		cs := c.Client()
+		ctx := context.Background()
+		anchor, err := cs.CoreV1().Secrets("keyhole-system").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "token-anchor"}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		exp := int64(3600)
+		tr, err := cs.CoreV1().ServiceAccounts("keyhole-system").CreateToken(ctx, "keyhole-agent", &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
+			ExpirationSeconds: &exp, BoundObjectRef: &authv1.BoundObjectReference{Kind: "Secret", APIVersion: "v1", Name: anchor.Name, UID: anchor.UID}}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rotFile := filepath.Join(g.dir, "rotating-token")
+		writeFile(t, rotFile, tr.Status.Token)
+		g.register("rot")
+		secretRot := filepath.Join(g.dir, "rot.secret")
+		direct := startForwarder(t, "127.0.0.1:"+apiPort)
+		p := g.startAgent(agentOpts{cluster: "rot", id: "r1", secretFile: secretRot, apiURL: "https://127.0.0.1:" + direct.port(), tokenFile: rotFile, c: c})
+		g.waitAgents(aliceTok, "rot", "r1")
+		kc := g.kubeconfig("alice2", "rot-admins")
+		c.Apply(t, `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: rot-admins}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-reader}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: rot-admins}]
+`+readerRole)
+		run := func() error {
+			_, err := g.kubectl(kc, nil, nil, "--context", "rot", "get", "configmaps")
+			return err
+		}
+		if err := run(); err != nil {
+			t.Fatalf("with the first token: %v", err)
+		}
+		writeFile(t, rotFile, c.ServiceAccountToken(t, "keyhole-system", "keyhole-agent"))
+		if err := cs.CoreV1().Secrets("keyhole-system").Delete(ctx, anchor.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		// client-go re-reads the file when the API server refuses the old
+		// token (and at least every minute), so at most the first request
+		// after the revocation can fail.
+		var failures int
+		for i := 0; i < 10; i++ {
+			if err := run(); err != nil {
+				failures++
+				t.Logf("request %d after rotation: %v", i, err)
+			}
+		}
+		if failures > 1 {
+			t.Fatalf("%d of 10 requests failed after the token rotated\n%s", failures, p.tail(20))
+		}
+	})
+	_ = agent
+}

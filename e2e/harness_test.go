@@ -1,0 +1,370 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/keyhole-dev/keyhole/internal/kubetest"
+	"github.com/keyhole-dev/keyhole/proxy"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds cmd/stub and cmd/agent once per test run, with -race.
+func binaries(t testing.TB) (stub, agent string) {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "keyhole-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Dir(filepath.Dir(file))
+		cmd := exec.Command("go", "build", "-race", "-o", binDir+"/", "./cmd/stub", "./cmd/agent")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(binDir, "stub"), filepath.Join(binDir, "agent")
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// process is a binary we started; stopped by PID at cleanup.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+	done chan struct{}
+}
+
+func startProcess(t testing.TB, name, logPath string, env []string, bin string, args ...string) *process {
+	t.Helper()
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
+	t.Cleanup(func() { p.stop() })
+	return p
+}
+
+func (p *process) signal(s syscall.Signal) { _ = p.cmd.Process.Signal(s) }
+
+func (p *process) stop() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	p.signal(syscall.SIGCONT)
+	p.signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *process) kill() { _ = p.cmd.Process.Kill(); <-p.done }
+
+func (p *process) logText() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+func (p *process) tail(n int) string {
+	lines := strings.Split(strings.TrimRight(p.logText(), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// gateway is a stub with its state, plus agents and users.
+type gateway struct {
+	t        testing.TB
+	c        *kubetest.Cluster
+	dir      string
+	cfg      string
+	url      string
+	stub     *process
+	stubBin  string
+	agentBin string
+	caPEM    []byte
+	http     *http.Client
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func startGateway(t testing.TB, c *kubetest.Cluster) *gateway {
+	t.Helper()
+	stubBin, agentBin := binaries(t)
+	g := &gateway{t: t, c: c, dir: t.TempDir(), stubBin: stubBin, agentBin: agentBin}
+	port := freePort(t)
+	g.url = fmt.Sprintf("https://127.0.0.1:%d", port)
+	g.cfg = filepath.Join(g.dir, "stub.yaml")
+	writeFile(t, g.cfg, fmt.Sprintf(`apiVersion: keyhole.dev/v1alpha1
+kind: StubConfig
+listen: 127.0.0.1:%d
+publicURL: %s
+stateDir: %s
+log: {level: debug}
+`, port, g.url, filepath.Join(g.dir, "state")))
+	g.stub = startProcess(t, "stub", filepath.Join(g.dir, "stub.log"), nil, stubBin, "serve", "--config", g.cfg)
+	ca := filepath.Join(g.dir, "state", "tls", "ca.crt")
+	waitFor(t, 60*time.Second, "stub to listen", func() bool {
+		b, err := os.ReadFile(ca)
+		if err != nil {
+			return false
+		}
+		g.caPEM = b
+		c, err := net.DialTimeout("tcp", strings.TrimPrefix(g.url, "https://"), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, g.stub)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(g.caPEM)
+	g.http = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}, Timeout: 60 * time.Second}
+	t.Cleanup(g.http.CloseIdleConnections)
+	return g
+}
+
+func writeFile(t testing.TB, path, body string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, ok func() bool, logs ...*process) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			for _, p := range logs {
+				fmt.Fprintf(&b, "\n--- %s log:\n%s", p.name, p.tail(40))
+			}
+			t.Fatalf("timed out after %v waiting for %s%s", timeout, what, b.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stubCmd runs a stub admin command and returns stdout.
+func (g *gateway) stubCmd(args ...string) string {
+	g.t.Helper()
+	cmd := exec.Command(g.stubBin, append(args, "--config", g.cfg)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		g.t.Fatalf("stub %v: %v\n%s", args, err, errb.String())
+	}
+	return out.String()
+}
+
+// register registers cluster id and returns the agent manifest and the
+// path of the join secret file.
+func (g *gateway) register(id string) (manifest, secretFile string) {
+	g.t.Helper()
+	secretFile = filepath.Join(g.dir, id+".secret")
+	manifest = g.stubCmd("register", id, "--secret-out", secretFile, "--image", "keyhole-agent:e2e")
+	return manifest, secretFile
+}
+
+// kubeconfig mints a token for user and returns the kubeconfig path.
+func (g *gateway) kubeconfig(user string, groups ...string) string {
+	g.t.Helper()
+	args := []string{"kubeconfig", "--user", user}
+	for _, gr := range groups {
+		args = append(args, "--group", gr)
+	}
+	path := filepath.Join(g.dir, user+".kubeconfig")
+	writeFile(g.t, path, g.stubCmd(args...))
+	return path
+}
+
+// tokenOf reads the token out of a kubeconfig made by kubeconfig().
+func tokenOf(t testing.TB, kubeconfig string) string {
+	b, err := os.ReadFile(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "token: "); ok {
+			return v
+		}
+	}
+	t.Fatal("no token in kubeconfig")
+	return ""
+}
+
+type agentOpts struct {
+	cluster, id, secretFile string
+	kubeconfig              string            // out-of-cluster mode
+	apiURL, tokenFile       string            // in-cluster-like mode (token file re-read)
+	extra                   string            // more YAML
+	env                     []string          // e.g. HTTPS_PROXY
+	c                       *kubetest.Cluster // whose CA for apiServer mode
+}
+
+func (g *gateway) startAgent(o agentOpts) *process {
+	g.t.Helper()
+	caFile := filepath.Join(g.dir, "stub-ca.crt")
+	writeFile(g.t, caFile, string(g.caPEM))
+	cfg := fmt.Sprintf(`apiVersion: keyhole.dev/v1alpha1
+kind: AgentConfig
+stubURL: %s
+cluster: %s
+agentID: %s
+joinSecretFile: %s
+stubCAFile: %s
+log: {level: debug}
+`, g.url, o.cluster, o.id, o.secretFile, caFile)
+	if o.kubeconfig != "" {
+		cfg += "kubeconfig: " + o.kubeconfig + "\n"
+	} else {
+		cfg += fmt.Sprintf("apiServer: {url: %s, tokenFile: %s, caFile: %s}\n", o.apiURL, o.tokenFile, o.c.CAFile)
+	}
+	cfg += o.extra
+	path := filepath.Join(g.dir, "agent-"+o.id+".yaml")
+	writeFile(g.t, path, cfg)
+	return startProcess(g.t, "agent "+o.id, filepath.Join(g.dir, "agent-"+o.id+".log"), o.env, g.agentBin, "--config", path)
+}
+
+// status asks the stub which agents are connected.
+func (g *gateway) status(token string) map[string]proxy.ClusterStatus {
+	g.t.Helper()
+	req, _ := http.NewRequest("GET", g.url+proxy.ClustersPath, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := g.http.Do(req)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list []proxy.ClusterStatus
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		g.t.Fatal(err)
+	}
+	out := map[string]proxy.ClusterStatus{}
+	for _, c := range list {
+		out[c.ID] = c
+	}
+	return out
+}
+
+func (g *gateway) agentIDs(token, cluster string) []string {
+	var ids []string
+	for _, a := range g.status(token)[cluster].Agents {
+		ids = append(ids, a.ID)
+	}
+	return ids
+}
+
+func (g *gateway) waitAgents(token, cluster string, want ...string) {
+	g.t.Helper()
+	waitFor(g.t, 60*time.Second, fmt.Sprintf("agents %v of %s", want, cluster), func() bool {
+		return strings.Join(g.agentIDs(token, cluster), ",") == strings.Join(want, ",")
+	}, g.stub)
+}
+
+// kubectl runs kubectl with a gateway kubeconfig and extra env.
+func (g *gateway) kubectl(kc string, env []string, stdin io.Reader, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), kubetest.KubectlTimeout)
+	defer cancel()
+	cmd := g.c.KubectlCmdAs(ctx, kc, args...)
+	cmd.Env = append(cmd.Env, env...)
+	var out, errb bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), &kubetest.KubectlError{Args: args, Err: err, Stderr: errb.String()}
+	}
+	return out.String(), nil
+}
+
+// lineReader delivers a command's output lines with their arrival times.
+type timedLine struct {
+	text string
+	at   time.Time
+}
+
+func readLines(r io.Reader) <-chan timedLine {
+	ch := make(chan timedLine, 1024)
+	go func() {
+		defer close(ch)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			ch <- timedLine{sc.Text(), time.Now()}
+		}
+	}()
+	return ch
+}
+
+func nextLine(t testing.TB, ch <-chan timedLine, timeout time.Duration, what string) timedLine {
+	t.Helper()
+	select {
+	case l, ok := <-ch:
+		if !ok {
+			t.Fatalf("%s: stream ended", what)
+		}
+		return l
+	case <-time.After(timeout):
+		t.Fatalf("%s: nothing within %v", what, timeout)
+	}
+	return timedLine{}
+}
+
+func readAll(resp *http.Response) string {
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

@@ -1,0 +1,59 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strings"
+
+	"github.com/keyhole-dev/keyhole/internal/kubestatus"
+	"github.com/keyhole-dev/keyhole/tunnel"
+)
+
+// ClustersPath lists the registered clusters and their connected agents for
+// any authenticated caller.
+const ClustersPath = "/keyhole/v1/clusters"
+
+// AgentLister lists connected agents (*tunnel.Server).
+type AgentLister interface {
+	Agents(cluster string) []tunnel.AgentInfo
+}
+
+// ClusterLister lists registered clusters (*tunnel.ClustersFile).
+type ClusterLister interface {
+	List() []tunnel.ClusterEntry
+}
+
+// ClusterStatus is one entry of the ClustersPath answer.
+type ClusterStatus struct {
+	ID     string             `json:"id"`
+	Labels map[string]string  `json:"labels,omitempty"`
+	Ready  bool               `json:"ready"` // at least one agent connected
+	Agents []tunnel.AgentInfo `json:"agents"`
+}
+
+// ClustersHandler serves ClustersPath.
+func ClustersHandler(auth TokenAuthenticator, clusters ClusterLister, agents AgentLister) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			kubestatus.Write(w, kubestatus.Unauthorized("no bearer token"))
+			return
+		}
+		if _, err := auth.AuthenticateToken(token); err != nil {
+			kubestatus.Write(w, kubestatus.Unauthorized("the bearer token is not valid (unknown, expired or revoked)"))
+			return
+		}
+		var out []ClusterStatus
+		for _, c := range clusters.List() {
+			a := agents.Agents(c.ID)
+			if a == nil {
+				a = []tunnel.AgentInfo{}
+			}
+			out = append(out, ClusterStatus{ID: c.ID, Labels: c.Labels, Ready: len(a) > 0, Agents: a})
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
+}
