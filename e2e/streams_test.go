@@ -300,4 +300,3 @@ func upload(t *testing.T, addr string, n int64, seed uint64) {
 		t.Fatal("upload: data differs")
 	}
 }
-
