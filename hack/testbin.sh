@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Builds (once, cached) the binaries of the real test control plane and prints,
+# on its last stdout line, the directory holding kube-apiserver, etcd and
+# nodesim. Use it as:
+#
+#   export KEYHOLE_TESTBIN="$(hack/testbin.sh)"
+#   go test ./internal/kubetest/
+#
+# Cache: ${KEYHOLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyhole}/testbin/<key>,
+# where <key> hashes hack/tools/go.mod, go.sum, the Go sources of hack/tools
+# (tools.go, nodesim), this script and the Go version. A cache hit takes about
+# a second. Progress goes to stderr.
+#
+# kube-apiserver v1.33.13 and nodesim are built from the hack/tools module
+# (cold, empty Go caches: ~1 GB of module downloads, 2.2 GB build cache, 3.5 min
+# measured on an idle 2-core machine, up to 25 min when loaded). etcd is Debian's
+# etcd-server package at a pinned version (apt-get download + dpkg-deb -x); if
+# apt cannot provide it (or KEYHOLE_ETCD_FROM_SOURCE is set), etcd v3.5.16 is
+# built from source in a throw-away module instead (~5 min cold).
+set -euo pipefail
+
+# Everything is inside main, which bash parses completely before running it,
+# so that editing this file while it runs cannot break the run.
+main() {
+	K8S_VERSION=v1.33.13
+	K8S_MINOR=33
+	ETCD_DEB_VERSION=3.4.23-4+b4 # Debian bookworm; `apt-cache policy etcd-server`
+	ETCD_GO_VERSION=v3.5.16      # fallback when apt is not usable
+
+	log() { echo "testbin: $*" >&2; }
+
+	root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+	tools="$root/hack/tools"
+	script="$root/hack/testbin.sh"
+
+	command -v go >/dev/null || { log "go is not on PATH"; exit 1; }
+
+	# Sane, reproducible Go settings for everything below.
+	export GOWORK=off
+	export GOFLAGS="-mod=readonly -buildvcs=false"
+	unset GOOS GOARCH
+
+	sources() {
+		(
+			cd "$tools"
+			printf '%s\n' go.mod go.sum
+			find . -name '*.go' | LC_ALL=C sort
+		)
+	}
+	key="$(
+		{
+			while IFS= read -r f; do
+				printf '%s  ' "$f"
+				sha256sum <"$tools/$f" | cut -d' ' -f1
+			done < <(sources)
+			sha256sum <"$script" | cut -d' ' -f1
+			(cd "$tools" && go env GOVERSION GOOS GOARCH CGO_ENABLED)
+			echo "etcd-from-source=${KEYHOLE_ETCD_FROM_SOURCE:-}"
+		} | sha256sum | cut -c1-20
+	)"
+
+	cache="${KEYHOLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyhole}/testbin"
+	dir="$cache/$key"
+	complete() {
+		[[ -f "$1/.complete" && -x "$1/kube-apiserver" && -x "$1/etcd" && -x "$1/nodesim" ]]
+	}
+	if complete "$dir"; then
+		echo "$dir"
+		exit 0
+	fi
+
+	mkdir -p "$cache"
+	tmp="$(mktemp -d "$cache/.build-$key.XXXXXX")"
+	chmod 0755 "$tmp"
+	trap 'rm -rf "$tmp"' EXIT
+	log "building into $dir (key from hack/tools and this script)"
+	start=$SECONDS
+
+	# --- etcd ---------------------------------------------------------------
+	etcd_from_apt() {
+		local sudo=()
+		if [[ $(id -u) -ne 0 ]]; then
+			if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo=(sudo -n); fi
+		fi
+		command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || return 1
+		if ! apt-cache show "etcd-server=$ETCD_DEB_VERSION" >/dev/null 2>&1; then
+			if [[ $(id -u) -ne 0 && ${#sudo[@]} -eq 0 ]]; then
+				log "etcd-server=$ETCD_DEB_VERSION not in the apt lists and apt-get update needs root"
+				return 1
+			fi
+			log "apt-get update (etcd-server=$ETCD_DEB_VERSION not in the apt lists)"
+			"${sudo[@]}" apt-get update -qq >&2 || return 1
+			apt-cache show "etcd-server=$ETCD_DEB_VERSION" >/dev/null 2>&1 || return 1
+		fi
+		# Outside the cache (which may sit under a private home directory), so
+		# that apt's _apt user can write there.
+		local d
+		d="$(mktemp -d "${TMPDIR:-/tmp}/keyhole-etcd-deb.XXXXXX")"
+		chmod 0777 "$d"
+		log "apt-get download etcd-server=$ETCD_DEB_VERSION"
+		(cd "$d" && apt-get download -q "etcd-server=$ETCD_DEB_VERSION" >&2) || { rm -rf "$d"; return 1; }
+		dpkg-deb -x "$d"/etcd-server_*.deb "$d/x" || { rm -rf "$d"; return 1; }
+		install -m 0755 "$d/x/usr/bin/etcd" "$tmp/etcd" || { rm -rf "$d"; return 1; }
+		rm -rf "$d"
+	}
+	etcd_from_source() {
+		# Throw-away module: etcd's own go.mod has replace directives, so
+		# `go install` is refused; its dependencies must not leak into hack/tools.
+		local m="$tmp/etcd-src"
+		mkdir -p "$m"
+		log "building etcd $ETCD_GO_VERSION from source (fallback)"
+		(
+			cd "$m"
+			export GOFLAGS="-mod=mod -buildvcs=false"
+			go mod init keyhole.invalid/etcdbuild >/dev/null 2>&1
+			go get "go.etcd.io/etcd/server/v3@$ETCD_GO_VERSION" >&2
+			CGO_ENABLED=0 go build -o "$tmp/etcd" go.etcd.io/etcd/server/v3 >&2
+		) || return 1
+		rm -rf "$m"
+	}
+	if [[ -n "${KEYHOLE_ETCD_FROM_SOURCE:-}" ]]; then # for testing the fallback
+		etcd_from_source
+	elif ! etcd_from_apt; then
+		log "etcd from apt failed; falling back to building it"
+		etcd_from_source
+	fi
+	"$tmp/etcd" --version >&2
+
+	# --- kube-apiserver and nodesim -----------------------------------------
+	pkgs="k8s.io/component-base/version k8s.io/client-go/pkg/version"
+	ldflags=""
+	for p in $pkgs; do
+		ldflags+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$K8S_MINOR"
+		ldflags+=" -X $p.gitTreeState=clean"
+	done
+	log "go build kube-apiserver $K8S_VERSION (cold: minutes, up to 25 on a loaded 2-core machine; warm: seconds)"
+	(cd "$tools" && go build -o "$tmp/kube-apiserver" -ldflags "$ldflags" k8s.io/kubernetes/cmd/kube-apiserver)
+	"$tmp/kube-apiserver" --version >&2
+	log "go build nodesim"
+	(cd "$tools" && go build -o "$tmp/nodesim" ./nodesim)
+
+	touch "$tmp/.complete"
+	# Publish atomically. If a concurrent run won, keep its directory.
+	if [[ -e "$dir" ]] && ! complete "$dir"; then
+		rm -rf "$dir"
+	fi
+	if mv -T "$tmp" "$dir" 2>/dev/null; then
+		trap - EXIT
+	else
+		log "another run published $dir first"
+	fi
+	complete "$dir" || { log "cache directory $dir is incomplete"; exit 1; }
+	log "done in $((SECONDS - start))s"
+	echo "$dir"
+}
+
+main "$@"
+exit
