@@ -121,14 +121,9 @@ func ValidateIdentity(name string, groups []string) error {
 // AuthenticateToken maps a bearer token to its user.
 func (f *TokenFile) AuthenticateToken(token string) (*User, error) {
 	sum := sha256.Sum256([]byte(token))
-	entries := f.file.Get()
-	// Compare against every entry, in constant time each, so timing says
-	// nothing about which (if any) entry was close.
-	var match *parsedEntry
-	for i := range entries {
-		if subtle.ConstantTimeCompare(entries[i].hash[:], sum[:]) == 1 {
-			match = &entries[i]
-		}
+	match := find(f.file.Get(), sum)
+	if match == nil {
+		match = find(f.file.Fresh(), sum) // a token minted a moment ago
 	}
 	if match == nil || (match.expires != nil && !f.now().Before(*match.expires)) {
 		return nil, ErrInvalidToken
@@ -136,6 +131,18 @@ func (f *TokenFile) AuthenticateToken(token string) (*User, error) {
 	u := match.user
 	u.Groups = append([]string(nil), u.Groups...)
 	return &u, nil
+}
+
+// find compares sum against every entry, in constant time each, so timing
+// says nothing about which (if any) entry was close.
+func find(entries []parsedEntry, sum [sha256.Size]byte) *parsedEntry {
+	var match *parsedEntry
+	for i := range entries {
+		if subtle.ConstantTimeCompare(entries[i].hash[:], sum[:]) == 1 {
+			match = &entries[i]
+		}
+	}
+	return match
 }
 
 // NewToken returns a fresh random token (256 bits) and its hex SHA-256.

@@ -108,3 +108,21 @@ func FuzzAuthenticateToken(f *testing.F) {
 		}
 	})
 }
+
+// A token minted by another process is accepted at once, without waiting
+// for the once-a-second re-check.
+func TestNewTokenSeenAtOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens.yaml")
+	f, err := OpenTokenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.AuthenticateToken("warm-up") // the throttle window starts now
+	tok, err := AddToken(path, "dave", nil, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err := f.AuthenticateToken(tok); err != nil || u.Name != "dave" {
+		t.Fatalf("%+v %v", u, err)
+	}
+}

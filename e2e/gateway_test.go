@@ -360,7 +360,6 @@ func (s *suite) testIdentity(t *testing.T) {
 	}
 	fmt.Fprintf(f, "- user: mallory\n  sha256: %s\n", hex.EncodeToString(sum[:]))
 	f.Close()
-	time.Sleep(1100 * time.Millisecond) // the token file is re-checked once a second
 	_, err = s.g.kubectl(s.alice, nil, nil, "--token", s.c.AdminToken, "get", "secrets", "-n", "kube-system")
 	if err == nil || !strings.Contains(err.Error(), `User "mallory" cannot list resource "secrets"`) {
 		t.Fatalf("admin token through the gateway: want mallory's Forbidden, got %v", err)

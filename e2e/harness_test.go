@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -25,38 +26,52 @@ import (
 	"github.com/keyhole-dev/keyhole/proxy"
 )
 
+// build is one flavour of the stub and agent binaries, built once per run.
+type build struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
 var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
+	raceBuild  build // tests: the race detector watches the real binaries
+	plainBuild build // benchmarks: what users run
 )
 
-// binaries builds cmd/stub and cmd/agent once per test run, with -race.
-func binaries(t testing.TB) (stub, agent string) {
-	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "keyhole-e2e-bin-")
-		if buildErr != nil {
+// binaries builds cmd/stub and cmd/agent with -race (tests) or without
+// (benchmarks: *testing.B).
+func binaries(tb testing.TB) (stub, agent string) {
+	tb.Helper()
+	bld, flags := &raceBuild, []string{"-race"}
+	if _, ok := tb.(*testing.B); ok {
+		bld, flags = &plainBuild, nil
+	}
+	bld.once.Do(func() {
+		bld.dir, bld.err = os.MkdirTemp("", "keyhole-e2e-bin-")
+		if bld.err != nil {
 			return
 		}
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Dir(filepath.Dir(file))
-		cmd := exec.Command("go", "build", "-race", "-o", binDir+"/", "./cmd/stub", "./cmd/agent")
+		args := append(append([]string{"build"}, flags...), "-o", bld.dir+"/", "./cmd/stub", "./cmd/agent")
+		cmd := exec.Command("go", args...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			bld.err = fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	if bld.err != nil {
+		tb.Fatal(bld.err)
 	}
-	return filepath.Join(binDir, "stub"), filepath.Join(binDir, "agent")
+	return filepath.Join(bld.dir, "stub"), filepath.Join(bld.dir, "agent")
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
+	for _, b := range []*build{&raceBuild, &plainBuild} {
+		if b.dir != "" {
+			os.RemoveAll(b.dir)
+		}
 	}
 	os.Exit(code)
 }
@@ -150,13 +165,17 @@ func startGateway(t testing.TB, c *kubetest.Cluster) *gateway {
 	port := freePort(t)
 	g.url = fmt.Sprintf("https://127.0.0.1:%d", port)
 	g.cfg = filepath.Join(g.dir, "stub.yaml")
+	level := "debug" // tests read the logs; benchmarks run as users do
+	if _, ok := t.(*testing.B); ok {
+		level = "info"
+	}
 	writeFile(t, g.cfg, fmt.Sprintf(`apiVersion: keyhole.dev/v1alpha1
 kind: StubConfig
 listen: 127.0.0.1:%d
 publicURL: %s
 stateDir: %s
-log: {level: debug}
-`, port, g.url, filepath.Join(g.dir, "state")))
+log: {level: %s}
+`, port, g.url, filepath.Join(g.dir, "state"), level))
 	g.stub = startProcess(t, "stub", filepath.Join(g.dir, "stub.log"), nil, stubBin, "serve", "--config", g.cfg)
 	ca := filepath.Join(g.dir, "state", "tls", "ca.crt")
 	waitFor(t, 60*time.Second, "stub to listen", func() bool {
@@ -253,6 +272,7 @@ type agentOpts struct {
 	kubeconfig              string            // out-of-cluster mode
 	apiURL, tokenFile       string            // in-cluster-like mode (token file re-read)
 	extra                   string            // more YAML
+	logLevel                string            // default debug
 	env                     []string          // e.g. HTTPS_PROXY
 	c                       *kubetest.Cluster // whose CA for apiServer mode
 }
@@ -268,8 +288,8 @@ cluster: %s
 agentID: %s
 joinSecretFile: %s
 stubCAFile: %s
-log: {level: debug}
-`, g.url, o.cluster, o.id, o.secretFile, caFile)
+log: {level: %s}
+`, g.url, o.cluster, o.id, o.secretFile, caFile, cmp.Or(o.logLevel, "debug"))
 	if o.kubeconfig != "" {
 		cfg += "kubeconfig: " + o.kubeconfig + "\n"
 	} else {
@@ -292,8 +312,9 @@ func (g *gateway) status(token string) map[string]proxy.ClusterStatus {
 	}
 	defer resp.Body.Close()
 	var list []proxy.ClusterStatus
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		g.t.Fatal(err)
+	body, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(body, &list); err != nil {
+		g.t.Fatalf("%s: %d %s (%v)", proxy.ClustersPath, resp.StatusCode, body, err)
 	}
 	out := map[string]proxy.ClusterStatus{}
 	for _, c := range list {

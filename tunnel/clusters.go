@@ -83,6 +83,9 @@ func OpenClustersFile(path string) (*ClustersFile, error) {
 // Get returns the registered cluster id.
 func (c *ClustersFile) Get(id string) (ClusterEntry, bool) {
 	e, ok := c.file.Get()[id]
+	if !ok {
+		e, ok = c.file.Fresh()[id] // registered a moment ago?
+	}
 	return e, ok
 }
 

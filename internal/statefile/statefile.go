@@ -53,6 +53,17 @@ func (f *File[T]) Get() T {
 	return f.val
 }
 
+// Fresh is Get without the once-a-second throttle: it stats the file now.
+// Callers use it after a miss (an unknown token or cluster), so that what a
+// command just wrote is seen at once; a miss costs one stat.
+func (f *File[T]) Fresh() T {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lastCheck = time.Now()
+	f.err = f.reload(false)
+	return f.val
+}
+
 // Reload re-reads the file now, whatever its time stamp says.
 func (f *File[T]) Reload() error {
 	f.mu.Lock()

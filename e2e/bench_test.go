@@ -1,0 +1,171 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/keyhole-dev/keyhole/internal/kubetest"
+)
+
+// BenchmarkGateway measures, in one run, the same requests made directly to
+// the API server and through stub + two agents, and logs the ratios.
+//
+//	go test -run '^$' -bench Gateway -benchtime 5s ./e2e/
+//
+// Both paths use one HTTP/2 client each, as kubectl and client-go do.
+func BenchmarkGateway(b *testing.B) {
+	c := kubetest.Start(b)
+	g := startGateway(b, c)
+	manifest, secret := g.register("bench")
+	c.Apply(b, manifest)
+	tokenFile := filepath.Join(g.dir, "sa-token")
+	writeFile(b, tokenFile, c.ServiceAccountToken(b, "keyhole-system", "keyhole-agent"))
+	for _, id := range []string{"a1", "a2"} {
+		g.startAgent(agentOpts{cluster: "bench", id: id, secretFile: secret, apiURL: c.URL, tokenFile: tokenFile, c: c, logLevel: "info"})
+	}
+	alice := g.kubeconfig("alice")
+	aliceTok := tokenOf(b, alice)
+	c.Apply(b, `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: alice-admin}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
+`)
+	g.waitAgents(aliceTok, "bench", "a1", "a2")
+	fillConfigMaps(b, c, "bulk", 5000)
+
+	type target struct {
+		name, base, token string
+		client            *http.Client
+	}
+	mk := func(caPEM []byte) *http.Client {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(caPEM)
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 100}
+		b.Cleanup(tr.CloseIdleConnections)
+		return &http.Client{Transport: tr}
+	}
+	targets := []target{
+		{"direct", c.URL, c.AdminToken, mk(c.CAData)},
+		{"gateway", g.url + "/clusters/bench", aliceTok, mk(g.caPEM)},
+	}
+	get := func(b *testing.B, t target, path string) int64 {
+		req, _ := http.NewRequest("GET", t.base+path, nil)
+		req.Header.Set("Authorization", "Bearer "+t.token)
+		req.Header.Set("Accept", "application/json")
+		resp, err := t.client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("%s %s: %d", t.name, path, resp.StatusCode)
+		}
+		return n
+	}
+	const small = "/api/v1/namespaces/default"
+	for _, t := range targets {
+		get(b, t, small) // open and warm each client's connection
+	}
+	// Each scenario runs direct, then through the gateway, back to back; the
+	// gateway run reports its throughput as a fraction of direct
+	// (x-of-direct) and the time it adds per request (added-µs).
+	direct := map[string]float64{}
+	report := func(b *testing.B, scenario string, t target, elapsed time.Duration) {
+		ns := float64(elapsed.Nanoseconds()) / float64(b.N)
+		if t.name == "direct" {
+			direct[scenario] = ns
+			return
+		}
+		if d := direct[scenario]; d > 0 {
+			b.ReportMetric(d/ns, "x-of-direct")
+			b.ReportMetric((ns-d)/1e3, "added-µs")
+		}
+	}
+	for _, t := range targets {
+		b.Run("get-small-serial/"+t.name, func(b *testing.B) {
+			lat := make([]time.Duration, 0, b.N)
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				s := time.Now()
+				get(b, t, small)
+				lat = append(lat, time.Since(s))
+			}
+			report(b, "serial", t, time.Since(start))
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+	for _, t := range targets {
+		b.Run("get-small-64-concurrent/"+t.name, func(b *testing.B) {
+			b.SetParallelism((64 + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0))
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					get(b, t, small)
+				}
+			})
+			report(b, "parallel", t, time.Since(start))
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "req/s")
+		})
+	}
+	for _, t := range targets {
+		b.Run("list-5000/"+t.name, func(b *testing.B) {
+			start := time.Now()
+			var n int64
+			for i := 0; i < b.N; i++ {
+				n = get(b, t, "/api/v1/namespaces/bulk/configmaps")
+			}
+			report(b, "list", t, time.Since(start))
+			b.SetBytes(n)
+		})
+	}
+}
+
+func fillConfigMaps(tb testing.TB, c *kubetest.Cluster, ns string, n int) {
+	c.EnsureNamespace(tb, ns)
+	rc := c.RESTConfig()
+	rc.QPS, rc.Burst = 2000, 2000
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	var failed error
+	var once sync.Once
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			_, err := cs.CoreV1().ConfigMaps(ns).Create(context.Background(), &corev1.ConfigMap{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cm-%05d", i)}, Data: map[string]string{"k": strings.Repeat("v", 100)}}, metav1.CreateOptions{})
+			if err != nil {
+				once.Do(func() { failed = err })
+			}
+		}()
+	}
+	wg.Wait()
+	if failed != nil {
+		tb.Fatal(failed)
+	}
+}
