@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one test command (README; .ci/run runs exactly this). On a fresh
+# machine it builds and caches the real control plane first (hack/testbin.sh),
+# then runs every package's tests with the race detector, including the
+# end-to-end suite that drives the real kubectl through stub and agents,
+# and one pass of the gateway-vs-direct benchmark so it cannot rot.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+command -v kubectl >/dev/null || { echo "test: kubectl is not on PATH (the e2e tests drive the real kubectl)" >&2; exit 1; }
+KEYHOLE_TESTBIN="$(hack/testbin.sh)"
+export KEYHOLE_TESTBIN
+
+echo "== go vet" >&2
+go vet ./...
+echo "== go test -race ./..." >&2
+go test -race -count=1 -timeout 45m ./...
+echo "== benchmark smoke run (figures: docs/benchmarks.md)" >&2
+go test -count=1 -run '^$' -bench . -benchtime 1x -timeout 10m ./e2e/
