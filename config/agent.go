@@ -1,6 +1,9 @@
 package config
 
 import (
+	"cmp"
+	"crypto/rand"
+	"encoding/hex"
 	"net/url"
 	"os"
 	"time"
@@ -14,7 +17,9 @@ type Agent struct {
 	StubURL string `json:"stubURL"`
 	// Cluster is the ID this cluster was registered under.
 	Cluster string `json:"cluster"`
-	// AgentID names this replica; default $POD_NAME, else the host name.
+	// AgentID names this replica; default $POD_NAME, else the host name
+	// with a random suffix. An agent that reconnects under the same ID
+	// replaces its previous session at the stub.
 	AgentID string `json:"agentID"`
 	// JoinSecretFile holds the join secret `stub register` printed.
 	JoinSecretFile string `json:"joinSecretFile"`
@@ -77,7 +82,12 @@ func (c *Agent) validate(path string) error {
 		c.AgentID = os.Getenv("POD_NAME")
 	}
 	if c.AgentID == "" {
-		c.AgentID, _ = os.Hostname()
+		// Outside a pod: the host name plus a random suffix, so two agents
+		// on one host do not replace each other's session at the stub.
+		host, _ := os.Hostname()
+		b := make([]byte, 3)
+		_, _ = rand.Read(b)
+		c.AgentID = cmp.Or(host, "agent") + "-" + hex.EncodeToString(b)
 	}
 	if c.JoinSecretFile == "" {
 		p.addf("joinSecretFile: must name the file holding the join secret")

@@ -87,11 +87,11 @@ func TestLoadAgent(t *testing.T) {
 		t.Fatalf("%+v %v", c, err)
 	}
 	cases := map[string][]string{
-		ah + "cluster: prod\n": {"stubURL"},
-		ah + "stubURL: https://x\n": {"cluster:"},
+		ah + "cluster: prod\n":                               {"stubURL"},
+		ah + "stubURL: https://x\n":                          {"cluster:"},
 		ok + "kubeconfig: /k\napiServer: {url: https://a}\n": {"give one of them", "apiServer.tokenFile"},
-		ok + "apiServer: {url: http://a, tokenFile: /t}\n":  {`apiServer.url: "http://a"`},
-		ok + "joinSecret: abc\n":                            {`unknown key "joinSecret"`, "joinSecretFile"},
+		ok + "apiServer: {url: http://a, tokenFile: /t}\n":   {`apiServer.url: "http://a"`},
+		ok + "joinSecret: abc\n":                             {`unknown key "joinSecret"`, "joinSecretFile"},
 	}
 	for body, want := range cases {
 		_, err := LoadAgent(write(t, body))

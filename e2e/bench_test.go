@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -31,21 +30,11 @@ import (
 func BenchmarkGateway(b *testing.B) {
 	c := kubetest.Start(b)
 	g := startGateway(b, c)
-	manifest, secret := g.register("bench")
-	c.Apply(b, manifest)
-	tokenFile := filepath.Join(g.dir, "sa-token")
-	writeFile(b, tokenFile, c.ServiceAccountToken(b, "keyhole-system", "keyhole-agent"))
+	secret, tokenFile := g.install("bench")
 	for _, id := range []string{"a1", "a2"} {
 		g.startAgent(agentOpts{cluster: "bench", id: id, secretFile: secret, apiURL: c.URL, tokenFile: tokenFile, c: c, logLevel: "info"})
 	}
-	alice := g.kubeconfig("alice")
-	aliceTok := tokenOf(b, alice)
-	c.Apply(b, `apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: alice-admin}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
-`)
+	_, aliceTok := g.user("alice", "cluster-admin")
 	g.waitAgents(aliceTok, "bench", "a1", "a2")
 	fillConfigMaps(b, c, "bulk", 5000)
 

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -123,12 +122,18 @@ func startConnectProxy(t *testing.T, names map[string]string) *connectProxy {
 			back.Close()
 			return
 		}
+		if n := brw.Reader.Buffered(); n > 0 { // bytes the agent sent after CONNECT
+			buffered, _ := brw.Reader.Peek(n)
+			if _, err := back.Write(buffered); err != nil {
+				front.Close()
+				back.Close()
+				return
+			}
+		}
 		p.mu.Lock()
 		p.conns = append(p.conns, front, back)
 		p.mu.Unlock()
-		p.wg.Add(2)
-		go func() { defer p.wg.Done(); _, _ = io.Copy(back, brw); back.Close() }()
-		go func() { defer p.wg.Done(); _, _ = io.Copy(front, back); front.Close() }()
+		relay(front, back, &p.wg)
 	})}
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() {
@@ -164,10 +169,7 @@ func TestAgentThroughConnectProxy(t *testing.T) {
 		return err == nil
 	}, g.stub)
 
-	manifest, secret := g.register("behind-proxy")
-	c.Apply(t, manifest)
-	tokenFile := filepath.Join(g.dir, "sa-token")
-	writeFile(t, tokenFile, c.ServiceAccountToken(t, "keyhole-system", "keyhole-agent"))
+	secret, tokenFile := g.install("behind-proxy")
 	proxy := startConnectProxy(t, map[string]string{name: "127.0.0.1"})
 	_, port, _ := net.SplitHostPort(strings.TrimPrefix(g.url, "https://"))
 	viaName := fmt.Sprintf("https://%s:%s", name, port)
@@ -175,17 +177,11 @@ func TestAgentThroughConnectProxy(t *testing.T) {
 	agentGW.url = viaName
 	(&agentGW).startAgent(agentOpts{cluster: "behind-proxy", id: "p1", secretFile: secret, apiURL: c.URL, tokenFile: tokenFile, c: c,
 		env: []string{"HTTPS_PROXY=http://" + proxy.l.Addr().String(), "NO_PROXY="}})
-	alice := g.kubeconfig("alice")
-	g.waitAgents(tokenOf(t, alice), "behind-proxy", "p1")
+	alice, aliceTok := g.user("alice", "e2e-reader")
+	g.waitAgents(aliceTok, "behind-proxy", "p1")
 	if n := proxy.connects.Load(); n < 1 {
 		t.Fatalf("the agent connected without the proxy (%d CONNECTs)", n)
 	}
-	c.Apply(t, `apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: alice-reader}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-reader}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
-`+readerRole)
 	out, err := g.kubectl(alice, nil, nil, "get", "ns", "kube-system", "-o", "name")
 	if err != nil || out != "namespace/kube-system\n" {
 		t.Fatalf("through the proxied tunnel: %v %q", err, out)

@@ -147,9 +147,7 @@ func startForwarder(t *testing.T, target string) *forwarder {
 			f.mu.Lock()
 			f.conns = append(f.conns, c, b)
 			f.mu.Unlock()
-			f.wg.Add(2)
-			go func() { defer f.wg.Done(); _, _ = io.Copy(b, c); b.Close() }()
-			go func() { defer f.wg.Done(); _, _ = io.Copy(c, b); c.Close() }()
+			relay(c, b, &f.wg)
 		}
 	}()
 	t.Cleanup(f.cut)
@@ -173,18 +171,8 @@ func (f *forwarder) port() string { return strconv.Itoa(f.l.Addr().(*net.TCPAddr
 func TestFaults(t *testing.T) {
 	c := kubetest.Start(t)
 	g := startGateway(t, c)
-	manifest, secret := g.register("cut")
-	c.Apply(t, manifest)
-	tokenFile := filepath.Join(g.dir, "sa-token")
-	writeFile(t, tokenFile, c.ServiceAccountToken(t, "keyhole-system", "keyhole-agent"))
-	alice := g.kubeconfig("alice")
-	aliceTok := tokenOf(t, alice)
-	c.Apply(t, `apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: alice-admin}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
-`)
+	secret, tokenFile := g.install("cut")
+	alice, aliceTok := g.user("alice", "cluster-admin")
 	apiPort := c.URL[strings.LastIndex(c.URL, ":")+1:]
 	fw := startForwarder(t, "127.0.0.1:"+apiPort)
 	agent := g.startAgent(agentOpts{cluster: "cut", id: "a1", secretFile: secret, apiURL: "https://127.0.0.1:" + fw.port(), tokenFile: tokenFile, c: c})

@@ -10,14 +10,12 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
 )
@@ -113,6 +111,36 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
 	longWatch(t)
 	t.Run("killed agent costs no later request", s.testAgentKilled)
 	t.Run("vanished agent is noticed", s.testAgentVanished)
+	t.Run("no secret in any log", func(t *testing.T) {
+		secrets := map[string]string{"alice's token": s.aliceTok, "bob's token": tokenOf(t, s.bob),
+			"the API server admin token": s.c.AdminToken, "the agent ServiceAccount token": readTrimmed(t, s.saToken),
+			"the join secret": readTrimmed(t, s.secret)}
+		logs := []*process{s.g.stub}
+		for _, a := range s.agents {
+			logs = append(logs, a)
+		}
+		for _, p := range logs {
+			text := p.logText()
+			// The logs are complete (debug level, every request), so the
+			// search below is not vacuous.
+			if !strings.Contains(text, `"msg":"request"`) || !strings.Contains(text, `"user":"alice"`) {
+				t.Fatalf("%s log lacks its request lines:\n%s", p.name, p.tail(5))
+			}
+			for what, v := range secrets {
+				if strings.Contains(text, v) {
+					t.Errorf("%s's log (debug level) contains %s", p.name, what)
+				}
+			}
+		}
+	})
+}
+
+func readTrimmed(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(strings.TrimSpace(string(b))) < 16 {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // readerRole stands in for "view", which is aggregated by a controller that
@@ -191,34 +219,7 @@ func (s *suite) testPlainVerbs(t *testing.T) {
 
 func (s *suite) testBigList(t *testing.T) {
 	const n = 5000
-	s.c.EnsureNamespace(t, "bulk")
-	rc := s.c.RESTConfig()
-	rc.QPS, rc.Burst = 2000, 2000
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	sem := make(chan struct{}, 16)
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_, err := cs.CoreV1().ConfigMaps("bulk").Create(context.Background(), &corev1.ConfigMap{
-				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("cm-%05d", i)}, Data: map[string]string{"k": strings.Repeat("v", 100)}}, metav1.CreateOptions{})
-			if err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+	fillConfigMaps(t, s.c, "bulk", n)
 	for _, chunk := range []string{"--chunk-size=500", "--chunk-size=0"} {
 		start := time.Now()
 		out := s.k(t, "get", "configmaps", "-n", "bulk", "--no-headers", "-o", "name", chunk)

@@ -389,3 +389,42 @@ func readAll(resp *http.Response) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// install registers cluster id, applies its generated manifest (so the
+// agent's ServiceAccount and RBAC exist) and writes that ServiceAccount's
+// token to a file, as a pod would have it. It returns the join secret file
+// and the token file.
+func (g *gateway) install(id string) (secretFile, tokenFile string) {
+	g.t.Helper()
+	manifest, secretFile := g.register(id)
+	g.c.Apply(g.t, manifest)
+	tokenFile = filepath.Join(g.dir, "sa-token-"+id)
+	writeFile(g.t, tokenFile, g.c.ServiceAccountToken(g.t, "keyhole-system", "keyhole-agent"))
+	return secretFile, tokenFile
+}
+
+// user mints a kubeconfig for name and binds name to clusterRole in the
+// cluster; it returns the kubeconfig and its token.
+func (g *gateway) user(name, clusterRole string) (kubeconfig, token string) {
+	g.t.Helper()
+	kubeconfig = g.kubeconfig(name)
+	extra := ""
+	if clusterRole == "e2e-reader" {
+		extra = readerRole
+	}
+	g.c.Apply(g.t, fmt.Sprintf(`apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: %s-%s}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: %s}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: %s}]
+`, name, clusterRole, clusterRole, name)+extra)
+	return kubeconfig, tokenOf(g.t, kubeconfig)
+}
+
+// relay copies between a and b until both directions end; wg tracks its
+// two goroutines.
+func relay(a, b net.Conn, wg *sync.WaitGroup) {
+	wg.Add(2)
+	go func() { defer wg.Done(); _, _ = io.Copy(b, a); b.Close() }()
+	go func() { defer wg.Done(); _, _ = io.Copy(a, b); a.Close() }()
+}

@@ -8,6 +8,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -105,11 +106,15 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, g := range groups {
 		h.Add("Impersonate-Group", g)
 	}
+	start := time.Now()
 	if httpstream.IsUpgradeRequest(r) {
 		a.upgrade.ServeHTTP(w, out)
-		return
+	} else {
+		a.plain.ServeHTTP(w, out)
 	}
-	a.plain.ServeHTTP(w, out)
+	if ce := log.Check(zap.DebugLevel, "request"); ce != nil {
+		ce.Write(zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Strings("groups", groups), zap.Duration("latency", time.Since(start)))
+	}
 }
 
 func (a *Agent) rewrite(pr *httputil.ProxyRequest) {

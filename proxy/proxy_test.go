@@ -40,7 +40,9 @@ func (t tokens) AuthenticateToken(tok string) (*authn.User, error) {
 
 type registry map[string]bool
 
-func (r registry) Get(id string) (tunnel.ClusterEntry, bool) { return tunnel.ClusterEntry{ID: id}, r[id] }
+func (r registry) Get(id string) (tunnel.ClusterEntry, bool) {
+	return tunnel.ClusterEntry{ID: id}, r[id]
+}
 
 type agentAuth struct{}
 
@@ -422,4 +424,3 @@ func FuzzParseClusterPath(f *testing.F) {
 		}
 	})
 }
-
