@@ -59,13 +59,17 @@ func TestGateway(t *testing.T) {
 	// Install it for real: the ServiceAccount and RBAC are what the agents
 	// run with. (The Deployment stays unscheduled: no controllers run here.)
 	c.Apply(t, manifest)
-	tokenFile := filepath.Join(g.dir, "sa-token")
+	saDir := filepath.Join(g.dir, "serviceaccount") // what a pod has mounted
+	if err := os.Mkdir(saDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(saDir, "token")
 	writeFile(t, tokenFile, c.ServiceAccountToken(t, "keyhole-system", "keyhole-agent"))
 	s.saToken = tokenFile
 	saKubeconfig := c.ServiceAccountKubeconfig(t, "keyhole-system", "keyhole-agent")
-	// Agent a1 runs like in a pod (API server URL, token file, CA file);
-	// agent a2 like outside the cluster (a kubeconfig).
-	s.agents["a1"] = g.startAgent(agentOpts{cluster: "e2e", id: "a1", secretFile: secretFile, apiURL: c.URL, tokenFile: tokenFile, c: c})
+	// Agent a1 runs as in a pod (in-cluster config from the pod's files);
+	// agent a2 outside the cluster (a kubeconfig).
+	s.agents["a1"] = g.startAgent(agentOpts{cluster: "e2e", id: "a1", secretFile: secretFile, inCluster: true, tokenFile: tokenFile, c: c})
 	s.agents["a2"] = g.startAgent(agentOpts{cluster: "e2e", id: "a2", secretFile: secretFile, kubeconfig: saKubeconfig})
 
 	s.alice = g.kubeconfig("alice", "devs")
@@ -84,6 +88,9 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-read
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
 `+readerRole)
 	g.waitAgents(s.aliceTok, "e2e", "a1", "a2")
+	if log := s.agents["a1"].logText(); !strings.Contains(log, `"api_source":"in-cluster"`) {
+		t.Fatalf("agent a1 did not use the in-cluster configuration:\n%s", s.agents["a1"].tail(10))
+	}
 
 	// A watch that stays open for the whole suite (minutes) and must still
 	// deliver an event at the end.
@@ -478,7 +485,7 @@ func (s *suite) testAgentKilled(t *testing.T) {
 		t.Fatal(out)
 	}
 	// Bring a1 back for what follows.
-	s.agents["a1"] = s.g.startAgent(agentOpts{cluster: "e2e", id: "a1", secretFile: s.secret, apiURL: s.c.URL, tokenFile: s.saToken, c: s.c})
+	s.agents["a1"] = s.g.startAgent(agentOpts{cluster: "e2e", id: "a1", secretFile: s.secret, inCluster: true, tokenFile: s.saToken, c: s.c})
 	s.g.waitAgents(s.aliceTok, "e2e", "a1", "a2")
 }
 

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -270,6 +271,7 @@ func tokenOf(t testing.TB, kubeconfig string) string {
 type agentOpts struct {
 	cluster, id, secretFile string
 	kubeconfig              string            // out-of-cluster mode
+	inCluster               bool              // as in a pod: rest.InClusterConfig, token file re-read
 	apiURL, tokenFile       string            // in-cluster-like mode (token file re-read)
 	extra                   string            // more YAML
 	logLevel                string            // default debug
@@ -290,15 +292,40 @@ joinSecretFile: %s
 stubCAFile: %s
 log: {level: %s}
 `, g.url, o.cluster, o.id, o.secretFile, caFile, cmp.Or(o.logLevel, "debug"))
-	if o.kubeconfig != "" {
+	switch {
+	case o.inCluster:
+	case o.kubeconfig != "":
 		cfg += "kubeconfig: " + o.kubeconfig + "\n"
-	} else {
+	default:
 		cfg += fmt.Sprintf("apiServer: {url: %s, tokenFile: %s, caFile: %s}\n", o.apiURL, o.tokenFile, o.c.CAFile)
 	}
 	cfg += o.extra
 	path := filepath.Join(g.dir, "agent-"+o.id+".yaml")
 	writeFile(g.t, path, cfg)
-	return startProcess(g.t, "agent "+o.id, filepath.Join(g.dir, "agent-"+o.id+".log"), o.env, g.agentBin, "--config", path)
+	logPath := filepath.Join(g.dir, "agent-"+o.id+".log")
+	if !o.inCluster {
+		return startProcess(g.t, "agent "+o.id, logPath, o.env, g.agentBin, "--config", path)
+	}
+	// In-cluster, for real: client-go's rest.InClusterConfig reads
+	// KUBERNETES_SERVICE_HOST/PORT and the fixed paths
+	// /var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt}. The agent
+	// gets its own mount namespace with a tmpfs over /run and the directory
+	// of o.tokenFile bound there, so the host is untouched. unshare and sh
+	// exec, so the PID signalled is the agent's.
+	saDir := filepath.Dir(o.tokenFile)
+	if filepath.Base(o.tokenFile) != "token" {
+		g.t.Fatalf("in-cluster agent: token file %s must be named \"token\"", o.tokenFile)
+	}
+	writeFile(g.t, filepath.Join(saDir, "ca.crt"), string(o.c.CAData))
+	writeFile(g.t, filepath.Join(saDir, "namespace"), "keyhole-system")
+	u, err := url.Parse(o.c.URL)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	env := append([]string{"KUBERNETES_SERVICE_HOST=" + u.Hostname(), "KUBERNETES_SERVICE_PORT=" + u.Port()}, o.env...)
+	script := fmt.Sprintf("mount -t tmpfs tmpfs /run && mkdir -p %[1]s && mount --bind %[2]s %[1]s && exec %[3]s --config %[4]s",
+		"/run/secrets/kubernetes.io/serviceaccount", saDir, g.agentBin, path)
+	return startProcess(g.t, "agent "+o.id, logPath, env, "unshare", "--mount", "--", "sh", "-c", script)
 }
 
 // status asks the stub which agents are connected.

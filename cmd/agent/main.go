@@ -58,7 +58,7 @@ func run(args []string) error {
 	defer log.Sync()
 	log = log.With(zap.String("cluster", cfg.Cluster), zap.String("agent", cfg.AgentID))
 
-	rc, err := restConfig(cfg)
+	rc, source, err := restConfig(cfg)
 	if err != nil {
 		return err
 	}
@@ -97,27 +97,30 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	log.Info("agent starting", zap.String("stub", cfg.StubURL), zap.String("api_server", rc.Host), zap.String("fingerprint", fp), zap.String("version", version))
+	log.Info("agent starting", zap.String("stub", cfg.StubURL), zap.String("api_server", rc.Host), zap.String("api_source", source), zap.String("fingerprint", fp), zap.String("version", version))
 	return agent.Run(ctx)
 }
 
-func restConfig(cfg config.Agent) (*rest.Config, error) {
+// restConfig returns how to reach the API server and where that came from.
+// In-cluster and apiServer configs name a token file, which client-go
+// re-reads as the kubelet rotates it.
+func restConfig(cfg config.Agent) (*rest.Config, string, error) {
 	switch {
 	case cfg.Kubeconfig != "":
 		rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 		if err != nil {
-			return nil, fmt.Errorf("kubeconfig %q: %w", cfg.Kubeconfig, err)
+			return nil, "", fmt.Errorf("kubeconfig %q: %w", cfg.Kubeconfig, err)
 		}
-		return rc, nil
+		return rc, "kubeconfig", nil
 	case cfg.APIServer.URL != "":
 		return &rest.Config{Host: cfg.APIServer.URL, BearerTokenFile: cfg.APIServer.TokenFile,
-			TLSClientConfig: rest.TLSClientConfig{CAFile: cfg.APIServer.CAFile}}, nil
+			TLSClientConfig: rest.TLSClientConfig{CAFile: cfg.APIServer.CAFile}}, "config", nil
 	default:
 		rc, err := rest.InClusterConfig()
 		if err != nil {
-			return nil, fmt.Errorf("in-cluster config: %w (outside a cluster set kubeconfig or apiServer in the config)", err)
+			return nil, "", fmt.Errorf("in-cluster config: %w (outside a cluster set kubeconfig or apiServer in the config)", err)
 		}
-		return rc, nil
+		return rc, "in-cluster", nil
 	}
 }
 
