@@ -17,8 +17,8 @@
 // Upgrades (exec, attach, port-forward, cp; SPDY and WebSocket) are proxied by
 // httputil.ReverseProxy: after the 101 both hops copy bytes in both
 // directions and pass half-close on (a tunnel stream's CloseWrite is a yamux
-// FIN). Responses are flushed as they are written (FlushInterval -1), so
-// watches and logs -f are never buffered, and neither hop sets a timeout that
+// FIN). Streaming responses (watch, logs -f: no Content-Length) are flushed
+// on every write, so they are never buffered, and neither hop sets a timeout that
 // would cut a long stream.
 //
 // Every failure the caller can see is a Kubernetes Status with the right code
