@@ -51,6 +51,14 @@ func EnsureSelfSigned(dir string, hosts []string) (*Bundle, error) {
 	srvCrt, srvKey := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
 	ca, caPriv, caPEM, err := loadCA(caCrt, caKey)
 	if errors.Is(err, os.ErrNotExist) {
+		// Only a first run makes a CA. Half a CA on disk means something
+		// was lost; a silent new CA would break every agent and kubeconfig
+		// that pinned the old one.
+		_, crtErr := os.Stat(caCrt)
+		_, keyErr := os.Stat(caKey)
+		if !errors.Is(crtErr, os.ErrNotExist) || !errors.Is(keyErr, os.ErrNotExist) {
+			return nil, fmt.Errorf("self-signed CA in %s: one of ca.crt and ca.key is missing: restore it, or remove both to start a new CA (then re-register every cluster and reissue kubeconfigs, which pin the old one)", dir)
+		}
 		ca, caPriv, caPEM, err = newCA(caCrt, caKey)
 	}
 	if err != nil {

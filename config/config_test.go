@@ -75,6 +75,9 @@ func TestStubDefaults(t *testing.T) {
 	if c.Listen != ":8443" || c.PublicURL != "https://localhost:8443" || c.StateDir == "" || c.Tunnel.KeepAliveInterval.Duration != 5*time.Second {
 		t.Fatalf("defaults: %+v", c)
 	}
+	if c, err := LoadStub(write(t, head+"publicURL: https://kh.example.com/\n")); err != nil || c.PublicURL != "https://kh.example.com" {
+		t.Fatalf("trailing slash: %q %v", c.PublicURL, err)
+	}
 	if _, err := LoadStub(filepath.Join(t.TempDir(), "missing.yaml")); err == nil || !strings.Contains(err.Error(), "--config") {
 		t.Fatalf("missing file: %v", err)
 	}

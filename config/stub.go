@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap/zapcore"
@@ -98,6 +99,7 @@ func (c *Stub) validate(path string) error {
 		}
 		c.PublicURL = "https://" + net.JoinHostPort(host, port)
 	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/") // kubeconfigs append /clusters/…
 	if u, err := url.Parse(c.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		p.addf("publicURL: %q must be an https:// URL with a host and no path, e.g. \"https://keyhole.example.com\"", c.PublicURL)
 	}

@@ -106,7 +106,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	agentID := r.Header.Get(HeaderAgent)
 	fp := r.Header.Get(HeaderFingerprint)
 	log := s.log.With(zap.String("cluster", cluster), zap.String("agent", agentID), zap.String("remote_addr", r.RemoteAddr))
-	if r.Method != http.MethodGet || !strings.EqualFold(r.Header.Get("Upgrade"), UpgradeProtocol) || r.ProtoMajor != 1 {
+	if r.Method != http.MethodGet || !strings.EqualFold(r.Header.Get("Upgrade"), UpgradeProtocol) || r.ProtoMajor != 1 || r.ProtoMinor < 1 {
 		refuse(w, http.StatusBadRequest, "expected an HTTP/1.1 GET with Upgrade: "+UpgradeProtocol)
 		return
 	}
