@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -10,6 +11,9 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+
+	"github.com/keyhole-dev/keyhole/authn"
+	"github.com/keyhole-dev/keyhole/policy"
 )
 
 // Stub is the stub's configuration (kind StubConfig).
@@ -27,6 +31,26 @@ type Stub struct {
 	TLS      StubTLS   `json:"tls"`
 	Tunnel   TunnelCfg `json:"tunnel"`
 	Log      Log       `json:"log"`
+	// Authentication adds OIDC issuers to the static tokens of the state
+	// directory. It and Policy are re-read when the file changes.
+	Authentication Authentication `json:"authentication"`
+	// Policy says who may reach which cluster. Absent: every authenticated
+	// caller reaches every cluster (a warning is logged). Present, even
+	// empty: denied unless a rule allows.
+	Policy *[]policy.Rule `json:"policy,omitempty"`
+	Audit  Audit          `json:"audit"`
+}
+
+// Authentication lists trusted OIDC issuers, in the shape of the jwt list
+// of Kubernetes' AuthenticationConfiguration.
+type Authentication struct {
+	JWT []authn.JWTAuthenticatorConfig `json:"jwt,omitempty"`
+}
+
+// Audit says where audit records (audit.k8s.io/v1 Events, JSON lines) go:
+// a file path, "-" for stdout, or "" for nowhere.
+type Audit struct {
+	Path string `json:"path"`
 }
 
 // StubTLS chooses the serving certificate: an operator-supplied pair, or a
@@ -72,11 +96,17 @@ func defaultStateDir() string {
 
 // LoadStub reads path ("" = defaults only), applies defaults and validates.
 func LoadStub(path string) (Stub, error) {
-	c := DefaultStub()
 	data, err := readFile(path)
 	if err != nil {
-		return c, err
+		return DefaultStub(), err
 	}
+	return ParseStub(path, data)
+}
+
+// ParseStub decodes and validates data read from path (nil data: the
+// defaults).
+func ParseStub(path string, data []byte) (Stub, error) {
+	c := DefaultStub()
 	if data != nil {
 		if err := decode(path, data, "StubConfig", &c); err != nil {
 			return c, err
@@ -120,7 +150,35 @@ func (c *Stub) validate(path string) error {
 	}
 	checkTunnel(&p, c.Tunnel)
 	checkLevel(&p, c.Log.Level)
+	seen := map[string]bool{}
+	for i := range c.Authentication.JWT {
+		j := &c.Authentication.JWT[i]
+		for _, err := range j.Validate(fmt.Sprintf("authentication.jwt[%d]", i)) {
+			p = append(p, err)
+		}
+		if seen[j.Issuer.URL] {
+			p.addf("authentication.jwt[%d].issuer.url: %q is listed twice", i, j.Issuer.URL)
+		}
+		seen[j.Issuer.URL] = true
+	}
+	if c.Policy != nil {
+		if _, err := policy.New(*c.Policy); err != nil {
+			p = append(p, err)
+		}
+	}
 	return p.err(path)
+}
+
+// BuildPolicy returns the configured policy, or the open one.
+func (c Stub) BuildPolicy() *policy.Policy {
+	if c.Policy == nil {
+		return policy.Open()
+	}
+	pol, err := policy.New(*c.Policy)
+	if err != nil {
+		panic(err) // validate checked it
+	}
+	return pol
 }
 
 func checkTunnel(p *problems, t TunnelCfg) {

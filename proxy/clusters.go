@@ -10,8 +10,8 @@ import (
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
 
-// ClustersPath lists the registered clusters and their connected agents for
-// any authenticated caller.
+// ClustersPath lists, for an authenticated caller, the registered clusters it
+// may reach and their connected agents.
 const ClustersPath = "/keyhole/v1/clusters"
 
 // AgentLister lists connected agents (*tunnel.Server).
@@ -33,19 +33,23 @@ type ClusterStatus struct {
 }
 
 // ClustersHandler serves ClustersPath.
-func ClustersHandler(auth TokenAuthenticator, clusters ClusterLister, agents AgentLister) http.Handler {
+func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterLister, agents AgentLister) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok {
 			kubestatus.Write(w, kubestatus.Unauthorized("no bearer token"))
 			return
 		}
-		if _, err := auth.AuthenticateToken(token); err != nil {
-			kubestatus.Write(w, kubestatus.Unauthorized("the bearer token is not valid (unknown, expired or revoked)"))
+		user, err := auth.Authenticate(r.Context(), token)
+		if err != nil {
+			kubestatus.Write(w, kubestatus.Unauthorized(unauthorizedMessage(err)))
 			return
 		}
-		var out []ClusterStatus
+		out := []ClusterStatus{}
 		for _, c := range clusters.List() {
+			if !pol.Allowed(user, c.ID, c.Labels) {
+				continue // callers see only the clusters they may reach
+			}
 			a := agents.Agents(c.ID)
 			if a == nil {
 				a = []tunnel.AgentInfo{}

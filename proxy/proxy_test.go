@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/keyhole-dev/keyhole/authn"
+	"github.com/keyhole-dev/keyhole/policy"
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
 
@@ -31,7 +32,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type tokens map[string]authn.User
 
-func (t tokens) AuthenticateToken(tok string) (*authn.User, error) {
+func (t tokens) Authenticate(_ context.Context, tok string) (*authn.User, error) {
 	u, ok := t[tok]
 	if !ok {
 		return nil, authn.ErrInvalidToken
@@ -132,7 +133,8 @@ func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
 		t.Fatal(err)
 	}
 	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true},
-		Auth: tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}}, Logger: log})
+		Auth:   tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}, "eve-token": {Name: "eve"}},
+		Policy: mustPolicy(t, policy.Rule{Clusters: []string{"*"}, Groups: []string{"dev"}}), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,6 +260,7 @@ func TestRefusals(t *testing.T) {
 		{"impersonation", "/clusters/c1/api", "alice-token", http.Header{"Impersonate-User": {"admin"}}, 403, "impersonation"},
 		{"impersonate extra", "/clusters/c1/api", "alice-token", http.Header{"Impersonate-Extra-Scopes": {"x"}}, 403, "impersonation"},
 		{"outside clusters", "/api/v1/pods", "alice-token", nil, 404, "--raw"},
+		{"denied by policy", "/clusters/c1/api", "eve-token", nil, 403, `user "eve" may not reach cluster "c1"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -427,4 +430,12 @@ func FuzzParseClusterPath(f *testing.F) {
 			t.Fatalf("%q → %q %q", p, id, rest)
 		}
 	})
+}
+
+func mustPolicy(t testing.TB, rules ...policy.Rule) *policy.Policy {
+	p, err := policy.New(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -32,16 +32,24 @@ type ClusterRegistry interface {
 	Get(id string) (tunnel.ClusterEntry, bool)
 }
 
-// TokenAuthenticator maps a bearer token to a user (*authn.TokenFile).
-type TokenAuthenticator interface {
-	AuthenticateToken(token string) (*authn.User, error)
+// Authenticator maps a bearer token to a user (*authn.Chain). Its error
+// message is shown to the caller, so it must say why without echoing the
+// token.
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (*authn.User, error)
+}
+
+// Policy decides whether a user may reach a cluster (*policy.Policy).
+type Policy interface {
+	Allowed(u *authn.User, cluster string, labels map[string]string) bool
 }
 
 // StubConfig configures the stub hop.
 type StubConfig struct {
 	Dialer   ClusterDialer
 	Clusters ClusterRegistry
-	Auth     TokenAuthenticator
+	Auth     Authenticator
+	Policy   Policy
 	Logger   *zap.Logger
 }
 
@@ -62,8 +70,8 @@ const clusterKey ctxKey = 0
 
 // NewStub validates cfg and builds the handler.
 func NewStub(cfg StubConfig) (*Stub, error) {
-	if cfg.Dialer == nil || cfg.Clusters == nil || cfg.Auth == nil {
-		return nil, errors.New("proxy: StubConfig needs Dialer, Clusters and Auth")
+	if cfg.Dialer == nil || cfg.Clusters == nil || cfg.Auth == nil || cfg.Policy == nil {
+		return nil, errors.New("proxy: StubConfig needs Dialer, Clusters, Auth and Policy")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -135,10 +143,10 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kubestatus.Write(w, kubestatus.Unauthorized("no bearer token: use a kubeconfig from `stub kubeconfig`"))
 		return
 	}
-	user, err := s.cfg.Auth.AuthenticateToken(token)
+	user, err := s.cfg.Auth.Authenticate(r.Context(), token)
 	if err != nil {
-		log.Info("request refused: invalid token", zap.String("path", r.URL.Path))
-		kubestatus.Write(w, kubestatus.Unauthorized("the bearer token is not valid (unknown, expired or revoked)"))
+		log.Info("request refused: authentication failed", zap.String("path", r.URL.Path), zap.Error(err))
+		kubestatus.Write(w, kubestatus.Unauthorized(unauthorizedMessage(err)))
 		return
 	}
 	log = log.With(zap.String("user", user.Name))
@@ -148,9 +156,15 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log = log.With(zap.String("cluster", cluster))
-	if _, ok := s.cfg.Clusters.Get(cluster); !ok {
+	entry, ok := s.cfg.Clusters.Get(cluster)
+	if !ok {
 		log.Info("request refused: unknown cluster")
 		kubestatus.Write(w, kubestatus.NotFound(fmt.Sprintf("cluster %q is not registered at this gateway", cluster)))
+		return
+	}
+	if !s.cfg.Policy.Allowed(user, cluster, entry.Labels) {
+		log.Info("request refused by policy", zap.Strings("groups", user.Groups))
+		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("user %q may not reach cluster %q through this gateway (policy)", user.Name, cluster)))
 		return
 	}
 	if hasPrefixHeader(r.Header, "Impersonate-") {
@@ -216,4 +230,13 @@ func NotFoundHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		kubestatus.Write(w, kubestatus.NotFound(fmt.Sprintf("%q is not served here: cluster APIs live under %s{cluster-id}/ (with kubectl --raw, include that prefix)", r.URL.Path, ClustersPrefix)))
 	})
+}
+
+// unauthorizedMessage tells the caller why its token was refused; static
+// token failures stay generic.
+func unauthorizedMessage(err error) string {
+	if errors.Is(err, authn.ErrInvalidToken) {
+		return "the bearer token is not valid (unknown, expired or revoked)"
+	}
+	return "the bearer token is not valid: " + err.Error()
 }

@@ -49,13 +49,24 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	first, err := buildAccess(cfg, tokens)
+	if err != nil {
+		return err
+	}
+	acc, err := newLive(cfgPath, first, tokens, log.Named("config"))
+	if err != nil {
+		return err
+	}
+	if cfg.Policy == nil {
+		log.Warn("no policy configured: every authenticated caller may reach every cluster (set policy in the config to restrict)")
+	}
 	tsrv, err := tunnel.NewServer(tunnel.ServerConfig{Auth: clusters, Logger: log.Named("tunnel"),
 		KeepAliveInterval: cfg.Tunnel.KeepAliveInterval.Duration, KeepAliveTimeout: cfg.Tunnel.KeepAliveTimeout.Duration})
 	if err != nil {
 		return err
 	}
 	defer tsrv.Close()
-	stub, err := proxy.NewStub(proxy.StubConfig{Dialer: tsrv, Clusters: clusters, Auth: tokens, Logger: log.Named("proxy")})
+	stub, err := proxy.NewStub(proxy.StubConfig{Dialer: tsrv, Clusters: clusters, Auth: acc, Policy: acc, Logger: log.Named("proxy")})
 	if err != nil {
 		return err
 	}
@@ -64,7 +75,7 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.ConnectPath, tsrv)
 	mux.Handle(proxy.ClustersPrefix, stub)
-	mux.Handle(proxy.ClustersPath, proxy.ClustersHandler(tokens, clusters, tsrv))
+	mux.Handle(proxy.ClustersPath, proxy.ClustersHandler(acc, acc, clusters, tsrv))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.Handle("/", proxy.NotFoundHandler())
 

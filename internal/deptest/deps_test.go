@@ -17,8 +17,8 @@ var banned = map[string]map[string]string{
 		mod + "authn": "the tunnel knows nothing of users", mod + "proxy": "proxy builds on tunnel, not the reverse",
 		"k8s.io/": "the tunnel knows nothing of Kubernetes", mod + "cmd/": "nothing imports cmd",
 	},
-	"authn": {mod + "tunnel": "identity is independent of transport", mod + "proxy": "proxy builds on authn"},
-	"proxy": {mod + "cmd/": "nothing imports cmd"},
+	"authn":  {mod + "tunnel": "identity is independent of transport", mod + "proxy": "proxy builds on authn"},
+	"proxy":  {mod + "cmd/": "nothing imports cmd"},
 	"config": {mod + "tunnel": "the schema is plain data", mod + "proxy": "the schema is plain data"},
 }
 
