@@ -148,6 +148,7 @@ type gateway struct {
 	agentBin string
 	caPEM    []byte
 	http     *http.Client
+	base     string // the config as first written (see setConfig)
 }
 
 func freePort(t testing.TB) int {
@@ -234,10 +235,14 @@ func (g *gateway) stubCmd(args ...string) string {
 
 // register registers cluster id and returns the agent manifest and the
 // path of the join secret file.
-func (g *gateway) register(id string) (manifest, secretFile string) {
+func (g *gateway) register(id string, labels ...string) (manifest, secretFile string) {
 	g.t.Helper()
 	secretFile = filepath.Join(g.dir, id+".secret")
-	manifest = g.stubCmd("register", id, "--secret-out", secretFile, "--image", "keyhole-agent:e2e")
+	args := []string{"register", id, "--secret-out", secretFile, "--image", "keyhole-agent:e2e"}
+	for _, l := range labels {
+		args = append(args, "--label", l)
+	}
+	manifest = g.stubCmd(args...)
 	return manifest, secretFile
 }
 
@@ -421,9 +426,9 @@ func readAll(resp *http.Response) string {
 // agent's ServiceAccount and RBAC exist) and writes that ServiceAccount's
 // token to a file, as a pod would have it. It returns the join secret file
 // and the token file.
-func (g *gateway) install(id string) (secretFile, tokenFile string) {
+func (g *gateway) install(id string, labels ...string) (secretFile, tokenFile string) {
 	g.t.Helper()
-	manifest, secretFile := g.register(id)
+	manifest, secretFile := g.register(id, labels...)
 	g.c.Apply(g.t, manifest)
 	tokenFile = filepath.Join(g.dir, "sa-token-"+id)
 	writeFile(g.t, tokenFile, g.c.ServiceAccountToken(g.t, "keyhole-system", "keyhole-agent"))
@@ -435,6 +440,13 @@ func (g *gateway) install(id string) (secretFile, tokenFile string) {
 func (g *gateway) user(name, clusterRole string) (kubeconfig, token string) {
 	g.t.Helper()
 	kubeconfig = g.kubeconfig(name)
+	g.bind(name, clusterRole)
+	return kubeconfig, tokenOf(g.t, kubeconfig)
+}
+
+// bind binds user name to clusterRole in the cluster.
+func (g *gateway) bind(name, clusterRole string) {
+	g.t.Helper()
 	extra := ""
 	if clusterRole == "e2e-reader" {
 		extra = readerRole
@@ -445,7 +457,6 @@ metadata: {name: %s-%s}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: %s}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: %s}]
 `, name, clusterRole, clusterRole, name)+extra)
-	return kubeconfig, tokenOf(g.t, kubeconfig)
 }
 
 // relay copies between a and b until both directions end; wg tracks its
@@ -454,4 +465,29 @@ func relay(a, b net.Conn, wg *sync.WaitGroup) {
 	wg.Add(2)
 	go func() { defer wg.Done(); _, _ = io.Copy(b, a); b.Close() }()
 	go func() { defer wg.Done(); _, _ = io.Copy(a, b); a.Close() }()
+}
+
+// baseConfig is the stub config startGateway wrote; setConfig replaces the
+// file with it plus extra YAML, as an operator's edit would.
+func (g *gateway) setConfig(extra string) {
+	g.t.Helper()
+	if g.base == "" {
+		b, err := os.ReadFile(g.cfg)
+		if err != nil {
+			g.t.Fatal(err)
+		}
+		g.base = string(b)
+	}
+	if err := statefileWrite(g.cfg, g.base+extra); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+// statefileWrite replaces path atomically, so the stub never reads half a file.
+func statefileWrite(path, body string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
