@@ -8,6 +8,7 @@ package install
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"sort"
 
@@ -29,7 +30,41 @@ type KubeconfigParams struct {
 	CAPEM     []byte   // the stub's CA; nil when it chains to public roots
 	Clusters  []string // one context per cluster
 	User      string   // name of the kubeconfig user entry
-	Token     string
+	Token     string   // a static token, or
+	Exec      *clientcmdapi.ExecConfig // a credential plugin (see Kubelogin)
+}
+
+// KubeloginParams describe an OIDC login through kubelogin
+// (kubectl oidc-login, https://github.com/int128/kubelogin).
+type KubeloginParams struct {
+	IssuerURL, ClientID, ClientSecret string
+	ExtraScopes                       []string
+	CAPEM                             []byte   // the issuer's CA, when not a public one
+	ExtraArgs                         []string // e.g. --grant-type=device-code
+}
+
+// Kubelogin returns the exec credential plugin entry that has kubectl run
+// `kubectl oidc-login get-token` for the issuer: the person logs in once in
+// a browser (or by device code), and kubelogin caches and refreshes the ID
+// token that kubectl then presents to the stub.
+func Kubelogin(p KubeloginParams) *clientcmdapi.ExecConfig {
+	args := []string{"oidc-login", "get-token", "--oidc-issuer-url=" + p.IssuerURL, "--oidc-client-id=" + p.ClientID}
+	if p.ClientSecret != "" {
+		args = append(args, "--oidc-client-secret="+p.ClientSecret)
+	}
+	for _, s := range p.ExtraScopes {
+		args = append(args, "--oidc-extra-scope="+s)
+	}
+	if len(p.CAPEM) > 0 {
+		args = append(args, "--certificate-authority-data="+base64.StdEncoding.EncodeToString(p.CAPEM))
+	}
+	return &clientcmdapi.ExecConfig{
+		APIVersion:      "client.authentication.k8s.io/v1",
+		Command:         "kubectl",
+		Args:            append(args, p.ExtraArgs...),
+		InteractiveMode: clientcmdapi.IfAvailableExecInteractiveMode,
+		InstallHint:     "kubelogin is not installed: see https://github.com/int128/kubelogin (e.g. kubectl krew install oidc-login)",
+	}
 }
 
 // Kubeconfig returns a kubeconfig with a cluster and context per cluster ID,
@@ -42,7 +77,10 @@ func Kubeconfig(p KubeconfigParams) ([]byte, error) {
 	sort.Strings(ids)
 	cfg := clientcmdapi.NewConfig()
 	userKey := "keyhole-" + p.User
-	cfg.AuthInfos[userKey] = &clientcmdapi.AuthInfo{Token: p.Token}
+	if (p.Token == "") == (p.Exec == nil) {
+		return nil, fmt.Errorf("a kubeconfig user needs a token or a credential plugin, not both or neither")
+	}
+	cfg.AuthInfos[userKey] = &clientcmdapi.AuthInfo{Token: p.Token, Exec: p.Exec}
 	for _, id := range ids {
 		cfg.Clusters[id] = &clientcmdapi.Cluster{Server: p.PublicURL + "/clusters/" + id, CertificateAuthorityData: p.CAPEM}
 		cfg.Contexts[id] = &clientcmdapi.Context{Cluster: id, AuthInfo: userKey, Namespace: "default"}

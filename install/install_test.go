@@ -430,3 +430,28 @@ func checkManifest(t *testing.T, m *manifest, p AgentParams, ns string, replicas
 		}
 	}
 }
+
+func TestKubeloginKubeconfig(t *testing.T) {
+	exec := Kubelogin(KubeloginParams{IssuerURL: "https://dex.example.com/dex", ClientID: "keyhole", ExtraScopes: []string{"email", "groups"},
+		CAPEM: []byte("PEM"), ExtraArgs: []string{"--grant-type=device-code"}})
+	want := []string{"oidc-login", "get-token", "--oidc-issuer-url=https://dex.example.com/dex", "--oidc-client-id=keyhole",
+		"--oidc-extra-scope=email", "--oidc-extra-scope=groups", "--certificate-authority-data=UEVN", "--grant-type=device-code"}
+	if exec.Command != "kubectl" || strings.Join(exec.Args, " ") != strings.Join(want, " ") || exec.APIVersion != "client.authentication.k8s.io/v1" {
+		t.Fatalf("exec: %s %v (%s)", exec.Command, exec.Args, exec.APIVersion)
+	}
+	out, err := Kubeconfig(KubeconfigParams{PublicURL: "https://kh.example.com", Clusters: []string{"prod"}, User: "oidc", Exec: exec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.Load(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ai := cfg.AuthInfos["keyhole-oidc"]
+	if ai == nil || ai.Token != "" || ai.Exec == nil || ai.Exec.Command != "kubectl" {
+		t.Fatalf("user entry: %+v", ai)
+	}
+	if _, err := Kubeconfig(KubeconfigParams{PublicURL: "https://x", Clusters: []string{"a"}, User: "u", Token: "t", Exec: exec}); err == nil {
+		t.Fatal("token and exec together accepted")
+	}
+}

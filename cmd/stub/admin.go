@@ -71,7 +71,11 @@ func register(args []string, stdout, stderr io.Writer) error {
 func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stub kubeconfig", flag.ContinueOnError)
 	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
-	user := fs.String("user", "", "user name the clusters' RBAC will see (required)")
+	user := fs.String("user", "", "user name the clusters' RBAC will see (required for a static token)")
+	oidcLogin := fs.Bool("oidc", false, "log in through an OIDC issuer of the config with kubelogin instead of a static token")
+	issuerURL := fs.String("issuer", "", "with --oidc: which issuer (default: the only one with a login section)")
+	var loginArgs stringList
+	fs.Var(&loginArgs, "login-arg", "with --oidc: extra kubelogin argument, e.g. --grant-type=device-code (repeatable)")
 	expires := fs.Duration("expires", 0, "token lifetime, e.g. 720h (default: no expiry)")
 	var groups, only stringList
 	fs.Var(&groups, "group", "group of the user (repeatable)")
@@ -79,8 +83,8 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
-	if *user == "" {
-		return fmt.Errorf("usage: stub kubeconfig --user NAME [--group G]... [--cluster ID]... [--expires 720h] [--config FILE]")
+	if *user == "" && !*oidcLogin {
+		return fmt.Errorf("usage: stub kubeconfig --user NAME [--group G]... [--cluster ID]... [--expires 720h] [--config FILE]\n   or: stub kubeconfig --oidc [--issuer URL] [--login-arg ARG]... [--cluster ID]... [--config FILE]")
 	}
 	cfg, err := config.LoadStub(*cfgPath)
 	if err != nil {
@@ -108,17 +112,61 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	if len(ids) == 0 {
 		return fmt.Errorf("no cluster is registered yet: run `stub register CLUSTER-ID` first")
 	}
-	token, err := authn.AddToken(cfg.TokensFile(), *user, groups, parseExpiry(*expires), "kubeconfig "+time.Now().UTC().Format(time.RFC3339))
-	if err != nil {
-		return err
+	params := install.KubeconfigParams{PublicURL: cfg.PublicURL, CAPEM: bundle.CAPEM, Clusters: ids, User: *user}
+	note := fmt.Sprintf("kubeconfig for %q with contexts %s; its token is stored only as a hash.", *user, strings.Join(ids, ", "))
+	if *oidcLogin {
+		is, err := loginIssuer(cfg, *issuerURL)
+		if err != nil {
+			return err
+		}
+		ca, err := issuerCA(is.Issuer)
+		if err != nil {
+			return err
+		}
+		params.User = "oidc"
+		params.Exec = install.Kubelogin(install.KubeloginParams{IssuerURL: is.Issuer.URL, ClientID: is.Login.ClientID,
+			ClientSecret: is.Login.ClientSecret, ExtraScopes: is.Login.ExtraScopes, CAPEM: ca, ExtraArgs: loginArgs})
+		note = fmt.Sprintf("kubeconfig logging in through %s with kubelogin, contexts %s.", is.Issuer.URL, strings.Join(ids, ", "))
+	} else {
+		params.Token, err = authn.AddToken(cfg.TokensFile(), *user, groups, parseExpiry(*expires), "kubeconfig "+time.Now().UTC().Format(time.RFC3339))
+		if err != nil {
+			return err
+		}
 	}
-	kc, err := install.Kubeconfig(install.KubeconfigParams{PublicURL: cfg.PublicURL, CAPEM: bundle.CAPEM, Clusters: ids, User: *user, Token: token})
+	kc, err := install.Kubeconfig(params)
 	if err != nil {
 		return err
 	}
 	_, err = stdout.Write(kc)
-	fmt.Fprintf(stderr, "kubeconfig for %q with contexts %s; its token is stored only as a hash.\n", *user, strings.Join(ids, ", "))
+	fmt.Fprintln(stderr, note)
 	return err
+}
+
+// loginIssuer picks the issuer a --oidc kubeconfig logs in with.
+func loginIssuer(cfg config.Stub, want string) (authn.JWTAuthenticatorConfig, error) {
+	var found []authn.JWTAuthenticatorConfig
+	for _, j := range cfg.Authentication.JWT {
+		if j.Login != nil && (want == "" || j.Issuer.URL == want) {
+			found = append(found, j)
+		}
+	}
+	switch {
+	case len(found) == 1:
+		return found[0], nil
+	case len(found) == 0 && want != "":
+		return authn.JWTAuthenticatorConfig{}, fmt.Errorf("--issuer %q: no authentication.jwt entry with that issuer.url and a login section", want)
+	case len(found) == 0:
+		return authn.JWTAuthenticatorConfig{}, fmt.Errorf("--oidc: no authentication.jwt entry of the config has a login section (login.clientID)")
+	default:
+		return authn.JWTAuthenticatorConfig{}, fmt.Errorf("--oidc: several issuers have a login section; pick one with --issuer")
+	}
+}
+
+func issuerCA(is authn.Issuer) ([]byte, error) {
+	if is.CertificateAuthorityFile != "" {
+		return os.ReadFile(is.CertificateAuthorityFile)
+	}
+	return []byte(is.CertificateAuthority), nil
 }
 
 func imageTag() string {
