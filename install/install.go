@@ -26,11 +26,11 @@ import (
 
 // KubeconfigParams describe a user's kubeconfig.
 type KubeconfigParams struct {
-	PublicURL string   // the stub
-	CAPEM     []byte   // the stub's CA; nil when it chains to public roots
-	Clusters  []string // one context per cluster
-	User      string   // name of the kubeconfig user entry
-	Token     string   // a static token, or
+	PublicURL string                   // the stub
+	CAPEM     []byte                   // the stub's CA; nil when it chains to public roots
+	Clusters  []string                 // one context per cluster
+	User      string                   // name of the kubeconfig user entry
+	Token     string                   // a static token, or
 	Exec      *clientcmdapi.ExecConfig // a credential plugin (see Kubelogin)
 }
 
