@@ -348,14 +348,25 @@ func (s *suite) testIdentity(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("bob's delete: want the API server's own Forbidden, got %v", err)
 	}
-	// --as is refused at the stub, clearly.
-	_, err = s.g.kubectl(s.alice, nil, nil, "get", "pods", "--as", "bob")
-	if err == nil || !strings.Contains(err.Error(), "Forbidden") || !strings.Contains(err.Error(), "impersonation") {
-		t.Fatalf("--as: %v", err)
+	// kubectl --as: alice (cluster-admin, so she may impersonate) acts as
+	// bob with bob's rights; bob may not impersonate anyone.
+	if out, err := s.g.kubectl(s.alice, nil, nil, "--as", "bob", "get", "configmap", "guarded", "-o", "name"); err != nil || out != "configmap/guarded\n" {
+		t.Fatalf("alice --as bob get: %v %q", err, out)
 	}
-	_, err = s.g.kubectl(s.alice, nil, nil, "get", "pods", "--as-group", "system:masters", "--as", "alice")
-	if err == nil || !strings.Contains(err.Error(), "impersonation") {
-		t.Fatalf("--as-group: %v", err)
+	_, err = s.g.kubectl(s.alice, nil, nil, "--as", "bob", "delete", "configmap", "guarded")
+	if err == nil || !strings.Contains(err.Error(), `User "bob" cannot delete resource "configmaps"`) {
+		t.Fatalf("alice --as bob delete: want bob's Forbidden, got %v", err)
+	}
+	if out, err := s.g.kubectl(s.alice, nil, nil, "--as", "bob", "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"); err != nil || out != "bob" {
+		t.Fatalf("alice --as bob auth whoami: %v %q", err, out)
+	}
+	_, err = s.g.kubectl(s.bob, nil, nil, "--as", "alice", "get", "configmaps")
+	if err == nil || !strings.Contains(err.Error(), `users "alice" is forbidden: User "bob" cannot impersonate resource "users"`) {
+		t.Fatalf("bob --as alice: %v", err)
+	}
+	_, err = s.g.kubectl(s.alice, nil, nil, "get", "pods", "--as-group", "system:masters", "--as", "bob")
+	if err == nil || !strings.Contains(err.Error(), "refuses to impersonate") || !strings.Contains(err.Error(), "system:") {
+		t.Fatalf("--as-group system:masters: %v", err)
 	}
 	// The caller's Authorization never reaches the cluster: register, as a
 	// stub token of powerless "mallory", the API server's admin token. If

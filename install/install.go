@@ -101,11 +101,13 @@ type AgentParams struct {
 }
 
 // AgentRBACRules are all the agent may do in its cluster: impersonate users
-// and groups (narrow them with resourceNames to limit who can be reached)
-// and read the kube-system namespace, whose UID is the cluster fingerprint.
+// and groups (narrow them with resourceNames to limit who can be reached),
+// read the kube-system namespace, whose UID is the cluster fingerprint, and
+// ask whether a caller may impersonate someone else (kubectl --as).
 var AgentRBACRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{""}, Resources: []string{"users", "groups"}, Verbs: []string{"impersonate"}},
 	{APIGroups: []string{""}, Resources: []string{"namespaces"}, ResourceNames: []string{"kube-system"}, Verbs: []string{"get"}},
+	{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
 }
 
 // AgentManifest returns a multi-document YAML manifest for the agent.

@@ -223,6 +223,7 @@ func TestAgentRBACRulesLeastPrivilege(t *testing.T) {
 		{"", "users", "", "impersonate"},
 		{"", "groups", "", "impersonate"},
 		{"", "namespaces", "kube-system", "get"},
+		{"authorization.k8s.io", "subjectaccessreviews", "", "create"}, // kubectl --as: may the caller impersonate?
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("AgentRBACRules grant %+v, want exactly %+v", got, want)

@@ -32,5 +32,10 @@ const (
 	HeaderUser      = "Keyhole-User"
 	HeaderGroup     = "Keyhole-Group"
 	HeaderRequestID = "Keyhole-Request-Id"
-	identityPrefix  = "Keyhole-"
+	// HeaderAsUser and HeaderAsGroup carry kubectl --as / --as-group: the
+	// agent honours them only if a SubjectAccessReview says the caller may
+	// impersonate them.
+	HeaderAsUser   = "Keyhole-As-User"
+	HeaderAsGroup  = "Keyhole-As-Group"
+	identityPrefix = "Keyhole-"
 )

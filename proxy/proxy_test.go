@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
@@ -72,6 +73,18 @@ func newFakeAPI(t testing.TB) *fakeAPI {
 		f.last, f.hits = r.Clone(context.Background()), f.hits+1
 		f.mu.Unlock()
 		switch r.URL.Path {
+		case "/apis/authorization.k8s.io/v1/subjectaccessreviews":
+			// alice may impersonate user bob and group viewers, nothing else.
+			var sar authorizationv1.SubjectAccessReview
+			if err := json.NewDecoder(r.Body).Decode(&sar); err != nil {
+				http.Error(w, err.Error(), 400)
+				return
+			}
+			ra := sar.Spec.ResourceAttributes
+			sar.Status.Allowed = sar.Spec.User == "alice" && ra != nil && ra.Verb == "impersonate" &&
+				((ra.Resource == "users" && ra.Name == "bob") || (ra.Resource == "groups" && ra.Name == "viewers"))
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(sar)
 		case "/watch":
 			_, _ = io.WriteString(w, `{"type":"ADDED"}`+"\n")
 			w.(http.Flusher).Flush()
@@ -112,7 +125,9 @@ func (f *fakeAPI) lastRequest() (*http.Request, int) {
 
 func restFor(api *httptest.Server) *rest.Config {
 	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.Certificate().Raw})
-	return &rest.Config{Host: api.URL, BearerToken: "agent-sa-token", TLSClientConfig: rest.TLSClientConfig{CAData: ca}}
+	// JSON, not client-go's default protobuf, so the fake can read SubjectAccessReviews.
+	return &rest.Config{Host: api.URL, BearerToken: "agent-sa-token", TLSClientConfig: rest.TLSClientConfig{CAData: ca},
+		ContentConfig: rest.ContentConfig{ContentType: "application/json"}}
 }
 
 // chain is stub (TLS, h2 + http/1.1) → tunnel → agent handler → api.
@@ -257,8 +272,9 @@ func TestRefusals(t *testing.T) {
 		{"unknown cluster", "/clusters/zz/api", "alice-token", nil, 404, `cluster "zz" is not registered`},
 		{"bad cluster id", "/clusters/Bad_ID/api", "alice-token", nil, 404, "no cluster in path"},
 		{"no agent", "/clusters/lonely/api", "alice-token", nil, 503, `cluster "lonely" has no connected agent`},
-		{"impersonation", "/clusters/c1/api", "alice-token", http.Header{"Impersonate-User": {"admin"}}, 403, "impersonation"},
-		{"impersonate extra", "/clusters/c1/api", "alice-token", http.Header{"Impersonate-Extra-Scopes": {"x"}}, 403, "impersonation"},
+		{"impersonate extra", "/clusters/c1/api", "alice-token", http.Header{"Impersonate-User": {"bob"}, "Impersonate-Extra-Scopes": {"x"}}, 403, "not --as-uid or extra"},
+		{"impersonate uid", "/clusters/c1/api", "alice-token", http.Header{"Impersonate-User": {"bob"}, "Impersonate-Uid": {"1"}}, 403, "not --as-uid"},
+		{"group without user", "/clusters/c1/api", "alice-token", http.Header{"Impersonate-Group": {"viewers"}}, 403, "only kubectl --as"},
 		{"outside clusters", "/api/v1/pods", "alice-token", nil, 404, "--raw"},
 		{"denied by policy", "/clusters/c1/api", "eve-token", nil, 403, `user "eve" may not reach cluster "c1"`},
 	}
@@ -438,4 +454,37 @@ func mustPolicy(t testing.TB, rules ...policy.Rule) *policy.Policy {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// kubectl --as: honoured only when the cluster says the caller may
+// impersonate the target (SubjectAccessReview at the agent).
+func TestImpersonation(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChain(t, restFor(api.Server), api)
+	resp, body := c.do(t, "GET", "/clusters/c1/api/v1/pods", "alice-token", http.Header{"Impersonate-User": {"bob"}, "Impersonate-Group": {"viewers"}})
+	if resp.StatusCode != 200 {
+		t.Fatalf("allowed impersonation: %d %s", resp.StatusCode, body)
+	}
+	r, _ := c.api.lastRequest()
+	if r.Header.Get("Impersonate-User") != "bob" || strings.Join(r.Header.Values("Impersonate-Group"), ",") != "viewers" {
+		t.Fatalf("API server saw Impersonate-User %q groups %q", r.Header.Get("Impersonate-User"), r.Header.Values("Impersonate-Group"))
+	}
+	for name, h := range map[string]http.Header{
+		"user not allowed":  {"Impersonate-User": {"admin"}},
+		"group not allowed": {"Impersonate-User": {"bob"}, "Impersonate-Group": {"system:masters"}},
+		"group not granted": {"Impersonate-User": {"bob"}, "Impersonate-Group": {"admins"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			resp, body := c.do(t, "GET", "/clusters/c1/api/v1/pods", "alice-token", h)
+			st := statusOf(t, body)
+			if resp.StatusCode != 403 || !(strings.Contains(st.Message, "cannot impersonate") || strings.Contains(st.Message, "refuses to impersonate")) {
+				t.Fatalf("got %d %q", resp.StatusCode, st.Message)
+			}
+		})
+	}
+	// eve may reach nothing; bob may not impersonate anyone.
+	resp, body = c.do(t, "GET", "/clusters/c1/api/v1/pods", "eve-token", http.Header{"Impersonate-User": {"bob"}})
+	if resp.StatusCode != 403 {
+		t.Fatalf("eve: %d %s", resp.StatusCode, body)
+	}
 }

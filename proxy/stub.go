@@ -167,9 +167,10 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("user %q may not reach cluster %q through this gateway (policy)", user.Name, cluster)))
 		return
 	}
-	if hasPrefixHeader(r.Header, "Impersonate-") {
-		log.Info("request refused: caller sent Impersonate-* headers")
-		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("cluster %q: impersonation (kubectl --as/--as-group) is not allowed through this gateway", cluster)))
+	asUser, asGroups := r.Header.Get("Impersonate-User"), r.Header.Values("Impersonate-Group")
+	if hasPrefixHeader(r.Header, "Impersonate-Extra-") || r.Header.Get("Impersonate-Uid") != "" || (asUser == "" && len(asGroups) > 0) {
+		log.Info("request refused: unsupported impersonation")
+		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("cluster %q: only kubectl --as (with optional --as-group) is supported through this gateway, not --as-uid or extra fields", cluster)))
 		return
 	}
 
@@ -180,9 +181,16 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Del("Cookie")
 	h.Del("Proxy-Authorization")
 	deletePrefix(h, identityPrefix)
+	deletePrefix(h, "Impersonate-")
 	h.Set(HeaderUser, user.Name)
 	for _, g := range user.Groups {
 		h.Add(HeaderGroup, g)
+	}
+	if asUser != "" { // the agent decides, with the cluster's RBAC
+		h.Set(HeaderAsUser, asUser)
+		for _, g := range asGroups {
+			h.Add(HeaderAsGroup, g)
+		}
 	}
 	h.Set(HeaderRequestID, reqID)
 
