@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
 )
@@ -122,11 +124,14 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
 		secrets := map[string]string{"alice's token": s.aliceTok, "bob's token": tokenOf(t, s.bob),
 			"the API server admin token": s.c.AdminToken, "the agent ServiceAccount token": readTrimmed(t, s.saToken),
 			"the join secret": readTrimmed(t, s.secret)}
-		logs := []*process{s.g.stub}
+		logs := []*process{s.g.stub, {name: "audit", log: filepath.Join(s.g.dir, "audit.log")}}
 		for _, a := range s.agents {
 			logs = append(logs, a)
 		}
 		for _, p := range logs {
+			if p.name == "audit" {
+				continue // checked for secrets below, has no request lines
+			}
 			text := p.logText()
 			// The logs are complete (debug level, every request), so the
 			// search below is not vacuous.
@@ -139,7 +144,14 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
 				}
 			}
 		}
+		auditText := logs[1].logText()
+		for what, v := range secrets {
+			if strings.Contains(auditText, v) {
+				t.Errorf("the audit log contains %s", what)
+			}
+		}
 	})
+	t.Run("audit records", s.testAuditLog)
 }
 
 func readTrimmed(t *testing.T, path string) string {
@@ -519,4 +531,48 @@ func (s *suite) testAgentVanished(t *testing.T) {
 	}
 	a2.signal(syscall.SIGCONT)
 	s.g.waitAgents(s.aliceTok, "e2e", "a1", "a2") // it finds its session dead and reconnects
+}
+
+// testAuditLog reads the stub's audit file (audit.k8s.io/v1 Events, one
+// per line): every request of the run, exec sessions as start/end pairs
+// with bytes, denials with their reason.
+func (s *suite) testAuditLog(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(s.g.dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var evs []auditv1.Event
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var ev auditv1.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil || ev.Kind != "Event" || ev.APIVersion != "audit.k8s.io/v1" {
+			t.Fatalf("not an audit Event: %q (%v)", line, err)
+		}
+		evs = append(evs, ev)
+	}
+	var execStart, execEnd, forbiddenAsBob, unauthorized, listBulk int
+	for _, ev := range evs {
+		switch {
+		case ev.ObjectRef != nil && ev.ObjectRef.Subresource == "exec" && ev.Stage == auditv1.StageResponseStarted:
+			execStart++
+		case ev.ObjectRef != nil && ev.ObjectRef.Subresource == "exec" && ev.Stage == auditv1.StageResponseComplete && ev.ResponseStatus.Code == 101:
+			execEnd++
+			if ev.Annotations["keyhole.dev/session"] != "exec" || ev.Annotations["keyhole.dev/duration"] == "" || ev.Annotations["keyhole.dev/bytes-out"] == "0" {
+				t.Errorf("exec session end record: %v", ev.Annotations)
+			}
+		case ev.ResponseStatus != nil && ev.ResponseStatus.Code == 401:
+			unauthorized++
+		case ev.ImpersonatedUser != nil && ev.ImpersonatedUser.Username == "bob" && ev.ResponseStatus.Code == 403:
+			forbiddenAsBob++
+		case ev.Verb == "list" && ev.ObjectRef != nil && ev.ObjectRef.Namespace == "bulk" && ev.User.Username == "alice":
+			listBulk++
+		}
+		if ev.AuditID == "" || ev.SourceIPs[0] != "127.0.0.1" || ev.UserAgent == "" {
+			t.Fatalf("record lacks id, source or user agent: %+v", ev)
+		}
+	}
+	t.Logf("%d audit records; exec sessions %d started / %d ended; 401s %d; --as bob denied %d; bulk lists %d",
+		len(evs), execStart, execEnd, unauthorized, forbiddenAsBob, listBulk)
+	if execStart == 0 || execStart != execEnd || unauthorized == 0 || forbiddenAsBob == 0 || listBulk < 2 {
+		t.Fatal("missing records")
+	}
 }

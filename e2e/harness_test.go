@@ -177,7 +177,8 @@ listen: 127.0.0.1:%d
 publicURL: %s
 stateDir: %s
 log: {level: %s}
-`, port, g.url, filepath.Join(g.dir, "state"), level))
+audit: {path: %s}
+`, port, g.url, filepath.Join(g.dir, "state"), level, filepath.Join(g.dir, "audit.log")))
 	g.stub = startProcess(t, "stub", filepath.Join(g.dir, "stub.log"), nil, stubBin, "serve", "--config", g.cfg)
 	ca := filepath.Join(g.dir, "state", "tls", "ca.crt")
 	waitFor(t, 60*time.Second, "stub to listen", func() bool {

@@ -26,6 +26,9 @@ import (
 type AgentConfig struct {
 	// Cluster is this cluster's ID, used in messages.
 	Cluster string
+	// AgentID names this agent on every response (Keyhole-Agent), for the
+	// stub's audit records.
+	AgentID string
 	// Rest reaches the local API server with the agent's own credentials
 	// (in-cluster ServiceAccount or a kubeconfig).
 	Rest   *rest.Config
@@ -92,6 +95,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 
 // ServeHTTP impersonates the caller named by the stub and forwards.
 func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.cfg.AgentID != "" {
+		w.Header().Set(HeaderAgent, a.cfg.AgentID)
+	}
 	user := r.Header.Get(HeaderUser)
 	groups := r.Header.Values(HeaderGroup)
 	log := a.log.With(zap.String("request_id", r.Header.Get(HeaderRequestID)), zap.String("user", user))

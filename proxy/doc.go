@@ -32,6 +32,9 @@ const (
 	HeaderUser      = "Keyhole-User"
 	HeaderGroup     = "Keyhole-Group"
 	HeaderRequestID = "Keyhole-Request-Id"
+	// HeaderAgent, on a response from an agent, names the agent; the stub
+	// records it and removes it.
+	HeaderAgent = "Keyhole-Agent"
 	// HeaderAsUser and HeaderAsGroup carry kubectl --as / --as-group: the
 	// agent honours them only if a SubjectAccessReview says the caller may
 	// impersonate them.

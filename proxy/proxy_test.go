@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -22,8 +23,10 @@ import (
 	"go.uber.org/zap/zaptest"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/rest"
 
+	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/policy"
 	"github.com/keyhole-dev/keyhole/tunnel"
@@ -132,6 +135,7 @@ func restFor(api *httptest.Server) *rest.Config {
 
 // chain is stub (TLS, h2 + http/1.1) → tunnel → agent handler → api.
 type chain struct {
+	audit   *lockedBuffer // audit records, JSON lines
 	stubURL string
 	client  *http.Client // HTTP/2-capable client trusting the stub
 	pool    *x509.CertPool
@@ -147,7 +151,8 @@ func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true},
+	auditBuf := &lockedBuffer{}
+	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true}, Audit: audit.NewWriterSink(auditBuf),
 		Auth:   tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}, "eve-token": {Name: "eve"}},
 		Policy: mustPolicy(t, policy.Rule{Clusters: []string{"*"}, Groups: []string{"dev"}}), Logger: log})
 	if err != nil {
@@ -163,7 +168,7 @@ func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
 	pool := x509.NewCertPool()
 	pool.AddCert(ts.Certificate())
 
-	ah, err := NewAgent(AgentConfig{Cluster: "c1", Rest: apiRest, Logger: log})
+	ah, err := NewAgent(AgentConfig{Cluster: "c1", AgentID: "a1", Rest: apiRest, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +195,7 @@ func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
 			t.Fatal("agent did not connect")
 		}
 	}
-	return &chain{stubURL: ts.URL, client: client, pool: pool, api: api}
+	return &chain{audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api}
 }
 
 func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {
@@ -486,5 +491,96 @@ func TestImpersonation(t *testing.T) {
 	resp, body = c.do(t, "GET", "/clusters/c1/api/v1/pods", "eve-token", http.Header{"Impersonate-User": {"bob"}})
 	if resp.StatusCode != 403 {
 		t.Fatalf("eve: %d %s", resp.StatusCode, body)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// events returns the audit records written so far.
+func (l *lockedBuffer) events(t *testing.T) []auditv1.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []auditv1.Event
+	for _, line := range strings.Split(strings.TrimSpace(l.b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var ev auditv1.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func TestAuditRecords(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChain(t, restFor(api.Server), api)
+	resp, _ := c.do(t, "GET", "/clusters/c1/api/v1/namespaces/default/pods?limit=5", "alice-token", nil)
+	id := resp.Header.Get(HeaderRequestID)
+	if resp.Header.Get(HeaderAgent) != "" {
+		t.Error("the agent's name reached the caller")
+	}
+	c.do(t, "GET", "/clusters/c1/api/v1/pods", "wrong-token", nil)
+	c.do(t, "GET", "/clusters/lonely/api/v1/pods", "alice-token", nil)
+
+	// An upgraded session: started and completed, with bytes each way.
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool}}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", c.stubURL+"/clusters/c1/upgrade", nil)
+	req.Header.Set("Authorization", "Bearer alice-token")
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "test-proto")
+	up, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rwc := up.Body.(io.ReadWriteCloser)
+	_, _ = io.WriteString(rwc, "hello")
+	_ = rwc.(interface{ CloseWrite() error }).CloseWrite()
+	_, _ = io.ReadAll(rwc)
+	rwc.Close()
+
+	var evs []auditv1.Event
+	waitUntil := time.Now().Add(5 * time.Second)
+	for len(evs) < 5 && time.Now().Before(waitUntil) {
+		time.Sleep(10 * time.Millisecond)
+		evs = c.audit.events(t)
+	}
+	if len(evs) != 5 {
+		t.Fatalf("want 5 records, got %d: %+v", len(evs), evs)
+	}
+	get := evs[0]
+	if string(get.AuditID) != id || get.Verb != "list" || get.ObjectRef.Resource != "pods" || get.ObjectRef.Namespace != "default" ||
+		get.User.Username != "alice" || get.ResponseStatus.Code != 200 || get.Annotations["keyhole.dev/cluster"] != "c1" || get.Annotations["keyhole.dev/agent"] != "a1" {
+		t.Errorf("list record: %+v", get)
+	}
+	if e := evs[1]; e.ResponseStatus.Code != 401 || e.User.Username != "" || e.ResponseStatus.Reason != "Unauthorized" {
+		t.Errorf("401 record: %+v", e)
+	}
+	if e := evs[2]; e.ResponseStatus.Code != 503 || !strings.Contains(e.ResponseStatus.Message, "no connected agent") {
+		t.Errorf("503 record: %+v", e.ResponseStatus)
+	}
+	if e := evs[3]; e.Stage != auditv1.StageResponseStarted || e.ResponseStatus.Code != 101 {
+		t.Errorf("session start: %+v", e)
+	}
+	if e := evs[4]; e.Stage != auditv1.StageResponseComplete || e.Annotations["keyhole.dev/bytes-in"] != "5" || e.Annotations["keyhole.dev/bytes-out"] != "8" {
+		t.Errorf("session end: stage %s annotations %v", e.Stage, e.Annotations)
+	}
+	all, _ := json.Marshal(evs)
+	for _, secret := range []string{"alice-token", "wrong-token", "agent-sa-token"} {
+		if strings.Contains(string(all), secret) {
+			t.Errorf("audit records contain %q", secret)
+		}
 	}
 }

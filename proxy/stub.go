@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -14,7 +15,11 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 
+	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/internal/kubestatus"
 	"github.com/keyhole-dev/keyhole/tunnel"
@@ -50,7 +55,10 @@ type StubConfig struct {
 	Clusters ClusterRegistry
 	Auth     Authenticator
 	Policy   Policy
-	Logger   *zap.Logger
+	// Audit receives one record per request and two per upgraded session
+	// (nil: none).
+	Audit  audit.Sink
+	Logger *zap.Logger
 }
 
 // Stub is the http.Handler for /clusters/{id}/….
@@ -66,7 +74,7 @@ const ClustersPrefix = "/clusters/"
 
 type ctxKey int
 
-const clusterKey ctxKey = 0
+const stateKey ctxKey = 0
 
 // NewStub validates cfg and builds the handler.
 func NewStub(cfg StubConfig) (*Stub, error) {
@@ -75,6 +83,9 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.Audit == nil {
+		cfg.Audit = audit.NewWriterSink(io.Discard)
 	}
 	s := &Stub{cfg: cfg, log: cfg.Logger}
 	s.tr = &http.Transport{
@@ -101,10 +112,11 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 		// lists) are flushed on every write by ReverseProxy whatever this
 		// says; 0 spares fixed-length responses a flush per write (-13%
 		// CPU per small request in BenchmarkChain).
-		FlushInterval: 0,
-		BufferPool:    newBufferPool(),
-		ErrorHandler:  s.proxyError,
-		ErrorLog:      zap.NewStdLog(cfg.Logger.Named("reverseproxy")),
+		FlushInterval:  0,
+		BufferPool:     newBufferPool(),
+		ErrorHandler:   s.proxyError,
+		ModifyResponse: s.modifyResponse,
+		ErrorLog:       zap.NewStdLog(cfg.Logger.Named("reverseproxy")),
 	}
 	return s, nil
 }
@@ -131,50 +143,70 @@ func newRequestID() string {
 	return hex.EncodeToString(b)
 }
 
+// reqState travels in the outbound request's context: what rewrite,
+// ModifyResponse and the error handler learn, for the audit record.
+type reqState struct {
+	cluster string
+	agent   string                 // from the agent's Keyhole-Agent header
+	failure *apierrors.StatusError // set by proxyError
+}
+
 func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	reqID := newRequestID()
 	w.Header().Set(HeaderRequestID, reqID)
 	log := s.log.With(zap.String("request_id", reqID), zap.String("remote_addr", r.RemoteAddr))
+	ar := audit.Request{ID: reqID, Received: start, SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
+		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
+	cluster, rest, pathOK := ParseClusterPath(r.URL.Path)
+	if pathOK {
+		ar.Cluster, ar.Path = cluster, rest
+	}
+	refuse := func(st *apierrors.StatusError) {
+		kubestatus.Write(w, st)
+		s.record(audit.NewEvent(ar, auditv1.StageResponseComplete, audit.StatusOutcome(st.ErrStatus, time.Now())))
+	}
 
 	token, hasToken := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !hasToken || token == "" {
 		log.Info("request refused: no bearer token", zap.String("path", r.URL.Path))
-		kubestatus.Write(w, kubestatus.Unauthorized("no bearer token: use a kubeconfig from `stub kubeconfig`"))
+		refuse(kubestatus.Unauthorized("no bearer token: use a kubeconfig from `stub kubeconfig`"))
 		return
 	}
 	user, err := s.cfg.Auth.Authenticate(r.Context(), token)
 	if err != nil {
 		log.Info("request refused: authentication failed", zap.String("path", r.URL.Path), zap.Error(err))
-		kubestatus.Write(w, kubestatus.Unauthorized(unauthorizedMessage(err)))
+		refuse(kubestatus.Unauthorized(unauthorizedMessage(err)))
 		return
 	}
+	ar.User, ar.Groups = user.Name, user.Groups
 	log = log.With(zap.String("user", user.Name))
-	cluster, rest, ok := ParseClusterPath(r.URL.Path)
-	if !ok {
-		kubestatus.Write(w, kubestatus.NotFound(fmt.Sprintf("no cluster in path %q: expected %s{cluster-id}/…", r.URL.Path, ClustersPrefix)))
+	if !pathOK {
+		refuse(kubestatus.NotFound(fmt.Sprintf("no cluster in path %q: expected %s{cluster-id}/…", r.URL.Path, ClustersPrefix)))
 		return
 	}
 	log = log.With(zap.String("cluster", cluster))
 	entry, ok := s.cfg.Clusters.Get(cluster)
 	if !ok {
 		log.Info("request refused: unknown cluster")
-		kubestatus.Write(w, kubestatus.NotFound(fmt.Sprintf("cluster %q is not registered at this gateway", cluster)))
+		refuse(kubestatus.NotFound(fmt.Sprintf("cluster %q is not registered at this gateway", cluster)))
 		return
 	}
 	if !s.cfg.Policy.Allowed(user, cluster, entry.Labels) {
 		log.Info("request refused by policy", zap.Strings("groups", user.Groups))
-		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("user %q may not reach cluster %q through this gateway (policy)", user.Name, cluster)))
+		refuse(kubestatus.Forbidden(fmt.Sprintf("user %q may not reach cluster %q through this gateway (policy)", user.Name, cluster)))
 		return
 	}
 	asUser, asGroups := r.Header.Get("Impersonate-User"), r.Header.Values("Impersonate-Group")
 	if hasPrefixHeader(r.Header, "Impersonate-Extra-") || r.Header.Get("Impersonate-Uid") != "" || (asUser == "" && len(asGroups) > 0) {
 		log.Info("request refused: unsupported impersonation")
-		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("cluster %q: only kubectl --as (with optional --as-group) is supported through this gateway, not --as-uid or extra fields", cluster)))
+		refuse(kubestatus.Forbidden(fmt.Sprintf("cluster %q: only kubectl --as (with optional --as-group) is supported through this gateway, not --as-uid or extra fields", cluster)))
 		return
 	}
+	ar.ImpersonatedUser, ar.ImpersonatedGroups = asUser, asGroups
 
-	out := r.Clone(context.WithValue(r.Context(), clusterKey, cluster))
+	state := &reqState{cluster: cluster}
+	out := r.Clone(context.WithValue(r.Context(), stateKey, state))
 	out.URL.Path, out.URL.RawPath = rest, ""
 	h := out.Header
 	h.Del("Authorization")
@@ -194,32 +226,73 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h.Set(HeaderRequestID, reqID)
 
-	s.rp.ServeHTTP(w, out)
+	body := audit.CountRequestBody(out)
+	aw := audit.NewResponseWriter(w)
+	var upgradedAt time.Time
+	aw.OnUpgrade = func(*audit.CountingConn) {
+		upgradedAt = time.Now()
+		ar.Agent = state.agent
+		s.record(audit.NewEvent(ar, auditv1.StageResponseStarted, &audit.Outcome{Code: http.StatusSwitchingProtocols, Finished: upgradedAt}))
+	}
+	s.rp.ServeHTTP(aw, out)
+
+	ar.Agent = state.agent
+	o := &audit.Outcome{Code: aw.Code(), Finished: time.Now(), BytesIn: body.BytesRead(), BytesOut: aw.BytesWritten()}
+	if st := state.failure; st != nil {
+		o = audit.StatusOutcome(st.ErrStatus, o.Finished)
+	}
+	if c := aw.Upgraded(); c != nil {
+		o.Upgraded, o.BytesIn, o.BytesOut = upgradedAt, c.BytesRead(), c.BytesWritten()
+	}
+	s.record(audit.NewEvent(ar, auditv1.StageResponseComplete, o))
 	if ce := log.Check(zap.DebugLevel, "request"); ce != nil {
-		ce.Write(zap.String("method", r.Method), zap.String("path", rest), zap.Duration("latency", time.Since(start)))
+		ce.Write(zap.String("method", r.Method), zap.String("path", rest), zap.Int("code", o.Code), zap.Duration("latency", time.Since(start)))
+	}
+}
+
+// record writes an audit event; a failing sink is an operator's problem
+// to see, never the caller's.
+func (s *Stub) record(ev *auditv1.Event) {
+	if err := s.cfg.Audit.Write(ev); err != nil {
+		s.log.Error("audit record not written", zap.String("audit_id", string(ev.AuditID)), zap.Error(err))
 	}
 }
 
 func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
-	cluster, _ := pr.In.Context().Value(clusterKey).(string)
+	cluster := pr.In.Context().Value(stateKey).(*reqState).cluster
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = cluster
 	pr.Out.Host = cluster
 	pr.SetXForwarded()
 }
 
+// modifyResponse notes which agent answered and keeps that to the stub.
+func (s *Stub) modifyResponse(resp *http.Response) error {
+	if st, ok := resp.Request.Context().Value(stateKey).(*reqState); ok {
+		st.agent = resp.Header.Get(HeaderAgent)
+	}
+	resp.Header.Del(HeaderAgent)
+	return nil
+}
+
 func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	cluster, _ := r.Context().Value(clusterKey).(string)
+	state := r.Context().Value(stateKey).(*reqState)
+	var st *apierrors.StatusError
 	switch {
 	case errors.Is(err, tunnel.ErrNoAgent):
-		kubestatus.Write(w, kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q has no connected agent", cluster)))
+		st = kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q has no connected agent", state.cluster))
 	case r.Context().Err() != nil:
 		// The client left; there is nobody to answer.
-		s.log.Debug("client went away", zap.String("cluster", cluster), zap.Error(err))
+		s.log.Debug("client went away", zap.String("cluster", state.cluster), zap.Error(err))
+		st = &apierrors.StatusError{ErrStatus: metav1.Status{Code: 499, Reason: "ClientClosedRequest", Message: "the client went away"}}
+		state.failure = st
+		return
 	default:
-		s.log.Warn("forward to agent failed", zap.String("cluster", cluster), zap.Error(err))
-		kubestatus.Write(w, kubestatus.BadGateway(fmt.Sprintf("cluster %q: the connection to its agent failed: %v", cluster, err)))
+		s.log.Warn("forward to agent failed", zap.String("cluster", state.cluster), zap.Error(err))
+		st = kubestatus.BadGateway(fmt.Sprintf("cluster %q: the connection to its agent failed: %v", state.cluster, err))
 	}
+	state.failure = st
+	kubestatus.Write(w, st)
 }
 
 // bufferPool shares 32 KiB copy buffers between requests.

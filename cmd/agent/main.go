@@ -74,7 +74,7 @@ func run(args []string) error {
 		}
 		stubTLS.RootCAs = pool
 	}
-	handler, err := proxy.NewAgent(proxy.AgentConfig{Cluster: cfg.Cluster, Rest: rc, Logger: log.Named("proxy")})
+	handler, err := proxy.NewAgent(proxy.AgentConfig{Cluster: cfg.Cluster, AgentID: cfg.AgentID, Rest: rc, Logger: log.Named("proxy")})
 	if err != nil {
 		return err
 	}

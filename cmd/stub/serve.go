@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/certs"
 	"github.com/keyhole-dev/keyhole/config"
@@ -66,7 +67,16 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 		return err
 	}
 	defer tsrv.Close()
-	stub, err := proxy.NewStub(proxy.StubConfig{Dialer: tsrv, Clusters: clusters, Auth: acc, Policy: acc, Logger: log.Named("proxy")})
+	var sink audit.Sink
+	if cfg.Audit.Path != "" {
+		if sink, err = audit.OpenFileSink(cfg.Audit.Path); err != nil {
+			return fmt.Errorf("audit.path: %q: %w", cfg.Audit.Path, err)
+		}
+		defer sink.Close()
+	} else {
+		log.Warn("no audit.path configured: requests are not audited")
+	}
+	stub, err := proxy.NewStub(proxy.StubConfig{Dialer: tsrv, Clusters: clusters, Auth: acc, Policy: acc, Audit: sink, Logger: log.Named("proxy")})
 	if err != nil {
 		return err
 	}
