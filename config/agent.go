@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/url"
 	"os"
 	"time"
@@ -34,6 +35,11 @@ type Agent struct {
 	APIServer APIServer `json:"apiServer"`
 	Tunnel    TunnelCfg `json:"tunnel"`
 	Log       Log       `json:"log"`
+	// CallerVerification makes the agent verify every caller's OIDC token
+	// against issuers the cluster owner trusts (same shape as the stub's
+	// authentication.jwt) instead of trusting the stub's word. Callers with
+	// static tokens are then refused by this cluster.
+	CallerVerification Authentication `json:"callerVerification"`
 }
 
 // APIServer names the API server and the files of the agent's credentials.
@@ -105,5 +111,10 @@ func (c *Agent) validate(path string) error {
 	}
 	checkTunnel(&p, c.Tunnel)
 	checkLevel(&p, c.Log.Level)
+	for i := range c.CallerVerification.JWT {
+		for _, err := range c.CallerVerification.JWT[i].Validate(fmt.Sprintf("callerVerification.jwt[%d]", i)) {
+			p = append(p, err)
+		}
+	}
 	return p.err(path)
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,8 +32,13 @@ type AgentConfig struct {
 	AgentID string
 	// Rest reaches the local API server with the agent's own credentials
 	// (in-cluster ServiceAccount or a kubeconfig).
-	Rest   *rest.Config
-	Logger *zap.Logger
+	Rest *rest.Config
+	// Verifier, when set, makes the agent verify each caller's OIDC token
+	// against issuers the cluster owner trusts and refuse any request whose
+	// identity, as the stub states it, differs from the token's. A stub
+	// then cannot act as anyone the token does not name.
+	Verifier *authn.JWT
+	Logger   *zap.Logger
 }
 
 // Agent is the http.Handler the agent serves on tunnel streams.
@@ -111,6 +117,13 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log.Warn("identity refused by agent", zap.Error(err))
 		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("cluster %q refuses this identity: %v", a.cfg.Cluster, err)))
 		return
+	}
+	if a.cfg.Verifier != nil {
+		if st := a.verifyCaller(r, user, groups); st != nil {
+			log.Warn("caller verification failed", zap.String("reason", st.ErrStatus.Message))
+			kubestatus.Write(w, st)
+			return
+		}
 	}
 	asUser, asGroups := r.Header.Get(HeaderAsUser), r.Header.Values(HeaderAsGroup)
 	if asUser != "" {
@@ -204,6 +217,26 @@ func (a *Agent) mayImpersonate(ctx context.Context, user string, groups []string
 			return kubestatus.Forbidden(fmt.Sprintf("%s %q is forbidden: User %q cannot impersonate resource %q in API group \"\" at the cluster scope",
 				tg.resource, tg.name, user, tg.resource))
 		}
+	}
+	return nil
+}
+
+// verifyCaller checks the caller's token itself and that the stub's
+// statement of identity is exactly what the token maps to.
+func (a *Agent) verifyCaller(r *http.Request, user string, groups []string) *apierrors.StatusError {
+	token := r.Header.Get(HeaderCallerToken)
+	if token == "" {
+		return kubestatus.Forbidden(fmt.Sprintf("cluster %q verifies callers itself and accepts only OIDC tokens from issuers it trusts", a.cfg.Cluster))
+	}
+	u, err := a.cfg.Verifier.AuthenticateJWT(r.Context(), token)
+	if err != nil {
+		return kubestatus.Forbidden(fmt.Sprintf("cluster %q does not accept the caller's token: %v", a.cfg.Cluster, err))
+	}
+	want, got := slices.Clone(u.Groups), slices.Clone(groups)
+	slices.Sort(want)
+	slices.Sort(got)
+	if u.Name != user || !slices.Equal(want, got) {
+		return kubestatus.Forbidden(fmt.Sprintf("cluster %q: the gateway stated the caller is %q %v but the token says %q %v", a.cfg.Cluster, user, groups, u.Name, u.Groups))
 	}
 	return nil
 }

@@ -38,7 +38,10 @@ const (
 	// HeaderAsUser and HeaderAsGroup carry kubectl --as / --as-group: the
 	// agent honours them only if a SubjectAccessReview says the caller may
 	// impersonate them.
-	HeaderAsUser   = "Keyhole-As-User"
-	HeaderAsGroup  = "Keyhole-As-Group"
-	identityPrefix = "Keyhole-"
+	HeaderAsUser  = "Keyhole-As-User"
+	HeaderAsGroup = "Keyhole-As-Group"
+	// HeaderCallerToken carries the caller's OIDC token, only to clusters
+	// whose agents verify callers themselves (tunnel.HeaderVerifiesCallers).
+	HeaderCallerToken = "Keyhole-Caller-Token"
+	identityPrefix    = "Keyhole-"
 )

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -18,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coreos/go-oidc/v3/oidc"
+	"github.com/coreos/go-oidc/v3/oidc/oidctest"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -142,7 +146,18 @@ type chain struct {
 	api     *fakeAPI
 }
 
+// chainOpts change newChain's defaults.
+type chainOpts struct {
+	auth     Authenticator // the stub's (default: the tokens below)
+	verifier *authn.JWT    // the agent checks callers itself
+	pol      Policy        // default: group dev everywhere
+}
+
 func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
+	return newChainWith(t, apiRest, api, chainOpts{})
+}
+
+func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts) *chain {
 	log := zaptest.NewLogger(t)
 	if _, ok := t.(*testing.B); ok {
 		log = zap.NewNop() // measure the hops, not the test logger
@@ -152,9 +167,17 @@ func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
 		t.Fatal(err)
 	}
 	auditBuf := &lockedBuffer{}
+	var auth Authenticator = tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}, "eve-token": {Name: "eve"}}
+	if o.auth != nil {
+		auth = o.auth
+	}
+	var pol Policy = mustPolicy(t, policy.Rule{Clusters: []string{"*"}, Groups: []string{"dev"}})
+	if o.pol != nil {
+		pol = o.pol
+	}
 	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true}, Audit: audit.NewWriterSink(auditBuf),
-		Auth:   tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}, "eve-token": {Name: "eve"}},
-		Policy: mustPolicy(t, policy.Rule{Clusters: []string{"*"}, Groups: []string{"dev"}}), Logger: log})
+		Auth:   auth,
+		Policy: pol, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,12 +191,12 @@ func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
 	pool := x509.NewCertPool()
 	pool.AddCert(ts.Certificate())
 
-	ah, err := NewAgent(AgentConfig{Cluster: "c1", AgentID: "a1", Rest: apiRest, Logger: log})
+	ah, err := NewAgent(AgentConfig{Cluster: "c1", AgentID: "a1", Rest: apiRest, Verifier: o.verifier, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ag, err := tunnel.NewAgent(tunnel.AgentConfig{StubURL: ts.URL, Cluster: "c1", AgentID: "a1", Fingerprint: "fp",
-		Secret: func() (string, error) { return "join", nil }, TLS: &tls.Config{RootCAs: pool},
+		Secret: func() (string, error) { return "join", nil }, TLS: &tls.Config{RootCAs: pool}, VerifiesCallers: o.verifier != nil,
 		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }, Handler: ah, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -582,5 +605,62 @@ func TestAuditRecords(t *testing.T) {
 		if strings.Contains(string(all), secret) {
 			t.Errorf("audit records contain %q", secret)
 		}
+	}
+}
+
+// A stub that states an identity the caller's token does not carry is
+// refused by an agent that verifies callers itself.
+func TestAgentVerifiesCallers(t *testing.T) {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	is := &oidctest.Server{PublicKeys: []oidctest.PublicKey{{PublicKey: key.Public(), KeyID: "k1", Algorithm: oidc.RS256}}}
+	idp := httptest.NewTLSServer(is)
+	defer idp.Close()
+	is.SetIssuer(idp.URL)
+	claims, _ := json.Marshal(map[string]any{"iss": idp.URL, "aud": "keyhole", "exp": time.Now().Add(time.Hour).Unix(),
+		"email": "alice@example.com", "groups": []string{"dev"}})
+	jwt := oidctest.SignIDToken(key, "k1", oidc.RS256, string(claims))
+	verifier, err := authn.NewJWT([]authn.JWTAuthenticatorConfig{{
+		Issuer:        authn.Issuer{URL: idp.URL, Audiences: []string{"keyhole"}, CertificateAuthority: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: idp.Certificate().Raw}))},
+		ClaimMappings: authn.ClaimMappings{Username: authn.PrefixedClaim{Claim: "email"}, Groups: &authn.PrefixedClaim{Claim: "groups", Prefix: "oidc:"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		stubSay tokens // what the stub claims for each token
+		token   string
+		code    int
+		msg     string
+	}{
+		{"honest stub", tokens{jwt: {Name: "alice@example.com", Groups: []string{"oidc:dev"}}}, jwt, 200, ""},
+		{"stub lies about the user", tokens{jwt: {Name: "root@example.com", Groups: []string{"oidc:dev"}}}, jwt, 403, `the token says "alice@example.com"`},
+		{"stub adds a group", tokens{jwt: {Name: "alice@example.com", Groups: []string{"oidc:dev", "admins"}}}, jwt, 403, "the gateway stated"},
+		{"static token", tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, "alice-token", 403, "accepts only OIDC tokens"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			api := newFakeAPI(t)
+			c := newChainWith(t, restFor(api.Server), api, chainOpts{auth: tc.stubSay, verifier: verifier, pol: policy.Open()})
+			resp, body := c.do(t, "GET", "/clusters/c1/api/v1/pods", tc.token, nil)
+			if resp.StatusCode != tc.code {
+				t.Fatalf("got %d %s", resp.StatusCode, body)
+			}
+			if tc.code != 200 {
+				if st := statusOf(t, body); !strings.Contains(st.Message, tc.msg) {
+					t.Fatalf("message %q lacks %q", st.Message, tc.msg)
+				}
+			}
+			r, hits := c.api.lastRequest()
+			if tc.code != 200 && hits != 0 {
+				t.Fatal("a refused request reached the API server")
+			}
+			if tc.code == 200 && (r.Header.Get("Impersonate-User") != "alice@example.com" || r.Header.Get(HeaderCallerToken) != "") {
+				t.Fatalf("API server saw user %q, caller token %q", r.Header.Get("Impersonate-User"), r.Header.Get(HeaderCallerToken))
+			}
+		})
 	}
 }

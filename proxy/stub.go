@@ -218,6 +218,9 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, g := range user.Groups {
 		h.Add(HeaderGroup, g)
 	}
+	if wt, ok := s.cfg.Dialer.(interface{ WantsCallerToken(string) bool }); ok && authn.LooksLikeJWT(token) && wt.WantsCallerToken(cluster) {
+		h.Set(HeaderCallerToken, token) // that cluster's agents check the caller themselves
+	}
 	if asUser != "" { // the agent decides, with the cluster's RBAC
 		h.Set(HeaderAsUser, asUser)
 		for _, g := range asGroups {

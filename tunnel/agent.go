@@ -26,6 +26,9 @@ type AgentConfig struct {
 	AgentID     string
 	Fingerprint string
 	Version     string
+	// VerifiesCallers asks the stub to forward callers' OIDC tokens, which
+	// this agent verifies itself.
+	VerifiesCallers bool
 	// Secret returns the join secret; it is called before every dial so a
 	// rotated secret file is picked up without a restart.
 	Secret func() (string, error)
@@ -214,6 +217,9 @@ func (a *Agent) Dial(ctx context.Context) (*yamux.Session, error) {
 	req.Header.Set(HeaderFingerprint, a.cfg.Fingerprint)
 	if a.cfg.Version != "" {
 		req.Header.Set(HeaderVersion, a.cfg.Version)
+	}
+	if a.cfg.VerifiesCallers {
+		req.Header.Set(HeaderVerifiesCallers, "jwt")
 	}
 	resp, err := tr.RoundTrip(req)
 	if err != nil {

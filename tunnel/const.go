@@ -16,6 +16,9 @@ const (
 	HeaderAgent       = "Keyhole-Agent"
 	HeaderFingerprint = "Keyhole-Fingerprint"
 	HeaderVersion     = "Keyhole-Agent-Version"
+	// HeaderVerifiesCallers ("jwt") says the agent verifies callers' OIDC
+	// tokens itself and wants them forwarded.
+	HeaderVerifiesCallers = "Keyhole-Verifies-Callers"
 )
 
 // Errors a stub returns to DialCluster callers and an agent sees on refusal.

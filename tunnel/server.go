@@ -53,6 +53,7 @@ type clusterAgents struct {
 
 type agentSession struct {
 	cluster, id, fingerprint, version, remote string
+	verifiesCallers                           bool
 	connected                                 time.Time
 	sess                                      *yamux.Session
 	streams                                   atomic.Int64
@@ -60,13 +61,15 @@ type agentSession struct {
 
 // AgentInfo describes a connected agent.
 type AgentInfo struct {
-	Cluster     string    `json:"cluster"`
-	ID          string    `json:"id"`
-	Fingerprint string    `json:"fingerprint"`
-	Version     string    `json:"version,omitempty"`
-	Remote      string    `json:"remote"`
-	Connected   time.Time `json:"connected"`
-	Streams     int64     `json:"streams"`
+	Cluster     string `json:"cluster"`
+	ID          string `json:"id"`
+	Fingerprint string `json:"fingerprint"`
+	Version     string `json:"version,omitempty"`
+	// VerifiesCallers: the agent checks callers' OIDC tokens itself.
+	VerifiesCallers bool      `json:"verifiesCallers,omitempty"`
+	Remote          string    `json:"remote"`
+	Connected       time.Time `json:"connected"`
+	Streams         int64     `json:"streams"`
 }
 
 // NewServer validates cfg and returns a Server.
@@ -164,7 +167,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a := &agentSession{cluster: cluster, id: agentID, fingerprint: fp, version: r.Header.Get(HeaderVersion),
-		remote: r.RemoteAddr, connected: time.Now(), sess: sess}
+		verifiesCallers: r.Header.Get(HeaderVerifiesCallers) == "jwt",
+		remote:          r.RemoteAddr, connected: time.Now(), sess: sess}
 	replaced, err := s.add(a)
 	if err != nil {
 		sess.Close()
@@ -317,7 +321,7 @@ func (s *Server) Agents(cluster string) []AgentInfo {
 			continue
 		}
 		for _, a := range ca.agents {
-			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version,
+			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version, VerifiesCallers: a.verifiesCallers,
 				Remote: a.remote, Connected: a.connected, Streams: a.streams.Load()})
 		}
 	}
@@ -347,4 +351,20 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	return nil
+}
+
+// WantsCallerToken reports whether any connected agent of cluster verifies
+// callers' tokens itself, so the stub must forward them. Clusters that do not
+// ask never see a caller's token.
+func (s *Server) WantsCallerToken(cluster string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ca := s.clusters[cluster]; ca != nil {
+		for _, a := range ca.agents {
+			if a.verifiesCallers {
+				return true
+			}
+		}
+	}
+	return false
 }

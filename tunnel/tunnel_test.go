@@ -441,3 +441,26 @@ func TestClustersFile(t *testing.T) {
 		t.Fatalf("rotation lost labels: %+v", e)
 	}
 }
+
+// Only agents that verify callers themselves make the stub forward tokens.
+func TestWantsCallerToken(t *testing.T) {
+	e := newEnv(t)
+	e.startAgent("c1", "plain", "fp", echoAgent("plain"))
+	if e.srv.WantsCallerToken("c1") || e.srv.WantsCallerToken("c2") {
+		t.Fatal("tokens wanted without an agent asking")
+	}
+	cfg := e.agentConfig("c2", "verifier", "fp2", "other", echoAgent("v"))
+	cfg.VerifiesCallers = true
+	a, err := NewAgent(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	e.waitAgents("c2", func(n int) bool { return n == 1 })
+	if !e.srv.WantsCallerToken("c2") || e.srv.WantsCallerToken("c1") || !e.srv.Agents("c2")[0].VerifiesCallers {
+		t.Fatal("capability not recorded for the right cluster only")
+	}
+}

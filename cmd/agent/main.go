@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/internal/logging"
 	"github.com/keyhole-dev/keyhole/proxy"
@@ -74,7 +75,14 @@ func run(args []string) error {
 		}
 		stubTLS.RootCAs = pool
 	}
-	handler, err := proxy.NewAgent(proxy.AgentConfig{Cluster: cfg.Cluster, AgentID: cfg.AgentID, Rest: rc, Logger: log.Named("proxy")})
+	var verifier *authn.JWT
+	if len(cfg.CallerVerification.JWT) > 0 {
+		if verifier, err = authn.NewJWT(cfg.CallerVerification.JWT); err != nil {
+			return fmt.Errorf("callerVerification: %w", err)
+		}
+		log.Info("verifying callers' OIDC tokens at the agent", zap.Int("issuers", len(cfg.CallerVerification.JWT)))
+	}
+	handler, err := proxy.NewAgent(proxy.AgentConfig{Cluster: cfg.Cluster, AgentID: cfg.AgentID, Rest: rc, Verifier: verifier, Logger: log.Named("proxy")})
 	if err != nil {
 		return err
 	}
@@ -86,7 +94,7 @@ func run(args []string) error {
 		return err
 	}
 	agent, err := tunnel.NewAgent(tunnel.AgentConfig{
-		StubURL: cfg.StubURL, Cluster: cfg.Cluster, AgentID: cfg.AgentID, Fingerprint: fp, Version: version,
+		StubURL: cfg.StubURL, Cluster: cfg.Cluster, AgentID: cfg.AgentID, Fingerprint: fp, Version: version, VerifiesCallers: verifier != nil,
 		Secret: func() (string, error) {
 			b, err := os.ReadFile(cfg.JoinSecretFile)
 			return strings.TrimSpace(string(b)), err
