@@ -98,6 +98,32 @@ policy:
 	if _, err := g.kubectl(wrong, env, nil, "get", "configmaps"); err == nil {
 		t.Fatal("wrong password worked")
 	}
+	// A cluster whose agent verifies callers itself, trusting the same IdP:
+	// alice's kubelogin session works; a static-token caller is refused by
+	// the agent even though the stub admits it.
+	vSecret, _ := g.install("verified")
+	g.startAgent(agentOpts{cluster: "verified", id: "v1", secretFile: vSecret, apiURL: c.URL, tokenFile: tokenFile, c: c,
+		extra: fmt.Sprintf(`callerVerification:
+  jwt:
+  - issuer: {url: %s, audiences: [keyhole], certificateAuthorityFile: %s}
+    claimMappings:
+      username: {claim: email, prefix: ""}
+      groups: {claim: groups, prefix: "oidc:"}
+`, dex.Issuer, dex.CAFile)})
+	g.waitAgents(adminTok, "verified", "v1")
+	if st := g.status(adminTok)["verified"]; !st.Agents[0].VerifiesCallers {
+		t.Fatalf("agent did not announce caller verification: %+v", st)
+	}
+	aliceV := kubeconfigFor("alice@example.com", "alice-pw-1")
+	if out, err := g.kubectl(aliceV, env, nil, "--context", "verified", "get", "namespaces", "kube-system", "-o", "name"); err != nil || out != "namespace/kube-system\n" {
+		t.Fatalf("alice on the verifying cluster: %v %q", err, out)
+	}
+	admin = g.kubeconfig("admin") // a new static token, with a context for the new cluster
+	if _, err := g.kubectl(admin, nil, nil, "--context", "verified", "get", "configmaps"); err == nil ||
+		!strings.Contains(err.Error(), `cluster "verified" verifies callers itself and accepts only OIDC tokens`) {
+		t.Fatalf("static token on the verifying cluster: %v", err)
+	}
+
 	// A token of the same IdP, presented to a stub that does not trust it
 	// (the issuer removed from the config), is refused.
 	tok := dex.PasswordToken(t, "alice@example.com", "alice-pw-1")
@@ -106,7 +132,6 @@ policy:
 		resp, body := getAs(t, g, "/clusters/oidc/api", tok)
 		return resp == 401 && strings.Contains(body, "accepts no OIDC tokens")
 	}, g.stub)
-	_ = admin
 }
 
 func getAs(t *testing.T, g *gateway, path, token string) (int, string) {
