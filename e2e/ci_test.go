@@ -99,4 +99,5 @@ policy:
 	if _, err := g.kubectl(pipeline, nil, nil, "--token", expired, "get", "configmaps"); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired CI token: %v", err)
 	}
+	g.noSecretsLogged(t, map[string]string{"the main-branch token": main, "the branch token": branch, "the expired token": expired, "admin's token": adminTok})
 }

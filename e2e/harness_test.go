@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -491,4 +492,30 @@ func statefileWrite(path, body string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// jwtShape matches any JWT (base64url JSON header and payload).
+var jwtShape = regexp.MustCompile(`eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.`)
+
+// noSecretsLogged fails if the stub's log or audit file, or any of the given
+// processes' logs, contains one of the secrets.
+func (g *gateway) noSecretsLogged(t *testing.T, secrets map[string]string, procs ...*process) {
+	t.Helper()
+	texts := map[string]string{"stub log": g.stub.logText()}
+	if b, err := os.ReadFile(filepath.Join(g.dir, "audit.log")); err == nil {
+		texts["audit log"] = string(b)
+	}
+	for _, p := range procs {
+		texts[p.name+" log"] = p.logText()
+	}
+	for where, text := range texts {
+		if m := jwtShape.FindString(text); m != "" {
+			t.Errorf("the %s contains a JWT: %.40s…", where, m)
+		}
+		for what, v := range secrets {
+			if v != "" && strings.Contains(text, v) {
+				t.Errorf("the %s contains %s", where, what)
+			}
+		}
+	}
 }

@@ -102,7 +102,7 @@ policy:
 	// alice's kubelogin session works; a static-token caller is refused by
 	// the agent even though the stub admits it.
 	vSecret, _ := g.install("verified")
-	g.startAgent(agentOpts{cluster: "verified", id: "v1", secretFile: vSecret, apiURL: c.URL, tokenFile: tokenFile, c: c,
+	verifiedAgent := g.startAgent(agentOpts{cluster: "verified", id: "v1", secretFile: vSecret, apiURL: c.URL, tokenFile: tokenFile, c: c,
 		extra: fmt.Sprintf(`callerVerification:
   jwt:
   - issuer: {url: %s, audiences: [keyhole], certificateAuthorityFile: %s}
@@ -123,6 +123,9 @@ policy:
 		!strings.Contains(err.Error(), `cluster "verified" verifies callers itself and accepts only OIDC tokens`) {
 		t.Fatalf("static token on the verifying cluster: %v", err)
 	}
+
+	g.noSecretsLogged(t, map[string]string{"alice's ID token": dex.PasswordToken(t, "alice@example.com", "alice-pw-1"),
+		"alice's password": "alice-pw-1", "bob's password": "bob-pw-2"}, verifiedAgent)
 
 	// A token of the same IdP, presented to a stub that does not trust it
 	// (the issuer removed from the config), is refused.
