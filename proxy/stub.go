@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -56,7 +55,7 @@ type StubConfig struct {
 	Auth     Authenticator
 	Policy   Policy
 	// Audit receives one record per request and two per upgraded session
-	// (nil: none).
+	// (nil: none, and no record is built).
 	Audit  audit.Sink
 	Logger *zap.Logger
 }
@@ -83,9 +82,6 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
-	}
-	if cfg.Audit == nil {
-		cfg.Audit = audit.NewWriterSink(io.Discard)
 	}
 	s := &Stub{cfg: cfg, log: cfg.Logger}
 	s.tr = &http.Transport{
@@ -164,7 +160,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	refuse := func(st *apierrors.StatusError) {
 		kubestatus.Write(w, st)
-		s.record(audit.NewEvent(ar, auditv1.StageResponseComplete, audit.StatusOutcome(st.ErrStatus, time.Now())))
+		s.record(ar, auditv1.StageResponseComplete, audit.StatusOutcome(st.ErrStatus, time.Now()))
 	}
 
 	token, hasToken := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -235,7 +231,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	aw.OnUpgrade = func(*audit.CountingConn) {
 		upgradedAt = time.Now()
 		ar.Agent = state.agent
-		s.record(audit.NewEvent(ar, auditv1.StageResponseStarted, &audit.Outcome{Code: http.StatusSwitchingProtocols, Finished: upgradedAt}))
+		s.record(ar, auditv1.StageResponseStarted, &audit.Outcome{Code: http.StatusSwitchingProtocols, Finished: upgradedAt})
 	}
 	s.rp.ServeHTTP(aw, out)
 
@@ -247,15 +243,19 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if c := aw.Upgraded(); c != nil {
 		o.Upgraded, o.BytesIn, o.BytesOut = upgradedAt, c.BytesRead(), c.BytesWritten()
 	}
-	s.record(audit.NewEvent(ar, auditv1.StageResponseComplete, o))
+	s.record(ar, auditv1.StageResponseComplete, o)
 	if ce := log.Check(zap.DebugLevel, "request"); ce != nil {
 		ce.Write(zap.String("method", r.Method), zap.String("path", rest), zap.Int("code", o.Code), zap.Duration("latency", time.Since(start)))
 	}
 }
 
-// record writes an audit event; a failing sink is an operator's problem
-// to see, never the caller's.
-func (s *Stub) record(ev *auditv1.Event) {
+// record writes an audit event, built only when there is a sink; a
+// failing sink is an operator's problem to see, never the caller's.
+func (s *Stub) record(ar audit.Request, stage auditv1.Stage, o *audit.Outcome) {
+	if s.cfg.Audit == nil {
+		return
+	}
+	ev := audit.NewEvent(ar, stage, o)
 	if err := s.cfg.Audit.Write(ev); err != nil {
 		s.log.Error("audit record not written", zap.String("audit_id", string(ev.AuditID)), zap.Error(err))
 	}
