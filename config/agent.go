@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"os"
 	"time"
+
+	"github.com/keyhole-dev/keyhole/authn"
 )
 
 // Agent is the agent's configuration (kind AgentConfig).
@@ -40,6 +42,9 @@ type Agent struct {
 	// authentication.jwt) instead of trusting the stub's word. Callers with
 	// static tokens are then refused by this cluster.
 	CallerVerification Authentication `json:"callerVerification"`
+	// Identities limit who the agent impersonates, callers and --as targets
+	// alike: by default nothing under system:.
+	Identities authn.IdentityRules `json:"identities"`
 }
 
 // APIServer names the API server and the files of the agent's credentials.

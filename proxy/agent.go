@@ -38,7 +38,10 @@ type AgentConfig struct {
 	// identity, as the stub states it, differs from the token's. A stub
 	// then cannot act as anyone the token does not name.
 	Verifier *authn.JWT
-	Logger   *zap.Logger
+	// Identities are the users and groups the cluster owner lets this agent
+	// impersonate (the zero value refuses only system: identities).
+	Identities authn.IdentityRules
+	Logger     *zap.Logger
 }
 
 // Agent is the http.Handler the agent serves on tunnel streams.
@@ -113,7 +116,7 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kubestatus.Write(w, kubestatus.Forbidden("agent: request carries no caller identity"))
 		return
 	}
-	if err := authn.ValidateIdentity(user, groups); err != nil {
+	if err := a.cfg.Identities.Check(user, groups); err != nil {
 		log.Warn("identity refused by agent", zap.Error(err))
 		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("cluster %q refuses this identity: %v", a.cfg.Cluster, err)))
 		return
@@ -127,7 +130,7 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	asUser, asGroups := r.Header.Get(HeaderAsUser), r.Header.Values(HeaderAsGroup)
 	if asUser != "" {
-		if err := authn.ValidateIdentity(asUser, asGroups); err != nil {
+		if err := a.cfg.Identities.Check(asUser, asGroups); err != nil {
 			log.Info("impersonation target refused by agent", zap.Error(err))
 			kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("cluster %q refuses to impersonate this identity: %v", a.cfg.Cluster, err)))
 			return

@@ -664,3 +664,31 @@ func TestAgentVerifiesCallers(t *testing.T) {
 		})
 	}
 }
+
+// The cluster owner's identity rules bind callers and --as targets alike.
+func TestAgentIdentityRules(t *testing.T) {
+	api := newFakeAPI(t)
+	ah, err := NewAgent(AgentConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t),
+		Identities: authn.IdentityRules{UserPrefixes: []string{"oidc:"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		h    http.Header
+		code int
+	}{
+		"admitted prefix":    {http.Header{HeaderUser: {"oidc:alice"}}, 200},
+		"other prefix":       {http.Header{HeaderUser: {"alice"}}, 403},
+		"--as outside rules": {http.Header{HeaderUser: {"oidc:alice"}, HeaderAsUser: {"bob"}}, 403},
+	} {
+		t.Run(name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/api/v1/pods", nil)
+			req.Header = tc.h
+			rec := httptest.NewRecorder()
+			ah.ServeHTTP(rec, req)
+			if rec.Code != tc.code {
+				t.Fatalf("got %d: %s", rec.Code, rec.Body)
+			}
+		})
+	}
+}
