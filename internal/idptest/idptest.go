@@ -23,7 +23,6 @@ package idptest
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -33,8 +32,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -42,14 +39,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyhole-dev/keyhole/internal/testbed"
 )
 
 // EnvTestBin names the directory holding dex, kubectl-oidc_login and bcrypthash.
-const EnvTestBin = "KEYHOLE_TESTBIN"
+const EnvTestBin = testbed.EnvTestBin
 
 // DefaultClientID is the client ID when Options.ClientID is empty.
 const DefaultClientID = "keyhole"
@@ -107,51 +104,12 @@ type Dex struct {
 	client *http.Client
 }
 
-type proc struct {
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error // valid after done is closed
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM to the process (by PID), then SIGKILL after a grace period.
-func (p *proc) stop(grace time.Duration) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
 // Start runs Dex in t.TempDir() and stops it (by PID) in t.Cleanup. If
 // $KEYHOLE_TESTBIN is unset or a binary is missing, the test fails telling
 // to run hack/testbin.sh. On failure, the end of Dex's log is printed.
 func Start(t testing.TB, o Options) *Dex {
 	t.Helper()
-	bin := os.Getenv(EnvTestBin)
-	hint := "build the test binaries and export their directory: export " + EnvTestBin + `="$(hack/testbin.sh)"`
-	if bin == "" {
-		t.Fatalf("idptest: $%s is not set; %s", EnvTestBin, hint)
-	}
-	for _, b := range []string{"dex", "kubectl-oidc_login", "bcrypthash"} {
-		if fi, err := os.Stat(filepath.Join(bin, b)); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-			t.Fatalf("idptest: %s not found (or not executable) in $%s=%s; %s", b, EnvTestBin, bin, hint)
-		}
-	}
+	bin := testbed.TestBin(t, "idptest", "dex", "kubectl-oidc_login", "bcrypthash")
 	if o.ClientID == "" {
 		o.ClientID = DefaultClientID
 	}
@@ -178,10 +136,10 @@ func Start(t testing.TB, o Options) *Dex {
 		Dir:           dir,
 		LogPath:       filepath.Join(dir, "dex.log"),
 	}
-	var p *proc
+	var p *testbed.Proc
 	t.Cleanup(func() {
 		if p != nil {
-			p.stop(10 * time.Second)
+			p.Stop(10 * time.Second)
 		}
 		if d.client != nil {
 			d.client.CloseIdleConnections()
@@ -208,22 +166,22 @@ func Start(t testing.TB, o Options) *Dex {
 	}
 
 	for attempt := 1; ; attempt++ {
-		addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+		addr := "127.0.0.1:" + strconv.Itoa(testbed.FreePort(t, "idptest"))
 		d.Issuer = "https://" + addr + "/dex"
 		cfg := dexConfig(d.Issuer, addr, certFile, keyFile, o, hashes)
 		cfgPath := filepath.Join(dir, "config.json")
 		if err := writeFile(cfgPath, cfg); err != nil {
 			t.Fatalf("idptest: %v", err)
 		}
-		p, err = startProc(d.LogPath, filepath.Join(bin, "dex"), "serve", cfgPath)
+		p, err = testbed.StartProc("dex", d.LogPath, filepath.Join(bin, "dex"), "serve", cfgPath)
 		if err != nil {
-			t.Fatalf("idptest: starting dex: %v", err)
+			t.Fatalf("idptest: %v", err)
 		}
-		err = waitFor(p, StartTimeout, func() bool { return d.discoveryOK() })
+		err = testbed.WaitFor(p, StartTimeout, func() bool { return d.discoveryOK() })
 		if err == nil {
 			break
 		}
-		if p.exited() && attempt < 5 && strings.Contains(tail(d.LogPath, 20), "address already in use") {
+		if p.Exited() && attempt < 5 && strings.Contains(tail(d.LogPath, 20), "address already in use") {
 			t.Logf("idptest: dex port clash, retrying")
 			continue
 		}
@@ -465,81 +423,6 @@ func DecodeClaims(jwt string) (map[string]any, error) {
 
 // --- helpers ------------------------------------------------------------
 
-func startProc(logPath, path string, args ...string) (*proc, error) {
-	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	fmt.Fprintf(lf, "### %s %s\n", path, strings.Join(args, " "))
-	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.Env = os.Environ()
-	setProcAttr(cmd)
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, err
-	}
-	lf.Close() // the child holds its own copy
-	p := &proc{cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// waitFor polls ok until it returns true, the process exits, or timeout.
-func waitFor(p *proc, timeout time.Duration, ok func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if ok() {
-			return nil
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("dex exited: %v", p.err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", timeout)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-var (
-	portMu   sync.Mutex
-	usedPort = map[int]bool{}
-)
-
-// freePort returns a port in 20000-32767 (below the ephemeral range, which
-// outgoing connections use) that was free on 127.0.0.1 just now. Callers
-// retry on a clash.
-func freePort(t testing.TB) int {
-	t.Helper()
-	portMu.Lock()
-	defer portMu.Unlock()
-	for i := 0; i < 1000; i++ {
-		n, err := rand.Int(rand.Reader, big.NewInt(32767-20000))
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := 20000 + int(n.Int64())
-		if usedPort[port] {
-			continue
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		usedPort[port] = true
-		return port
-	}
-	t.Fatalf("idptest: no free port found")
-	return 0
-}
-
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {
@@ -556,18 +439,10 @@ func writeFile(path string, data []byte) error {
 	return os.WriteFile(path, data, 0o600)
 }
 
-// tail returns the last n lines of a file.
+// tail is testbed.Tail, but "(no log)" if the file does not exist.
 func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return "(no log)"
-		}
-		return fmt.Sprintf("(%v)", err)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return "(no log)"
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return testbed.Tail(path, n)
 }

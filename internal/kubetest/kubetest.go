@@ -15,12 +15,10 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -29,7 +27,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -41,10 +38,12 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/keyhole-dev/keyhole/internal/testbed"
 )
 
 // EnvTestBin names the directory holding kube-apiserver, etcd and nodesim.
-const EnvTestBin = "KEYHOLE_TESTBIN"
+const EnvTestBin = testbed.EnvTestBin
 
 // PortAnnotationPrefix + "<port>" on a pod makes nodesim forward that pod port
 // to the TCP address in the annotation's value (e.g. "127.0.0.1:23456");
@@ -79,43 +78,12 @@ type Cluster struct {
 	// Files for components that want to talk to the kubelet like the API server does.
 	KubeletClientCertFile, KubeletClientKeyFile string
 
-	ca     *ca
+	ca     *testbed.CA
 	rest   *rest.Config
 	client kubernetes.Interface
 
 	mu     sync.Mutex
 	tokens map[string]string // "ns/name" -> service-account token
-}
-
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error // valid after done is closed
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM to the process (by PID), then SIGKILL after a grace period.
-func (p *proc) stop(grace time.Duration) {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
 }
 
 // Start brings up etcd, kube-apiserver and nodesim on free 127.0.0.1 ports,
@@ -124,16 +92,7 @@ func (p *proc) stop(grace time.Duration) {
 // the test fails telling to run hack/testbin.sh.
 func Start(t testing.TB) *Cluster {
 	t.Helper()
-	bin := os.Getenv(EnvTestBin)
-	hint := "build the test binaries and export their directory: export " + EnvTestBin + `="$(hack/testbin.sh)"`
-	if bin == "" {
-		t.Fatalf("kubetest: $%s is not set; %s", EnvTestBin, hint)
-	}
-	for _, b := range []string{"etcd", "kube-apiserver", "nodesim"} {
-		if fi, err := os.Stat(filepath.Join(bin, b)); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-			t.Fatalf("kubetest: %s not found (or not executable) in $%s=%s; %s", b, EnvTestBin, bin, hint)
-		}
-	}
+	bin := testbed.TestBin(t, "kubetest", "etcd", "kube-apiserver", "nodesim")
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		t.Fatalf("kubetest: kubectl not found on PATH: %v", err)
@@ -148,15 +107,15 @@ func Start(t testing.TB) *Cluster {
 		KubectlPath: kubectl,
 		tokens:      map[string]string{},
 	}
-	var procs []*proc
+	var procs []*testbed.Proc
 	t.Cleanup(func() {
 		// Stop in reverse order: nodesim, kube-apiserver, etcd.
 		for i := len(procs) - 1; i >= 0; i-- {
-			procs[i].stop(10 * time.Second)
+			procs[i].Stop(10 * time.Second)
 		}
 		if t.Failed() {
 			for _, p := range procs {
-				t.Logf("kubetest: last lines of %s (%s):\n%s", p.name, p.logPath, tail(p.logPath, 60))
+				t.Logf("kubetest: last lines of %s (%s):\n%s", p.Name, p.LogPath, testbed.Tail(p.LogPath, 60))
 			}
 		}
 	})
@@ -172,7 +131,7 @@ func Start(t testing.TB) *Cluster {
 	// etcd
 	var etcdURL string
 	for attempt := 1; ; attempt++ {
-		clientPort, peerPort := freePort(t), freePort(t)
+		clientPort, peerPort := testbed.FreePort(t, "kubetest"), testbed.FreePort(t, "kubetest")
 		etcdURL = "http://127.0.0.1:" + strconv.Itoa(clientPort)
 		peerURL := "http://127.0.0.1:" + strconv.Itoa(peerPort)
 		p := startProc(t, "etcd", filepath.Join(dir, "etcd.log"), filepath.Join(bin, "etcd"),
@@ -187,11 +146,11 @@ func Start(t testing.TB) *Cluster {
 			"--logger=zap", "--log-outputs=stderr",
 		)
 		procs = append(procs, p)
-		err := waitFor(p, StartTimeout, func() bool { return httpOK(nil, etcdURL+"/health", "", `"health":"true"`) })
+		err := testbed.WaitFor(p, StartTimeout, func() bool { return testbed.HTTPOK(nil, etcdURL+"/health", "", `"health":"true"`) })
 		if err == nil {
 			break
 		}
-		if p.exited() && attempt < 5 && strings.Contains(tail(p.logPath, 50), "address already in use") {
+		if p.Exited() && attempt < 5 && strings.Contains(testbed.Tail(p.LogPath, 50), "address already in use") {
 			t.Logf("kubetest: etcd port clash, retrying")
 			procs = procs[:len(procs)-1]
 			_ = os.RemoveAll(filepath.Join(dir, "etcd-data"))
@@ -201,10 +160,10 @@ func Start(t testing.TB) *Cluster {
 	}
 
 	// kube-apiserver
-	tlsClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.caPool()}}}
+	tlsClient := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.ca.Pool()}}}
 	defer tlsClient.CloseIdleConnections()
 	for attempt := 1; ; attempt++ {
-		port := freePort(t)
+		port := testbed.FreePort(t, "kubetest")
 		c.URL = "https://127.0.0.1:" + strconv.Itoa(port)
 		f := func(n string) string { return filepath.Join(dir, "pki", n) }
 		p := startProc(t, "kube-apiserver", filepath.Join(dir, "kube-apiserver.log"), filepath.Join(bin, "kube-apiserver"),
@@ -233,11 +192,11 @@ func Start(t testing.TB) *Cluster {
 			"--logging-format=text",
 		)
 		procs = append(procs, p)
-		err := waitFor(p, StartTimeout, func() bool { return httpOK(tlsClient, c.URL+"/readyz", c.AdminToken, "ok") })
+		err := testbed.WaitFor(p, StartTimeout, func() bool { return testbed.HTTPOK(tlsClient, c.URL+"/readyz", c.AdminToken, "ok") })
 		if err == nil {
 			break
 		}
-		if p.exited() && attempt < 5 && strings.Contains(tail(p.logPath, 50), "address already in use") {
+		if p.Exited() && attempt < 5 && strings.Contains(testbed.Tail(p.LogPath, 50), "address already in use") {
 			t.Logf("kubetest: kube-apiserver port clash, retrying")
 			procs = procs[:len(procs)-1]
 			continue
@@ -270,7 +229,7 @@ func Start(t testing.TB) *Cluster {
 	defer cancel()
 	for _, ns := range []string{"kube-system", "default"} {
 		var got *corev1.Namespace
-		err := poll(ctx, 100*time.Millisecond, func() bool {
+		err := testbed.Poll(ctx, 100*time.Millisecond, func() bool {
 			got, err = c.client.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 			return err == nil
 		})
@@ -300,7 +259,7 @@ func Start(t testing.TB) *Cluster {
 		"--data-dir="+filepath.Join(dir, "nodesim"),
 	)
 	procs = append(procs, p)
-	err = waitFor(p, StartTimeout, func() bool {
+	err = testbed.WaitFor(p, StartTimeout, func() bool {
 		b, err := os.ReadFile(portFile)
 		if err != nil {
 			return false
@@ -335,11 +294,11 @@ func (c *Cluster) writePKI() error {
 		return err
 	}
 	var err error
-	c.ca, err = newCA("kubetest-ca")
+	c.ca, err = testbed.NewCA("kubetest-ca")
 	if err != nil {
 		return err
 	}
-	c.CAData = c.ca.certPEM
+	c.CAData = c.ca.CertPEM
 	c.CAFile = filepath.Join(pki, "ca.crt")
 	if err := writeFile(c.CAFile, c.CAData); err != nil {
 		return err
@@ -358,7 +317,7 @@ func (c *Cluster) writePKI() error {
 		{"kubelet", "system:node:sim-node", []string{"system:nodes"}, true, lo, []string{"localhost", "sim-node"}},
 		{"kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, false, nil, nil},
 	} {
-		certPEM, keyPEM, err := c.ca.issue(s.cn, s.orgs, s.server, s.ips, s.dns)
+		certPEM, keyPEM, err := c.ca.Issue(s.cn, s.orgs, s.server, s.ips, s.dns)
 		if err != nil {
 			return err
 		}
@@ -371,7 +330,7 @@ func (c *Cluster) writePKI() error {
 	}
 	c.KubeletClientCertFile = filepath.Join(pki, "kubelet-client.crt")
 	c.KubeletClientKeyFile = filepath.Join(pki, "kubelet-client.key")
-	saKey, err := newSigningKeyPEM()
+	saKey, err := testbed.NewKeyPEM()
 	if err != nil {
 		return err
 	}
@@ -381,12 +340,6 @@ func (c *Cluster) writePKI() error {
 	c.AdminToken = randHex(24)
 	tokens := fmt.Sprintf("%s,%s,%s,\"system:masters\"\n", c.AdminToken, AdminUser, "kubetest-admin")
 	return writeFile(filepath.Join(pki, "tokens.csv"), []byte(tokens))
-}
-
-func (c *Cluster) caPool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(c.ca.cert)
-	return p
 }
 
 func (c *Cluster) writeKubeconfig(path, user, token string) error {
@@ -574,7 +527,7 @@ func (c *Cluster) CreatePod(t testing.TB, namespace, name string, annotations ma
 		t.Fatalf("kubetest: creating pod %s/%s: %v", namespace, name, err)
 	}
 	var last *corev1.Pod
-	err := poll(ctx, 50*time.Millisecond, func() bool {
+	err := testbed.Poll(ctx, 50*time.Millisecond, func() bool {
 		p, err := c.client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false
@@ -595,7 +548,7 @@ func (c *Cluster) CreatePod(t testing.TB, namespace, name string, annotations ma
 		if last != nil {
 			st = last.Status
 		}
-		t.Fatalf("kubetest: pod %s/%s not Running within %v: %v (status %+v)\nnodesim log:\n%s", namespace, name, PodTimeout, err, st, tail(filepath.Join(c.Dir, "nodesim.log"), 30))
+		t.Fatalf("kubetest: pod %s/%s not Running within %v: %v (status %+v)\nnodesim log:\n%s", namespace, name, PodTimeout, err, st, testbed.Tail(filepath.Join(c.Dir, "nodesim.log"), 30))
 	}
 }
 
@@ -664,113 +617,14 @@ func (t *connTracker) closeAll() {
 	}
 }
 
-func startProc(t testing.TB, name, logPath, path string, args ...string) *proc {
+// startProc starts a component; it fails the test if it cannot.
+func startProc(t testing.TB, name, logPath, path string, args ...string) *testbed.Proc {
 	t.Helper()
-	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	p, err := testbed.StartProc(name, logPath, path, args...)
 	if err != nil {
 		t.Fatalf("kubetest: %v", err)
 	}
-	fmt.Fprintf(lf, "### %s %s\n", path, strings.Join(args, " "))
-	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.Env = os.Environ()
-	setProcAttr(cmd)
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		t.Fatalf("kubetest: starting %s: %v", name, err)
-	}
-	lf.Close() // the child holds its own copy
-	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
 	return p
-}
-
-// waitFor polls ok until it returns true, the process exits, or timeout.
-func waitFor(p *proc, timeout time.Duration, ok func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if ok() {
-			return nil
-		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited: %v", p.name, p.err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", timeout)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func poll(ctx context.Context, interval time.Duration, ok func() bool) error {
-	for {
-		if ok() {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(interval):
-		}
-	}
-}
-
-func httpOK(client *http.Client, url, token, want string) bool {
-	if client == nil {
-		client = &http.Client{Timeout: 2 * time.Second}
-	}
-	req, err := http.NewRequest(http.MethodGet, url, nil)
-	if err != nil {
-		return false
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
-	return resp.StatusCode == http.StatusOK && strings.Contains(string(b), want)
-}
-
-var (
-	portMu   sync.Mutex
-	usedPort = map[int]bool{}
-)
-
-// freePort returns a port in 20000-32767 (below the ephemeral range, which
-// outgoing connections use) that was free on 127.0.0.1 just now. Callers
-// retry on a clash.
-func freePort(t testing.TB) int {
-	t.Helper()
-	portMu.Lock()
-	defer portMu.Unlock()
-	for i := 0; i < 1000; i++ {
-		n, err := rand.Int(rand.Reader, big.NewInt(32767-20000))
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := 20000 + int(n.Int64())
-		if usedPort[port] {
-			continue
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err != nil {
-			continue
-		}
-		l.Close()
-		usedPort[port] = true
-		return port
-	}
-	t.Fatalf("kubetest: no free port found")
-	return 0
 }
 
 func randHex(n int) string {
@@ -781,15 +635,6 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// tail returns the last n lines of a file.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(%v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+func writeFile(path string, data []byte) error {
+	return os.WriteFile(path, data, 0o600)
 }

@@ -1,4 +1,4 @@
-package kubetest
+package testbed
 
 import (
 	"crypto"
@@ -10,18 +10,20 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
-	"os"
 	"time"
 )
 
-// ca is a throw-away certificate authority for one test cluster.
-type ca struct {
-	cert    *x509.Certificate
-	key     crypto.Signer
-	certPEM []byte
+// CA is a throw-away certificate authority (ECDSA P-256, valid from an hour
+// ago for 7 days). Cert and CertPEM are read-only.
+type CA struct {
+	Cert    *x509.Certificate
+	CertPEM []byte
+
+	key crypto.Signer
 }
 
-func newCA(cn string) (*ca, error) {
+// NewCA makes a CA with subject CN=cn.
+func NewCA(cn string) (*CA, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -44,12 +46,21 @@ func newCA(cn string) (*ca, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ca{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
+	return &CA{Cert: cert, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: key}, nil
 }
 
-// issue returns PEM certificate and key. Server certificates get the given
-// IPs/DNS names; client certificates get subject CN=cn, O=orgs.
-func (c *ca) issue(cn string, orgs []string, server bool, ips []net.IP, dns []string) (certPEM, keyPEM []byte, err error) {
+// Pool returns a certificate pool holding only the CA.
+func (c *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(c.Cert)
+	return p
+}
+
+// Issue returns a PEM certificate signed by the CA and its PEM EC key, with
+// subject CN=cn, O=orgs, valid like the CA. A server certificate is for
+// server auth with the given IPs and DNS names; otherwise it is for client
+// auth.
+func (c *CA) Issue(cn string, orgs []string, server bool, ips []net.IP, dns []string) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -69,32 +80,28 @@ func (c *ca) issue(cn string, orgs []string, server bool, ips []net.IP, dns []st
 	} else {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.Cert, key.Public(), c.key)
 	if err != nil {
 		return nil, nil, err
 	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
+	keyPEM, err = keyToPEM(key)
 	if err != nil {
 		return nil, nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
 }
 
-func randSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	if err != nil {
-		panic(err)
-	}
-	return n
-}
-
-// newSigningKeyPEM returns a PEM EC private key (service-account token signing).
-func newSigningKeyPEM() ([]byte, error) {
+// NewKeyPEM returns a new PEM EC (P-256) private key, e.g. for signing
+// service-account tokens.
+func NewKeyPEM() ([]byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
+	return keyToPEM(key)
+}
+
+func keyToPEM(key *ecdsa.PrivateKey) ([]byte, error) {
 	der, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		return nil, err
@@ -102,6 +109,11 @@ func newSigningKeyPEM() ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
 }
 
-func writeFile(path string, data []byte) error {
-	return os.WriteFile(path, data, 0o600)
+// randSerial returns a random 120-bit certificate serial number.
+func randSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
+	if err != nil {
+		panic(err)
+	}
+	return n
 }

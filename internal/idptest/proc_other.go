@@ -1,7 +1,0 @@
-//go:build !linux
-
-package idptest
-
-import "os/exec"
-
-func setProcAttr(cmd *exec.Cmd) {}
