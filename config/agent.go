@@ -45,6 +45,9 @@ type Agent struct {
 	// Identities limit who the agent impersonates, callers and --as targets
 	// alike: by default nothing under system:.
 	Identities authn.IdentityRules `json:"identities"`
+	// DrainTimeout bounds a graceful stop (SIGTERM): requests and streams
+	// in flight get this long to finish; new ones go to other agents.
+	DrainTimeout Duration `json:"drainTimeout"`
 }
 
 // APIServer names the API server and the files of the agent's credentials.
@@ -60,6 +63,7 @@ func DefaultAgent() Agent {
 	return Agent{
 		APIVersion: APIVersion, Kind: "AgentConfig",
 		JoinSecretFile: "/etc/keyhole/join-secret",
+		DrainTimeout:   Duration{25 * time.Second},
 		Tunnel:         TunnelCfg{KeepAliveInterval: Duration{5 * time.Second}, KeepAliveTimeout: Duration{5 * time.Second}},
 		Log:            Log{Level: "info"},
 	}
@@ -116,6 +120,9 @@ func (c *Agent) validate(path string) error {
 	}
 	checkTunnel(&p, c.Tunnel)
 	checkLevel(&p, c.Log.Level)
+	if c.DrainTimeout.Duration <= 0 {
+		p.addf("drainTimeout: %v must be positive, e.g. 25s (below the pod's terminationGracePeriodSeconds)", c.DrainTimeout.Duration)
+	}
 	for i := range c.CallerVerification.JWT {
 		for _, err := range c.CallerVerification.JWT[i].Validate(fmt.Sprintf("callerVerification.jwt[%d]", i)) {
 			p = append(p, err)

@@ -24,13 +24,14 @@ import (
 
 // suite is what every subtest of TestGateway shares.
 type suite struct {
-	c          *kubetest.Cluster
-	g          *gateway
-	alice, bob string // kubeconfigs: alice is cluster-admin, bob only "view"
-	aliceTok   string
-	secret     string
-	saToken    string // the agent ServiceAccount's token file
-	agents     map[string]*process
+	c            *kubetest.Cluster
+	g            *gateway
+	alice, bob   string // kubeconfigs: alice is cluster-admin, bob only "view"
+	aliceTok     string
+	secret       string
+	saToken      string // the agent ServiceAccount's token file
+	saKubeconfig string
+	agents       map[string]*process
 }
 
 // TestGateway brings up a real control plane, the stub, two agents of one
@@ -71,8 +72,9 @@ func TestGateway(t *testing.T) {
 	saKubeconfig := c.ServiceAccountKubeconfig(t, "keyhole-system", "keyhole-agent")
 	// Agent a1 runs as in a pod (in-cluster config from the pod's files);
 	// agent a2 outside the cluster (a kubeconfig).
-	s.agents["a1"] = g.startAgent(agentOpts{cluster: "e2e", id: "a1", secretFile: secretFile, inCluster: true, tokenFile: tokenFile, c: c})
-	s.agents["a2"] = g.startAgent(agentOpts{cluster: "e2e", id: "a2", secretFile: secretFile, kubeconfig: saKubeconfig})
+	s.saKubeconfig = saKubeconfig
+	s.agents["a1"] = g.startAgent(agentOpts{cluster: "e2e", id: "a1", secretFile: secretFile, inCluster: true, tokenFile: tokenFile, c: c, extra: drainFast})
+	s.agents["a2"] = g.startAgent(agentOpts{cluster: "e2e", id: "a2", secretFile: secretFile, kubeconfig: saKubeconfig, extra: drainFast})
 
 	s.alice = g.kubeconfig("alice", "devs")
 	s.aliceTok = tokenOf(t, s.alice)
@@ -118,6 +120,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
 	// Before any agent is killed: a dead agent costs the streams it carried,
 	// and the long watch may be one of them.
 	longWatch(t)
+	t.Run("SIGTERM drains an agent: streams in flight finish", s.testAgentDrain)
 	t.Run("killed agent costs no later request", s.testAgentKilled)
 	t.Run("vanished agent is noticed", s.testAgentVanished)
 	t.Run("no secret in any log", func(t *testing.T) {
@@ -494,7 +497,7 @@ func (s *suite) testAgentKilled(t *testing.T) {
 		t.Fatal(out)
 	}
 	// Bring a1 back for what follows.
-	s.agents["a1"] = s.g.startAgent(agentOpts{cluster: "e2e", id: "a1", secretFile: s.secret, inCluster: true, tokenFile: s.saToken, c: s.c})
+	s.agents["a1"] = s.g.startAgent(agentOpts{cluster: "e2e", id: "a1", secretFile: s.secret, inCluster: true, tokenFile: s.saToken, c: s.c, extra: drainFast})
 	s.g.waitAgents(s.aliceTok, "e2e", "a1", "a2")
 }
 
@@ -561,4 +564,49 @@ func (s *suite) testAuditLog(t *testing.T) {
 	if execStart == 0 || execStart != execEnd || unauthorized == 0 || forbiddenAsBob == 0 || listBulk < 2 {
 		t.Fatal("missing records")
 	}
+}
+
+// drainFast keeps the suite quick: a watch still open on a stopping agent
+// would hold the default 25 s drain.
+const drainFast = "drainTimeout: 8s\n"
+
+func (s *suite) testAgentDrain(t *testing.T) {
+	const n = 6
+	type result struct {
+		out  string
+		err  error
+		took time.Duration
+	}
+	results := make(chan result, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			start := time.Now()
+			out, err := s.g.kubectl(s.alice, nil, nil, "exec", "shell-1", "--", "sh", "-c", "sleep 2; echo done")
+			results <- result{out, err, time.Since(start)}
+		}()
+	}
+	time.Sleep(900 * time.Millisecond) // the sessions are open, on both agents
+	a2 := s.agents["a2"]
+	termAt := time.Now()
+	a2.signal(syscall.SIGTERM)
+	for i := 0; i < n; i++ {
+		r := <-results
+		if r.err != nil || r.out != "done\n" {
+			t.Fatalf("an exec session in flight was cut by the agent's stop: %q %v", r.out, r.err)
+		}
+	}
+	select {
+	case <-a2.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("agent did not exit after draining\n%s", a2.tail(10))
+	}
+	if code := a2.cmd.ProcessState.ExitCode(); code != 0 || !strings.Contains(a2.logText(), "tunnel drained") {
+		t.Fatalf("agent exit code %d\n%s", code, a2.tail(10))
+	}
+	t.Logf("SIGTERM to exit: %v, %d exec sessions in flight all finished", time.Since(termAt).Round(time.Millisecond), n)
+	if errs := s.load(t, 20); len(errs) > 0 {
+		t.Fatal(errs[0])
+	}
+	s.agents["a2"] = s.g.startAgent(agentOpts{cluster: "e2e", id: "a2", secretFile: s.secret, kubeconfig: s.saKubeconfig, extra: drainFast})
+	s.g.waitAgents(s.aliceTok, "e2e", "a1", "a2")
 }

@@ -44,7 +44,16 @@ type AgentConfig struct {
 	KeepAliveInterval time.Duration
 	KeepAliveTimeout  time.Duration
 	Backoff           Backoff
+	// DrainTimeout bounds a graceful stop: after ctx ends, the agent tells
+	// the stub to open no new streams (yamux GoAway), lets requests and
+	// exec/port-forward streams in flight finish for up to this long, then
+	// closes the session. Default 25 s, inside Kubernetes' default 30 s
+	// termination grace period.
+	DrainTimeout time.Duration
 }
+
+// DefaultDrainTimeout is AgentConfig.DrainTimeout's default.
+const DefaultDrainTimeout = 25 * time.Second
 
 // Backoff is full-jitter exponential backoff: the n-th wait is uniform in
 // [0, min(Max, Base·2ⁿ)). A session that lasted StableAfter resets n, so a
@@ -116,6 +125,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		b.StableAfter = DefaultBackoff.StableAfter
 	}
 	cfg.StubURL = strings.TrimRight(cfg.StubURL, "/")
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = DefaultDrainTimeout
+	}
 	mc := MuxConfig(cfg.KeepAliveInterval, cfg.KeepAliveTimeout, cfg.Logger)
 	if err := yamux.VerifyConfig(mc); err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)
@@ -171,15 +183,43 @@ func (a *Agent) runOnce(ctx context.Context) error {
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
-	stop := context.AfterFunc(ctx, func() { sess.Close() })
-	defer stop()
-	err = srv.Serve(listener{sess})
+	ln := newListener(sess)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err = <-served: // the session died under us
+		srv.Close()
+		sess.Close()
+		return fmt.Errorf("session ended: %w", err)
+	case <-ctx.Done():
+	}
+	a.drain(sess, srv, served)
+	return nil
+}
+
+// drain stops the session gracefully: no new streams (GoAway, which makes
+// the stub pick another agent), then requests in flight (Shutdown) and
+// upgraded streams (which Shutdown does not track) get up to DrainTimeout
+// to finish before the session closes.
+func (a *Agent) drain(sess *yamux.Session, srv *http.Server, served <-chan error) {
+	log := a.cfg.Logger
+	start := time.Now()
+	_ = sess.GoAway()
+	dctx, cancel := context.WithTimeout(context.Background(), a.cfg.DrainTimeout)
+	defer cancel()
+	_ = srv.Shutdown(dctx) // closes the listener and idle connections, waits for active requests
+	for sess.NumStreams() > 0 && dctx.Err() == nil {
+		select {
+		case <-sess.CloseChan():
+		case <-dctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	left := sess.NumStreams()
 	srv.Close()
 	sess.Close()
-	if ctx.Err() == nil {
-		return fmt.Errorf("session ended: %w", err)
-	}
-	return nil
+	<-served
+	log.Info("tunnel drained", zap.Duration("took", time.Since(start)), zap.Int("streams_cut", left))
 }
 
 // Dial performs the handshake and returns the agent's end of the session.

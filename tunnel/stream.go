@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync"
@@ -51,15 +52,28 @@ func (s *Stream) Close() error {
 var _ net.Conn = (*Stream)(nil)
 
 // listener serves a session's incoming streams as a net.Listener whose
-// connections support CloseWrite.
-type listener struct{ sess *yamux.Session }
+// connections support CloseWrite. Close stops Accept but leaves the session
+// and its streams alone, so http.Server.Shutdown can drain them.
+type listener struct {
+	sess   *yamux.Session
+	ctx    context.Context
+	cancel context.CancelFunc
+}
 
-func (l listener) Accept() (net.Conn, error) {
-	st, err := l.sess.AcceptStream()
+func newListener(sess *yamux.Session) *listener {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &listener{sess: sess, ctx: ctx, cancel: cancel}
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	st, err := l.sess.AcceptStreamWithContext(l.ctx)
 	if err != nil {
+		if l.ctx.Err() != nil {
+			return nil, net.ErrClosed
+		}
 		return nil, err
 	}
 	return newStream(st, nil), nil
 }
-func (l listener) Close() error   { return l.sess.Close() }
-func (l listener) Addr() net.Addr { return l.sess.Addr() }
+func (l *listener) Close() error   { l.cancel(); return nil }
+func (l *listener) Addr() net.Addr { return l.sess.Addr() }

@@ -464,3 +464,86 @@ func TestWantsCallerToken(t *testing.T) {
 		t.Fatal("capability not recorded for the right cluster only")
 	}
 }
+
+// An agent told to stop finishes what it carries: requests in flight
+// complete, no new stream goes to it, then it leaves.
+func TestGracefulDrain(t *testing.T) {
+	e := newEnv(t)
+	release := make(chan struct{})
+	slow := func(name string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Agent", name)
+			if r.URL.Path == "/slow" {
+				<-release
+			}
+			_, _ = io.WriteString(w, "done")
+		})
+	}
+	stopA := e.startAgent("c1", "a", "fp", slow("a"))
+	e.startAgent("c1", "b", "fp", slow("b"))
+	const n = 8
+	type result struct {
+		agent, body string
+		err         error
+	}
+	results := make(chan result, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			c := e.client("c1") // a connection of its own: spread over a and b
+			resp, err := c.Get("http://c1/slow")
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			results <- result{resp.Header.Get("X-Agent"), string(b), err}
+		}()
+	}
+	waitStreams := func(want int64) {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var total int64
+			for _, a := range e.srv.Agents("c1") {
+				total += a.Streams
+			}
+			if total >= want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d streams open", total)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitStreams(n)
+	stopped := make(chan struct{})
+	go func() { stopA(); close(stopped) }() // cancel a's context: it drains
+	time.Sleep(100 * time.Millisecond)
+	// While a drains, new requests go to b.
+	for i := 0; i < 5; i++ {
+		c := e.client("c1")
+		resp, err := c.Get("http://c1/fast")
+		if err != nil {
+			t.Fatalf("request during the drain: %v", err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("X-Agent"); got != "b" {
+			t.Fatalf("a draining agent got a new request")
+		}
+	}
+	close(release)
+	seen := map[string]int{}
+	for i := 0; i < n; i++ {
+		r := <-results
+		if r.err != nil || r.body != "done" {
+			t.Fatalf("in-flight request cut by the drain: %q %v", r.body, r.err)
+		}
+		seen[r.agent]++
+	}
+	<-stopped
+	if seen["a"] == 0 {
+		t.Fatalf("no request was in flight on the draining agent: %v", seen)
+	}
+	e.waitAgents("c1", func(n int) bool { return n == 1 })
+}

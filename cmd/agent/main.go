@@ -101,6 +101,7 @@ func run(args []string) error {
 		},
 		TLS: stubTLS, Handler: handler, Logger: log.Named("tunnel"),
 		KeepAliveInterval: cfg.Tunnel.KeepAliveInterval.Duration, KeepAliveTimeout: cfg.Tunnel.KeepAliveTimeout.Duration,
+		DrainTimeout: cfg.DrainTimeout.Duration,
 	})
 	if err != nil {
 		return err
