@@ -104,6 +104,10 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 		// from TCP, HTTP/2 pings and yamux keepalive instead.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		// An HTTP/2 connection with nothing to say (an idle watch) is pinged
+		// after 30 s: load balancers that cut idle connections (often at
+		// 60 s) see traffic, and a client that vanished is found within 45 s.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
