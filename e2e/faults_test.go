@@ -183,6 +183,12 @@ func TestFaults(t *testing.T) {
 	}
 
 	t.Run("API server unreachable behind the agent", func(t *testing.T) {
+		// Health from the data path: ready with the API server's version
+		// before the cut, not ready with the reason after it.
+		waitFor(t, 20*time.Second, "cluster ready through the tunnel", func() bool {
+			st := g.status(aliceTok)["cut"]
+			return st.Ready && st.Agents[0].Health.APIServerVersion == "v1.33.13" && st.Agents[0].Health.TunnelRTT > 0
+		}, g.stub)
 		fw.cut()
 		_, err := kubectl("get", "pods")
 		if err == nil || !strings.Contains(err.Error(), "ServiceUnavailable") {
@@ -202,6 +208,11 @@ func TestFaults(t *testing.T) {
 		if ids := g.agentIDs(aliceTok, "cut"); len(ids) != 1 {
 			t.Fatalf("the tunnel should stay up: agents %v", ids)
 		}
+		waitFor(t, 30*time.Second, "cluster reported not ready, with the reason", func() bool {
+			st := g.status(aliceTok)["cut"]
+			return !st.Ready && st.Agents[0].Health.Error != ""
+		}, g.stub)
+		t.Logf("health after the cut: %+v", g.status(aliceTok)["cut"].Agents[0].Health)
 	})
 
 	t.Run("a copied join secret in another cluster is refused", func(t *testing.T) {

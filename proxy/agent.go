@@ -107,6 +107,10 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.AgentID != "" {
 		w.Header().Set(HeaderAgent, a.cfg.AgentID)
 	}
+	if r.Header.Get(HeaderProbe) != "" { // only the stub can send it
+		a.serveProbe(w, r)
+		return
+	}
 	user := r.Header.Get(HeaderUser)
 	groups := r.Header.Values(HeaderGroup)
 	log := a.log.With(zap.String("request_id", r.Header.Get(HeaderRequestID)), zap.String("user", user))

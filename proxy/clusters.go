@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/keyhole-dev/keyhole/internal/kubestatus"
 	"github.com/keyhole-dev/keyhole/tunnel"
@@ -26,9 +27,11 @@ type ClusterLister interface {
 
 // ClusterStatus is one entry of the ClustersPath answer.
 type ClusterStatus struct {
-	ID     string             `json:"id"`
-	Labels map[string]string  `json:"labels,omitempty"`
-	Ready  bool               `json:"ready"` // at least one agent connected
+	ID     string            `json:"id"`
+	Labels map[string]string `json:"labels,omitempty"`
+	// Ready: an agent had a successful round trip through the tunnel to
+	// the API server within ReadyWindow.
+	Ready  bool               `json:"ready"`
 	Agents []tunnel.AgentInfo `json:"agents"`
 }
 
@@ -54,7 +57,13 @@ func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterLister, age
 			if a == nil {
 				a = []tunnel.AgentInfo{}
 			}
-			out = append(out, ClusterStatus{ID: c.ID, Labels: c.Labels, Ready: len(a) > 0, Agents: a})
+			ready := false
+			for _, ag := range a {
+				if h := ag.Health; h.Error == "" && !h.LastRoundTrip.IsZero() && time.Since(h.LastRoundTrip) < ReadyWindow {
+					ready = true
+				}
+			}
+			out = append(out, ClusterStatus{ID: c.ID, Labels: c.Labels, Ready: ready, Agents: a})
 		}
 		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 		w.Header().Set("Content-Type", "application/json")

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,10 +68,11 @@ func (agentAuth) AuthenticateAgent(cluster, secret string) error {
 // what reached it.
 type fakeAPI struct {
 	*httptest.Server
-	mu      sync.Mutex
-	last    *http.Request
-	hits    int
-	release chan struct{}
+	mu          sync.Mutex
+	last        *http.Request
+	hits        int
+	release     chan struct{}
+	versionFail atomic.Bool
 }
 
 func newFakeAPI(t testing.TB) *fakeAPI {
@@ -80,6 +82,13 @@ func newFakeAPI(t testing.TB) *fakeAPI {
 		f.last, f.hits = r.Clone(context.Background()), f.hits+1
 		f.mu.Unlock()
 		switch r.URL.Path {
+		case "/version":
+			if f.versionFail.Load() {
+				http.Error(w, "etcd is sad", http.StatusInternalServerError)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"gitVersion":"v1.33.99-fake"}`)
 		case "/apis/authorization.k8s.io/v1/subjectaccessreviews":
 			// alice may impersonate user bob and group viewers, nothing else.
 			var sar authorizationv1.SubjectAccessReview
@@ -139,6 +148,7 @@ func restFor(api *httptest.Server) *rest.Config {
 
 // chain is stub (TLS, h2 + http/1.1) → tunnel → agent handler → api.
 type chain struct {
+	tsrv    *tunnel.Server
 	audit   *lockedBuffer // audit records, JSON lines
 	stubURL string
 	client  *http.Client // HTTP/2-capable client trusting the stub
@@ -218,7 +228,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 			t.Fatal("agent did not connect")
 		}
 	}
-	return &chain{audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api}
+	return &chain{tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api}
 }
 
 func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {
@@ -691,4 +701,60 @@ func TestAgentIdentityRules(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Health comes from the data path: a round trip through the tunnel to the
+// API server makes a cluster ready; a failing API server makes it not.
+func TestProber(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChain(t, restFor(api.Server), api)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); (&Prober{Target: c.tsrv, Interval: 200 * time.Millisecond}).Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	status := func() ClusterStatus {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("GET", ClustersPath, nil)
+		req.Header.Set("Authorization", "Bearer alice-token")
+		ClustersHandler(tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, policy.Open(), registryList{"c1"}, c.tsrv).ServeHTTP(rec, req)
+		var list []ClusterStatus
+		if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil || len(list) != 1 {
+			t.Fatalf("%s %v", rec.Body, err)
+		}
+		return list[0]
+	}
+	waitFor := func(what string, ok func(ClusterStatus) bool) ClusterStatus {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st := status()
+			if ok(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %+v", what, st)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	st := waitFor("ready after the first probe", func(st ClusterStatus) bool { return st.Ready })
+	h := st.Agents[0].Health
+	if h.APIServerVersion != "v1.33.99-fake" || h.TunnelRTT <= 0 || h.LastRoundTrip.IsZero() {
+		t.Fatalf("health: %+v", h)
+	}
+	// The API server fails: the next probe says so and the cluster is not
+	// ready, though the tunnel is up.
+	api.versionFail.Store(true)
+	waitFor("not ready with the reason", func(st ClusterStatus) bool {
+		return !st.Ready && len(st.Agents) == 1 && strings.Contains(st.Agents[0].Health.Error, "etcd is sad")
+	})
+}
+
+type registryList []string
+
+func (r registryList) List() []tunnel.ClusterEntry {
+	var out []tunnel.ClusterEntry
+	for _, id := range r {
+		out = append(out, tunnel.ClusterEntry{ID: id})
+	}
+	return out
 }

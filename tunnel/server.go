@@ -55,6 +55,7 @@ type agentSession struct {
 	cluster, id, fingerprint, version, remote string
 	verifiesCallers                           bool
 	connected                                 time.Time
+	health                                    Health // guarded by Server.mu
 	sess                                      *yamux.Session
 	streams                                   atomic.Int64
 }
@@ -70,6 +71,7 @@ type AgentInfo struct {
 	Remote          string    `json:"remote"`
 	Connected       time.Time `json:"connected"`
 	Streams         int64     `json:"streams"`
+	Health          Health    `json:"health"`
 }
 
 // NewServer validates cfg and returns a Server.
@@ -321,7 +323,7 @@ func (s *Server) Agents(cluster string) []AgentInfo {
 			continue
 		}
 		for _, a := range ca.agents {
-			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version, VerifiesCallers: a.verifiesCallers,
+			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version, VerifiesCallers: a.verifiesCallers, Health: a.health,
 				Remote: a.remote, Connected: a.connected, Streams: a.streams.Load()})
 		}
 	}
@@ -367,4 +369,65 @@ func (s *Server) WantsCallerToken(cluster string) bool {
 		}
 	}
 	return false
+}
+
+// Health is what the stub last learned about an agent by sending a request
+// through its tunnel (see proxy.Prober).
+type Health struct {
+	// LastRoundTrip is when a probe last went through the tunnel to the
+	// API server and back.
+	LastRoundTrip time.Time `json:"lastRoundTrip,omitzero"`
+	// TunnelRTT is the round trip of a yamux ping on the session.
+	TunnelRTT time.Duration `json:"tunnelRTT"`
+	// APIServerVersion is the gitVersion the API server reported.
+	APIServerVersion string `json:"apiServerVersion,omitempty"`
+	// Error is why the last probe failed ("" when it succeeded).
+	Error string `json:"error,omitempty"`
+}
+
+func (s *Server) find(cluster, id string) *agentSession {
+	if ca := s.clusters[cluster]; ca != nil {
+		for _, a := range ca.agents {
+			if a.id == id {
+				return a
+			}
+		}
+	}
+	return nil
+}
+
+// DialAgent opens a stream to one agent, for probes.
+func (s *Server) DialAgent(cluster, id string) (net.Conn, error) {
+	s.mu.Lock()
+	a := s.find(cluster, id)
+	s.mu.Unlock()
+	if a == nil {
+		return nil, fmt.Errorf("agent %s of cluster %q: %w", id, cluster, ErrNoAgent)
+	}
+	st, err := a.sess.OpenStream()
+	if err != nil {
+		return nil, err
+	}
+	a.streams.Add(1)
+	return newStream(st, func() { a.streams.Add(-1) }), nil
+}
+
+// PingAgent measures the session's round trip with a yamux ping.
+func (s *Server) PingAgent(cluster, id string) (time.Duration, error) {
+	s.mu.Lock()
+	a := s.find(cluster, id)
+	s.mu.Unlock()
+	if a == nil {
+		return 0, ErrNoAgent
+	}
+	return a.sess.Ping()
+}
+
+// SetHealth records a probe's result for an agent still connected.
+func (s *Server) SetHealth(cluster, id string, h Health) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.find(cluster, id); a != nil {
+		a.health = h
+	}
 }

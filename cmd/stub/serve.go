@@ -82,6 +82,16 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	}
 	defer stub.Close()
 
+	// Health from the data path: the prober is owned here and stopped (and
+	// waited for) before the tunnel server closes.
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	probeDone := make(chan struct{})
+	go func() {
+		defer close(probeDone)
+		(&proxy.Prober{Target: tsrv, Logger: log.Named("probe")}).Run(probeCtx)
+	}()
+	defer func() { stopProbe(); <-probeDone }()
+
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.ConnectPath, tsrv)
 	mux.Handle(proxy.ClustersPrefix, stub)
@@ -107,9 +117,9 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 		// An HTTP/2 connection with nothing to say (an idle watch) is pinged
 		// after 30 s: load balancers that cut idle connections (often at
 		// 60 s) see traffic, and a client that vanished is found within 45 s.
-		HTTP2: &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
-		MaxHeaderBytes:    1 << 20,
-		ErrorLog:          zap.NewStdLog(log.Named("http")),
+		HTTP2:          &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		MaxHeaderBytes: 1 << 20,
+		ErrorLog:       zap.NewStdLog(log.Named("http")),
 	}
 	caNote := "certificate: " + cfg.TLS.CertFile
 	if bundle.CAPEM != nil {
