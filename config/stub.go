@@ -39,6 +39,14 @@ type Stub struct {
 	// empty: denied unless a rule allows.
 	Policy *[]policy.Rule `json:"policy,omitempty"`
 	Audit  Audit          `json:"audit"`
+	// Metrics serves Prometheus metrics on its own address (off when empty;
+	// keep it off the public port: metrics name your clusters).
+	Metrics Metrics `json:"metrics"`
+}
+
+// Metrics says where /metrics is served, e.g. "127.0.0.1:9090" or ":9090".
+type Metrics struct {
+	Listen string `json:"listen"`
 }
 
 // Authentication lists trusted OIDC issuers, in the shape of the jwt list
@@ -150,6 +158,11 @@ func (c *Stub) validate(path string) error {
 	}
 	checkTunnel(&p, c.Tunnel)
 	checkLevel(&p, c.Log.Level)
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			p.addf("metrics.listen: %q is not host:port; write e.g. \"127.0.0.1:9090\", or leave it empty for no metrics", c.Metrics.Listen)
+		}
+	}
 	seen := map[string]bool{}
 	for i := range c.Authentication.JWT {
 		j := &c.Authentication.JWT[i]

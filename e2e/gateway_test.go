@@ -141,6 +141,20 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
 		s.g.noSecretsLogged(t, secrets, procs...)
 	})
 	t.Run("audit records", s.testAuditLog)
+	t.Run("Prometheus metrics", func(t *testing.T) {
+		resp, err := http.Get("http://" + s.g.metricsAddr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := readAll(resp)
+		resp.Body.Close()
+		for _, want := range []string{`keyhole_requests_total{cluster="e2e",code="200"}`, `keyhole_requests_total{cluster="e2e",code="101"}`,
+			`keyhole_cluster_ready{cluster="e2e"} 1`, `keyhole_agents_connected{cluster="e2e"} 2`, `keyhole_bytes_total{cluster="e2e",direction="out"}`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("metrics lack %s", want)
+			}
+		}
+	})
 }
 
 func readTrimmed(t *testing.T, path string) string {

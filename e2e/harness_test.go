@@ -150,6 +150,8 @@ type gateway struct {
 	caPEM    []byte
 	http     *http.Client
 	base     string // the config as first written (see setConfig)
+	// metricsAddr serves the stub's Prometheus metrics.
+	metricsAddr string
 }
 
 func freePort(t testing.TB) int {
@@ -167,6 +169,7 @@ func startGateway(t testing.TB, c *kubetest.Cluster) *gateway {
 	g := &gateway{t: t, c: c, dir: t.TempDir(), stubBin: stubBin, agentBin: agentBin}
 	port := freePort(t)
 	g.url = fmt.Sprintf("https://127.0.0.1:%d", port)
+	g.metricsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	g.cfg = filepath.Join(g.dir, "stub.yaml")
 	level := "debug" // tests read the logs; benchmarks run as users do
 	if _, ok := t.(*testing.B); ok {
@@ -179,7 +182,8 @@ publicURL: %s
 stateDir: %s
 log: {level: %s}
 audit: {path: %s}
-`, port, g.url, filepath.Join(g.dir, "state"), level, filepath.Join(g.dir, "audit.log")))
+metrics: {listen: %s}
+`, port, g.url, filepath.Join(g.dir, "state"), level, filepath.Join(g.dir, "audit.log"), g.metricsAddr))
 	g.stub = startProcess(t, "stub", filepath.Join(g.dir, "stub.log"), nil, stubBin, "serve", "--config", g.cfg)
 	ca := filepath.Join(g.dir, "state", "tls", "ca.crt")
 	waitFor(t, 60*time.Second, "stub to listen", func() bool {

@@ -148,6 +148,7 @@ func restFor(api *httptest.Server) *rest.Config {
 
 // chain is stub (TLS, h2 + http/1.1) → tunnel → agent handler → api.
 type chain struct {
+	metrics *Metrics
 	tsrv    *tunnel.Server
 	audit   *lockedBuffer // audit records, JSON lines
 	stubURL string
@@ -161,6 +162,7 @@ type chainOpts struct {
 	auth     Authenticator // the stub's (default: the tokens below)
 	verifier *authn.JWT    // the agent checks callers itself
 	pol      Policy        // default: group dev everywhere
+	metrics  bool
 }
 
 func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
@@ -177,6 +179,10 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 		t.Fatal(err)
 	}
 	auditBuf := &lockedBuffer{}
+	var metrics *Metrics
+	if o.metrics {
+		metrics = NewMetrics(tsrv)
+	}
 	var auth Authenticator = tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}, "eve-token": {Name: "eve"}}
 	if o.auth != nil {
 		auth = o.auth
@@ -187,7 +193,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	}
 	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true}, Audit: audit.NewWriterSink(auditBuf),
 		Auth:   auth,
-		Policy: pol, Logger: log})
+		Policy: pol, Metrics: metrics, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +234,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 			t.Fatal("agent did not connect")
 		}
 	}
-	return &chain{tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api}
+	return &chain{metrics: metrics, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api}
 }
 
 func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {
@@ -757,4 +763,35 @@ func (r registryList) List() []tunnel.ClusterEntry {
 		out = append(out, tunnel.ClusterEntry{ID: id})
 	}
 	return out
+}
+
+func TestMetrics(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChainWith(t, restFor(api.Server), api, chainOpts{metrics: true})
+	for i := 0; i < 3; i++ {
+		c.do(t, "GET", "/clusters/c1/api/v1/pods", "alice-token", nil)
+	}
+	c.do(t, "GET", "/clusters/c1/api/v1/pods", "wrong-token", nil)
+	c.do(t, "GET", "/clusters/made-up-1/api", "alice-token", nil)
+	c.do(t, "GET", "/clusters/lonely/api", "alice-token", nil)
+	rec := httptest.NewRecorder()
+	c.metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	out := rec.Body.String()
+	for _, want := range []string{
+		`keyhole_requests_total{cluster="c1",code="200"} 3`,
+		`keyhole_requests_total{cluster="none",code="401"} 1`,
+		`keyhole_requests_total{cluster="none",code="404"} 1`, // made-up IDs do not become labels
+		`keyhole_requests_total{cluster="lonely",code="503"} 1`,
+		`keyhole_request_duration_seconds_count{cluster="c1"} 3`,
+		`keyhole_agents_connected{cluster="c1"} 1`,
+		`keyhole_open_streams{kind="request"} 0`,
+		`keyhole_agent_tunnel_rtt_seconds{agent="a1",cluster="c1"}`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if strings.Contains(out, "made-up-1") {
+		t.Error("a made-up cluster ID became a label")
+	}
 }

@@ -56,8 +56,10 @@ type StubConfig struct {
 	Policy   Policy
 	// Audit receives one record per request and two per upgraded session
 	// (nil: none, and no record is built).
-	Audit  audit.Sink
-	Logger *zap.Logger
+	Audit audit.Sink
+	// Metrics, if set, count requests, latency, bytes and open streams.
+	Metrics *Metrics
+	Logger  *zap.Logger
 }
 
 // Stub is the http.Handler for /clusters/{id}/….
@@ -158,9 +160,13 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if pathOK {
 		ar.Cluster, ar.Path = cluster, rest
 	}
+	// Series are labelled only with registered clusters, so made-up IDs in
+	// paths cannot grow the number of series.
+	metricCluster := "none"
 	refuse := func(st *apierrors.StatusError) {
 		kubestatus.Write(w, st)
 		s.record(ar, auditv1.StageResponseComplete, audit.StatusOutcome(st.ErrStatus, time.Now()))
+		s.cfg.Metrics.observe(metricCluster, int(st.ErrStatus.Code), time.Since(start), 0, 0, false)
 	}
 
 	token, hasToken := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -188,6 +194,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(kubestatus.NotFound(fmt.Sprintf("cluster %q is not registered at this gateway", cluster)))
 		return
 	}
+	metricCluster = cluster
 	if !s.cfg.Policy.Allowed(user, cluster, entry.Labels) {
 		log.Info("request refused by policy", zap.Strings("groups", user.Groups))
 		refuse(kubestatus.Forbidden(fmt.Sprintf("user %q may not reach cluster %q through this gateway (policy)", user.Name, cluster)))
@@ -230,10 +237,13 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var upgradedAt time.Time
 	aw.OnUpgrade = func(*audit.CountingConn) {
 		upgradedAt = time.Now()
+		s.cfg.Metrics.openAdd("session", 1)
 		ar.Agent = state.agent
 		s.record(ar, auditv1.StageResponseStarted, &audit.Outcome{Code: http.StatusSwitchingProtocols, Finished: upgradedAt})
 	}
+	s.cfg.Metrics.openAdd("request", 1)
 	s.rp.ServeHTTP(aw, out)
+	s.cfg.Metrics.openAdd("request", -1)
 
 	ar.Agent = state.agent
 	o := &audit.Outcome{Code: aw.Code(), Finished: time.Now(), BytesIn: body.BytesRead(), BytesOut: aw.BytesWritten()}
@@ -242,8 +252,10 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if c := aw.Upgraded(); c != nil {
 		o.Upgraded, o.BytesIn, o.BytesOut = upgradedAt, c.BytesRead(), c.BytesWritten()
+		s.cfg.Metrics.openAdd("session", -1)
 	}
 	s.record(ar, auditv1.StageResponseComplete, o)
+	s.cfg.Metrics.observe(metricCluster, o.Code, time.Since(start), o.BytesIn, o.BytesOut, aw.Upgraded() != nil)
 	if ce := log.Check(zap.DebugLevel, "request"); ce != nil {
 		ce.Write(zap.String("method", r.Method), zap.String("path", rest), zap.Int("code", o.Code), zap.Duration("latency", time.Since(start)))
 	}

@@ -76,7 +76,19 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	} else {
 		log.Warn("no audit.path configured: requests are not audited")
 	}
-	stub, err := proxy.NewStub(proxy.StubConfig{Dialer: tsrv, Clusters: clusters, Auth: acc, Policy: acc, Audit: sink, Logger: log.Named("proxy")})
+	var metrics *proxy.Metrics
+	if cfg.Metrics.Listen != "" {
+		metrics = proxy.NewMetrics(tsrv)
+		mln, err := net.Listen("tcp", cfg.Metrics.Listen)
+		if err != nil {
+			return fmt.Errorf("metrics.listen: %q: %w", cfg.Metrics.Listen, err)
+		}
+		msrv := &http.Server{Handler: metrics.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: zap.NewStdLog(log.Named("metrics"))}
+		go func() { _ = msrv.Serve(mln) }()
+		defer msrv.Close()
+		log.Info("metrics listening", zap.String("addr", mln.Addr().String()))
+	}
+	stub, err := proxy.NewStub(proxy.StubConfig{Dialer: tsrv, Clusters: clusters, Auth: acc, Policy: acc, Audit: sink, Metrics: metrics, Logger: log.Named("proxy")})
 	if err != nil {
 		return err
 	}
