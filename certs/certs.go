@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/keyhole-dev/keyhole/internal/statefile"
@@ -184,4 +185,64 @@ func issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, hosts []string, crtPat
 		return tls.Certificate{}, err
 	}
 	return tls.X509KeyPair(crtPEM, keyPEM)
+}
+
+// Reloading serves an operator's certificate and key and picks them up
+// again when either file changes (checked at most once a second, on the
+// handshakes that follow), so a renewed certificate needs no restart. A
+// pair that does not load is reported by Err and the previous one stays.
+type Reloading struct {
+	certFile, keyFile string
+
+	mu        sync.Mutex
+	cert      *tls.Certificate
+	stamp     [2]time.Time
+	lastCheck time.Time
+	err       error
+}
+
+// NewReloading loads the pair now; a pair that does not load is an error.
+func NewReloading(certFile, keyFile string) (*Reloading, error) {
+	r := &Reloading{certFile: certFile, keyFile: keyFile}
+	if err := r.reload(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+func modTime(path string) time.Time {
+	if fi, err := os.Stat(path); err == nil {
+		return fi.ModTime()
+	}
+	return time.Time{}
+}
+
+func (r *Reloading) reload() error {
+	b, err := LoadPair(r.certFile, r.keyFile)
+	if err != nil {
+		return err
+	}
+	r.cert = &b.Cert
+	r.stamp = [2]time.Time{modTime(r.certFile), modTime(r.keyFile)}
+	return nil
+}
+
+// GetCertificate is for tls.Config.GetCertificate.
+func (r *Reloading) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := time.Now(); now.Sub(r.lastCheck) >= time.Second {
+		r.lastCheck = now
+		if [2]time.Time{modTime(r.certFile), modTime(r.keyFile)} != r.stamp {
+			r.err = r.reload() // on failure the previous certificate stays
+		}
+	}
+	return r.cert, nil
+}
+
+// Err is the error of the last failed reload, nil once one succeeds.
+func (r *Reloading) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
 }

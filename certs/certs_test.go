@@ -346,3 +346,58 @@ func TestEnsureSelfSignedRefusesHalfACA(t *testing.T) {
 		})
 	}
 }
+
+// An operator's renewed certificate is served without a restart; a broken
+// pair keeps the previous one and says why.
+func TestReloadingPicksUpRenewal(t *testing.T) {
+	first, second := t.TempDir(), t.TempDir()
+	if _, err := EnsureSelfSigned(first, []string{"one.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := EnsureSelfSigned(second, []string{"two.example"}); err != nil {
+		t.Fatal(err)
+	}
+	live := t.TempDir()
+	copyFile := func(from, to string) {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(to, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crt, key := filepath.Join(live, "tls.crt"), filepath.Join(live, "tls.key")
+	copyFile(filepath.Join(first, "server.crt"), crt)
+	copyFile(filepath.Join(first, "server.key"), key)
+	r, err := NewReloading(crt, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := func() string {
+		c, err := r.GetCertificate(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Leaf.DNSNames[0]
+	}
+	if got := served(); got != "one.example" {
+		t.Fatalf("first: %s", got)
+	}
+	copyFile(filepath.Join(second, "server.crt"), crt)
+	copyFile(filepath.Join(second, "server.key"), key)
+	later := time.Now().Add(2 * time.Second)
+	_ = os.Chtimes(crt, later, later) // a renewal within the same second still counts
+	time.Sleep(1100 * time.Millisecond)
+	if got := served(); got != "two.example" {
+		t.Fatalf("after renewal: %s", got)
+	}
+	if err := os.WriteFile(crt, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chtimes(crt, later.Add(time.Second), later.Add(time.Second))
+	time.Sleep(1100 * time.Millisecond)
+	if got := served(); got != "two.example" || r.Err() == nil {
+		t.Fatalf("broken pair: served %s, err %v", got, r.Err())
+	}
+}

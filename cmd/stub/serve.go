@@ -115,12 +115,18 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %q: %w (pick a free port in the config's listen key)", cfg.Listen, err)
 	}
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{bundle.Cert}}
+	if cfg.TLS.CertFile != "" {
+		// An operator's certificate is picked up again when renewed.
+		rl, err := certs.NewReloading(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return err
+		}
+		tlsCfg.Certificates, tlsCfg.GetCertificate = nil, rl.GetCertificate
+	}
 	srv := &http.Server{
-		Handler: mux,
-		TLSConfig: &tls.Config{
-			MinVersion:   tls.VersionTLS12,
-			Certificates: []tls.Certificate{bundle.Cert},
-		},
+		Handler:   mux,
+		TLSConfig: tlsCfg,
 		// No ReadTimeout or WriteTimeout: watches, logs -f, exec and
 		// port-forward live as long as the client wants. Liveness comes
 		// from TCP, HTTP/2 pings and yamux keepalive instead.
