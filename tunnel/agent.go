@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -154,7 +155,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		wait := a.cfg.Backoff.Wait(retries)
 		retries++
-		if errors.Is(err, ErrRefused) {
+		var busy *busyError
+		if errors.As(err, &busy) {
+			wait = max(wait, busy.after) // the stub said when
+			log.Info("stub is busy; coming back when it asked", zap.Duration("retry_in", wait))
+		} else if errors.Is(err, ErrRefused) {
 			log.Error("stub refused this agent", zap.Error(err), zap.Duration("retry_in", wait))
 		} else {
 			log.Warn("tunnel down", zap.Error(err), zap.Duration("retry_in", wait))
@@ -268,6 +273,9 @@ func (a *Agent) Dial(ctx context.Context) (*yamux.Session, error) {
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		resp.Body.Close()
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && resp.StatusCode == http.StatusServiceUnavailable && secs > 0 {
+			return nil, &busyError{after: time.Duration(min(secs, 600)) * time.Second, msg: strings.TrimSpace(string(msg))}
+		}
 		return nil, fmt.Errorf("%w: %s: %s", ErrRefused, resp.Status, strings.TrimSpace(string(msg)))
 	}
 	rwc, ok := resp.Body.(io.ReadWriteCloser)
@@ -282,3 +290,14 @@ func (a *Agent) Dial(ctx context.Context) (*yamux.Session, error) {
 	}
 	return sess, nil
 }
+
+// busyError is a 503 with Retry-After: the stub asks to come back later.
+type busyError struct {
+	after time.Duration
+	msg   string
+}
+
+func (e *busyError) Error() string {
+	return fmt.Sprintf("stub is busy, retry after %v: %s", e.after, e.msg)
+}
+func (e *busyError) Unwrap() error { return ErrBusy }

@@ -35,6 +35,8 @@ var (
 	// ErrRefused wraps any refusal of the stub seen by an agent; errors.Is
 	// on it tells a refusal from a network failure.
 	ErrRefused = errors.New("stub refused the agent")
+	// ErrBusy wraps a refusal that asks the agent to come back later.
+	ErrBusy = errors.New("stub is busy")
 )
 
 // Timing defaults. Keepalive detects an agent that vanished without closing

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,14 +33,22 @@ type ServerConfig struct {
 	Logger            *zap.Logger
 	KeepAliveInterval time.Duration // default DefaultKeepAliveInterval
 	KeepAliveTimeout  time.Duration // default DefaultKeepAliveTimeout
+	// MaxHandshakes bounds agent handshakes in progress at once; beyond it
+	// an agent is told to come back later (503 with a Retry-After spread
+	// over RetryAfterMin..RetryAfterMax). Default 64.
+	MaxHandshakes                int
+	RetryAfterMin, RetryAfterMax time.Duration // default 5 s, 30 s
 }
 
 // Server accepts agent sessions (it is the http.Handler for ConnectPath),
 // keeps the registry of live sessions by cluster and opens streams to them.
 type Server struct {
-	auth Authenticator
-	log  *zap.Logger
-	mux  *yamux.Config
+	auth       Authenticator
+	log        *zap.Logger
+	mux        *yamux.Config
+	handshakes chan struct{} // a slot per handshake in progress
+	retryMin   time.Duration
+	retryMax   time.Duration
 
 	mu       sync.Mutex
 	clusters map[string]*clusterAgents
@@ -86,7 +96,17 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := yamux.VerifyConfig(mc); err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)
 	}
-	return &Server{auth: cfg.Auth, log: cfg.Logger, mux: mc, clusters: map[string]*clusterAgents{}}, nil
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = 64
+	}
+	if cfg.RetryAfterMin <= 0 {
+		cfg.RetryAfterMin = 5 * time.Second
+	}
+	if cfg.RetryAfterMax < cfg.RetryAfterMin {
+		cfg.RetryAfterMax = max(30*time.Second, cfg.RetryAfterMin)
+	}
+	return &Server{auth: cfg.Auth, log: cfg.Logger, mux: mc, clusters: map[string]*clusterAgents{},
+		handshakes: make(chan struct{}, cfg.MaxHandshakes), retryMin: cfg.RetryAfterMin, retryMax: cfg.RetryAfterMax}, nil
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -107,6 +127,17 @@ func refuse(w http.ResponseWriter, code int, msg string) {
 // ServeHTTP performs the agent handshake and, on success, hijacks the
 // connection and keeps the session registered until it ends.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	select {
+	case s.handshakes <- struct{}{}:
+		defer func() { <-s.handshakes }()
+	default:
+		// Too many agents at once (a stub restart under a large fleet): send
+		// this one away for a random while, so the fleet comes back spread.
+		wait := s.retryMin + rand.N(s.retryMax-s.retryMin+time.Second)
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())))
+		refuse(w, http.StatusServiceUnavailable, "stub is busy with other agents: come back after Retry-After")
+		return
+	}
 	cluster := r.Header.Get(HeaderCluster)
 	agentID := r.Header.Get(HeaderAgent)
 	fp := r.Header.Get(HeaderFingerprint)
