@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"time"
@@ -48,6 +49,9 @@ type Agent struct {
 	// DrainTimeout bounds a graceful stop (SIGTERM): requests and streams
 	// in flight get this long to finish; new ones go to other agents.
 	DrainTimeout Duration `json:"drainTimeout"`
+	// HealthListen serves /healthz (the process answers) and /readyz (the
+	// tunnel to the stub is up) for the pod's probes; off when empty.
+	HealthListen string `json:"healthListen"`
 }
 
 // APIServer names the API server and the files of the agent's credentials.
@@ -120,6 +124,11 @@ func (c *Agent) validate(path string) error {
 	}
 	checkTunnel(&p, c.Tunnel)
 	checkLevel(&p, c.Log.Level)
+	if c.HealthListen != "" {
+		if _, _, err := net.SplitHostPort(c.HealthListen); err != nil {
+			p.addf("healthListen: %q is not host:port; write e.g. \":8081\", or leave it empty", c.HealthListen)
+		}
+	}
 	if c.DrainTimeout.Duration <= 0 {
 		p.addf("drainTimeout: %v must be positive, e.g. 25s (below the pod's terminationGracePeriodSeconds)", c.DrainTimeout.Duration)
 	}

@@ -74,9 +74,17 @@ func (s *suite) testBadInput(t *testing.T) {
 		for name, secret := range map[string]string{"wrong": "khj_wrong", "missing": ""} {
 			f := filepath.Join(s.g.dir, "bad-"+name+".secret")
 			writeFile(t, f, secret)
-			p := s.g.startAgent(agentOpts{cluster: "e2e", id: "bad-" + name, secretFile: f, apiURL: s.c.URL, tokenFile: s.saToken, c: s.c})
+			health := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			p := s.g.startAgent(agentOpts{cluster: "e2e", id: "bad-" + name, secretFile: f, apiURL: s.c.URL, tokenFile: s.saToken, c: s.c,
+				extra: "healthListen: " + health + "\n"})
 			want := map[string]string{"wrong": `join secret is not valid for cluster \"e2e\"`, "missing": "missing join secret"}[name]
 			waitFor(t, 30*time.Second, "agent log to say "+want, func() bool { return strings.Contains(p.logText(), want) }, p)
+			if code := httpCode("http://" + health + "/readyz"); code != http.StatusServiceUnavailable {
+				t.Fatalf("a refused agent's /readyz: %d", code)
+			}
+			if code := httpCode("http://" + health + "/healthz"); code != http.StatusOK {
+				t.Fatalf("a refused agent's /healthz: %d", code)
+			}
 			p.stop()
 		}
 		if ids := s.g.agentIDs(s.aliceTok, "e2e"); strings.Join(ids, ",") != "a1,a2" {
@@ -175,8 +183,13 @@ func TestFaults(t *testing.T) {
 	alice, aliceTok := g.user("alice", "cluster-admin")
 	apiPort := c.URL[strings.LastIndex(c.URL, ":")+1:]
 	fw := startForwarder(t, "127.0.0.1:"+apiPort)
-	agent := g.startAgent(agentOpts{cluster: "cut", id: "a1", secretFile: secret, apiURL: "https://127.0.0.1:" + fw.port(), tokenFile: tokenFile, c: c})
+	health := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	agent := g.startAgent(agentOpts{cluster: "cut", id: "a1", secretFile: secret, apiURL: "https://127.0.0.1:" + fw.port(), tokenFile: tokenFile, c: c,
+		extra: "healthListen: " + health + "\n"})
 	g.waitAgents(aliceTok, "cut", "a1")
+	if code := httpCode("http://" + health + "/readyz"); code != http.StatusOK {
+		t.Fatalf("a connected agent's /readyz: %d", code)
+	}
 	kubectl := func(args ...string) (string, error) { return g.kubectl(alice, nil, nil, args...) }
 	if out, err := kubectl("get", "ns", "-o", "name"); err != nil || !strings.Contains(out, "kube-system") {
 		t.Fatalf("before the cut: %v %s", err, out)
@@ -287,4 +300,15 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: rot-admins}]
 		}
 	})
 	_ = agent
+}
+
+// httpCode GETs url and returns the status code (0 on error).
+func httpCode(url string) int {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

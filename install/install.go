@@ -127,6 +127,7 @@ func AgentManifest(p AgentParams) ([]byte, error) {
 	agentCfg := config.DefaultAgent()
 	agentCfg.StubURL = p.StubURL
 	agentCfg.Cluster = p.Cluster
+	agentCfg.HealthListen = ":8081"
 	agentCfg.JoinSecretFile = "/etc/keyhole/secret/join-secret"
 	if p.StubCAPEM != nil {
 		agentCfg.StubCAFile = "/etc/keyhole/secret/stub-ca.crt"
@@ -170,6 +171,11 @@ func AgentManifest(p AgentParams) ([]byte, error) {
 							Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
 							SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: &f, ReadOnlyRootFilesystem: &t,
 								Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
+							Ports: []corev1.ContainerPort{{Name: "health", ContainerPort: 8081}},
+							LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("health")}},
+								PeriodSeconds: 10, FailureThreshold: 3},
+							ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromString("health")}},
+								PeriodSeconds: 5},
 							VolumeMounts: []corev1.VolumeMount{
 								{Name: "secret", MountPath: "/etc/keyhole/secret", ReadOnly: true},
 								{Name: "config", MountPath: "/etc/keyhole/config", ReadOnly: true},

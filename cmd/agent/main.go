@@ -11,6 +11,8 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -106,6 +108,15 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.HealthListen != "" {
+		hl, err := net.Listen("tcp", cfg.HealthListen)
+		if err != nil {
+			return fmt.Errorf("healthListen: %q: %w", cfg.HealthListen, err)
+		}
+		hs := &http.Server{Handler: healthMux(agent), ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = hs.Serve(hl) }()
+		defer hs.Close()
+	}
 	log.Info("agent starting", zap.String("stub", cfg.StubURL), zap.String("api_server", rc.Host), zap.String("api_source", source), zap.String("fingerprint", fp), zap.String("version", version))
 	return agent.Run(ctx)
 }
@@ -152,4 +163,19 @@ func fingerprint(ctx context.Context, rc *rest.Config, log *zap.Logger) (string,
 		case <-time.After(wait):
 		}
 	}
+}
+
+// healthMux answers the pod's probes: /healthz while the process serves,
+// /readyz only while the tunnel to the stub is up.
+func healthMux(a *tunnel.Agent) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.Connected() {
+			http.Error(w, "the tunnel to the stub is down", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
 }

@@ -109,6 +109,7 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	mux.Handle(proxy.ClustersPrefix, stub)
 	mux.Handle(proxy.ClustersPath, proxy.ClustersHandler(acc, acc, clusters, tsrv))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }) // serving; HA readiness comes with the Lease
 	mux.Handle("/", proxy.NotFoundHandler())
 
 	ln, err := net.Listen("tcp", cfg.Listen)
