@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -103,19 +102,9 @@ func parseTokenFile(data []byte) ([]parsedEntry, error) {
 
 // ValidateIdentity refuses empty names and anything in the reserved
 // "system:" space, which only the cluster itself may hand out.
+// It is the default IdentityRules.
 func ValidateIdentity(name string, groups []string) error {
-	if strings.TrimSpace(name) == "" {
-		return errors.New("user name is empty")
-	}
-	if strings.HasPrefix(name, "system:") {
-		return fmt.Errorf("user %q is in the reserved system: space", name)
-	}
-	for _, g := range groups {
-		if g == "" || strings.HasPrefix(g, "system:") {
-			return fmt.Errorf("group %q is empty or in the reserved system: space", g)
-		}
-	}
-	return nil
+	return IdentityRules{}.Check(name, groups)
 }
 
 // AuthenticateToken maps a bearer token to its user.

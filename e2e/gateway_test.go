@@ -441,17 +441,7 @@ func (s *suite) testErrors(t *testing.T) {
 }
 
 func (s *suite) get(t *testing.T, path, token string) (*http.Response, string) {
-	t.Helper()
-	req, _ := http.NewRequest("GET", s.g.url+path, nil)
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := s.g.http.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b := new(strings.Builder)
-	_, _ = fmt.Fprint(b, readAll(resp))
-	return resp, b.String()
+	return s.g.get(t, path, token)
 }
 
 func (s *suite) testSpread(t *testing.T) {

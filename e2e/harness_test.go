@@ -523,3 +523,17 @@ func (g *gateway) noSecretsLogged(t *testing.T, secrets map[string]string, procs
 		}
 	}
 }
+
+// get sends GET path to the stub with token and returns the response and
+// its body.
+func (g *gateway) get(t *testing.T, path, token string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", g.url+path, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := g.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	return resp, readAll(resp)
+}

@@ -132,13 +132,7 @@ policy:
 	tok := dex.PasswordToken(t, "alice@example.com", "alice-pw-1")
 	g.setConfig("policy:\n- clusters: [\"*\"]\n  users: [admin]\n")
 	waitFor(t, 15*time.Second, "the issuer to be removed", func() bool {
-		resp, body := getAs(t, g, "/clusters/oidc/api", tok)
-		return resp == 401 && strings.Contains(body, "accepts no OIDC tokens")
+		resp, body := g.get(t, "/clusters/oidc/api", tok)
+		return resp.StatusCode == 401 && strings.Contains(body, "accepts no OIDC tokens")
 	}, g.stub)
-}
-
-func getAs(t *testing.T, g *gateway, path, token string) (int, string) {
-	s := &suite{g: g}
-	resp, body := s.get(t, path, token)
-	return resp.StatusCode, body
 }
