@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,29 @@ type Stub struct {
 	// Metrics serves Prometheus metrics on its own address (off when empty;
 	// keep it off the public port: metrics name your clusters).
 	Metrics Metrics `json:"metrics"`
+	// Hub turns one stub into a set of replicas that share a hub cluster:
+	// leader election with a Lease, shared state and certificates in
+	// Secrets, replica discovery for agents. Off by default (one stub, state
+	// on disk).
+	Hub Hub `json:"hub"`
+}
+
+// Hub is the Kubernetes cluster the stub replicas run in (the "hub").
+type Hub struct {
+	Enabled bool `json:"enabled"`
+	// Kubeconfig reaches the hub's API server; empty means in-cluster (the
+	// pod's ServiceAccount).
+	Kubeconfig string `json:"kubeconfig"`
+	// Namespace holds the Leases and Secrets; empty means the pod's own
+	// namespace (POD_NAMESPACE, else the ServiceAccount's namespace file).
+	Namespace string `json:"namespace"`
+	// ReplicaID names this replica; empty means the host name (the pod name).
+	ReplicaID string `json:"replicaID"`
+	// Leader election timing (client-go leaderelection). A crashed leader is
+	// replaced within LeaseDuration + RetryPeriod.
+	LeaseDuration Duration `json:"leaseDuration"`
+	RenewDeadline Duration `json:"renewDeadline"`
+	RetryPeriod   Duration `json:"retryPeriod"`
 }
 
 // Metrics says where /metrics is served, e.g. "127.0.0.1:9090" or ":9090".
@@ -89,6 +113,8 @@ func DefaultStub() Stub {
 		StateDir: defaultStateDir(),
 		Tunnel:   TunnelCfg{KeepAliveInterval: Duration{5 * time.Second}, KeepAliveTimeout: Duration{5 * time.Second}},
 		Log:      Log{Level: "info"},
+		Hub: Hub{LeaseDuration: Duration{15 * time.Second}, RenewDeadline: Duration{10 * time.Second},
+			RetryPeriod: Duration{2 * time.Second}},
 	}
 }
 
@@ -163,6 +189,7 @@ func (c *Stub) validate(path string) error {
 			p.addf("metrics.listen: %q is not host:port; write e.g. \"127.0.0.1:9090\", or leave it empty for no metrics", c.Metrics.Listen)
 		}
 	}
+	checkHub(&p, &c.Hub)
 	seen := map[string]bool{}
 	for i := range c.Authentication.JWT {
 		j := &c.Authentication.JWT[i]
@@ -193,6 +220,35 @@ func (c Stub) BuildPolicy() *policy.Policy {
 	}
 	return pol
 }
+
+func checkHub(p *problems, h *Hub) {
+	if !h.Enabled {
+		return
+	}
+	if h.ReplicaID == "" {
+		h.ReplicaID, _ = os.Hostname()
+	}
+	if h.ReplicaID == "" || len(h.ReplicaID) > 40 || !replicaIDPattern.MatchString(h.ReplicaID) {
+		p.addf("hub.replicaID: %q must be 1-40 lower-case letters, digits, '-' or '.' (default: the host name, i.e. the pod name)", h.ReplicaID)
+	}
+	if h.Namespace == "" {
+		h.Namespace = os.Getenv("POD_NAMESPACE")
+	}
+	if h.Namespace == "" {
+		if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+			h.Namespace = strings.TrimSpace(string(b))
+		}
+	}
+	if h.Namespace == "" {
+		p.addf("hub.namespace: empty and not running in a pod; name the namespace holding the stub's Leases and Secrets, e.g. \"keyhole\"")
+	}
+	ld, rd, rp := h.LeaseDuration.Duration, h.RenewDeadline.Duration, h.RetryPeriod.Duration
+	if rp < 100*time.Millisecond || rd <= rp || ld <= rd {
+		p.addf("hub: leaseDuration %v > renewDeadline %v > retryPeriod %v >= 100ms must hold (defaults 15s, 10s, 2s)", ld, rd, rp)
+	}
+}
+
+var replicaIDPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$`)
 
 func checkTunnel(p *problems, t TunnelCfg) {
 	if t.KeepAliveInterval.Duration < 100*time.Millisecond {
