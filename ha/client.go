@@ -2,7 +2,6 @@ package ha
 
 import (
 	"fmt"
-	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -12,8 +11,8 @@ import (
 )
 
 // Client connects to the hub's API server: hub.Kubeconfig, or the pod's
-// ServiceAccount when it is empty. Requests are bounded (10 s) so that a
-// hub that stops answering is noticed rather than waited on.
+// ServiceAccount when it is empty. No client-wide timeout (it would cut
+// watches); callers bound each request with a context.
 func Client(hub config.Hub) (kubernetes.Interface, *rest.Config, error) {
 	var rc *rest.Config
 	var err error
@@ -30,7 +29,6 @@ func Client(hub config.Hub) (kubernetes.Interface, *rest.Config, error) {
 	}
 	rc = rest.CopyConfig(rc)
 	rc.UserAgent = "keyhole-stub/" + hub.ReplicaID
-	rc.Timeout = 10 * time.Second
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("hub: %w", err)
