@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Builds (once, cached) the binaries of the real test control plane and of the
 # test identity provider and prints, on its last stdout line, the directory
-# holding kube-apiserver, etcd, nodesim, dex, kubectl-oidc_login and
-# bcrypthash. Use it as:
+# holding kube-apiserver, etcd, nodesim, dex, kubectl-oidc_login,
+# bcrypthash, and (hack/middlebox.sh) haproxy and tinyproxy. Use it as:
 #
 #   export KEYHOLE_TESTBIN="$(hack/testbin.sh)"
 #   go test ./internal/kubetest/ ./internal/idptest/
 #
 # Cache: ${KEYHOLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyhole}/testbin/<key>,
 # where <key> hashes go.mod, go.sum and the Go sources of hack/tools (tools.go,
-# nodesim) and of hack/idp (bcrypthash), this script and the Go version. A
-# cache hit takes about a second. Progress goes to stderr.
+# nodesim) and of hack/idp (bcrypthash), this script, hack/middlebox.sh and the
+# Go version. A cache hit takes about a second. Progress goes to stderr.
 #
 # kube-apiserver v1.33.13 and nodesim are built from the hack/tools module
 # (cold, empty Go caches: ~1 GB of module downloads, 2.2 GB build cache, 3.5 min
@@ -58,6 +58,7 @@ main() {
 				printf '%s\n' "$m/go.mod" "$m/go.sum"
 				find "$m" -name '*.go' | LC_ALL=C sort
 			done
+			echo hack/middlebox.sh
 		)
 	}
 	key="$(
@@ -75,7 +76,7 @@ main() {
 
 	cache="${KEYHOLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyhole}/testbin"
 	dir="$cache/$key"
-	bins=(kube-apiserver etcd nodesim dex kubectl-oidc_login bcrypthash)
+	bins=(kube-apiserver etcd nodesim dex kubectl-oidc_login bcrypthash haproxy tinyproxy)
 	complete() {
 		[[ -f "$1/.complete" ]] || return 1
 		local b
@@ -167,6 +168,9 @@ main() {
 	"$tmp/kubectl-oidc_login" --version >&2
 	log "go build bcrypthash"
 	(cd "$idp" && go build -o "$tmp/bcrypthash" ./bcrypthash)
+
+	# --- haproxy and tinyproxy (Debian packages; hostile-network e2e tests) ----
+	"$root/hack/middlebox.sh" "$tmp"
 
 	touch "$tmp/.complete"
 	# Publish atomically. If a concurrent run won, keep its directory.
