@@ -2,21 +2,23 @@
 // a user runs kubectl with (one context per cluster, all through the stub)
 // and the manifest a cluster owner applies to run the agent (Namespace,
 // ServiceAccount, least-privilege RBAC, Secret, ConfigMap and a Deployment of
-// two replicas). Manifests are built from the typed Kubernetes API objects,
-// so what comes out is what the API server will accept.
+// two replicas). It also holds the kustomize bases of the stub and the agent
+// (install/kustomize); the agent manifest is built from the agent's base,
+// decoded strictly into the typed Kubernetes API objects, so the two cannot
+// drift and what comes out is what the API server will accept.
 package install
 
 import (
 	"bytes"
 	"encoding/base64"
 	"fmt"
+	"maps"
+	"path"
 	"sort"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
@@ -103,14 +105,13 @@ type AgentParams struct {
 // AgentRBACRules are all the agent may do in its cluster: impersonate users
 // and groups (narrow them with resourceNames to limit who can be reached),
 // read the kube-system namespace, whose UID is the cluster fingerprint, and
-// ask whether a caller may impersonate someone else (kubectl --as).
-var AgentRBACRules = []rbacv1.PolicyRule{
-	{APIGroups: []string{""}, Resources: []string{"users", "groups"}, Verbs: []string{"impersonate"}},
-	{APIGroups: []string{""}, Resources: []string{"namespaces"}, ResourceNames: []string{"kube-system"}, Verbs: []string{"get"}},
-	{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
-}
+// ask whether a caller may impersonate someone else (kubectl --as). They
+// are the ClusterRole of the kustomize base (kustomize/agent/clusterrole.yaml).
+var AgentRBACRules = mustAgentRules()
 
-// AgentManifest returns a multi-document YAML manifest for the agent.
+// AgentManifest returns a multi-document YAML manifest for the agent: the
+// kustomize base (kustomize/agent) with the cluster's namespace, replicas,
+// image and config filled in, plus the Secret holding the join secret.
 func AgentManifest(p AgentParams) ([]byte, error) {
 	if p.Namespace == "" {
 		p.Namespace = "keyhole-system"
@@ -118,85 +119,78 @@ func AgentManifest(p AgentParams) ([]byte, error) {
 	if p.Replicas == 0 {
 		p.Replicas = 2
 	}
-	name := "keyhole-agent"
-	labels := map[string]string{"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "keyhole", "keyhole.dev/cluster": p.Cluster}
-	sel := map[string]string{"app.kubernetes.io/name": name}
-	meta := func(n string) metav1.ObjectMeta {
-		return metav1.ObjectMeta{Name: n, Namespace: p.Namespace, Labels: labels}
+	b, err := loadAgentBase()
+	if err != nil {
+		return nil, err
 	}
+	label := func(om *metav1.ObjectMeta) {
+		om.Labels = maps.Clone(om.Labels)
+		if om.Labels == nil {
+			om.Labels = map[string]string{}
+		}
+		om.Labels["keyhole.dev/cluster"] = p.Cluster
+	}
+	for _, om := range []*metav1.ObjectMeta{&b.ns.ObjectMeta, &b.sa.ObjectMeta, &b.role.ObjectMeta, &b.binding.ObjectMeta, &b.cm.ObjectMeta,
+		&b.deploy.ObjectMeta, &b.deploy.Spec.Template.ObjectMeta} {
+		label(om)
+	}
+	b.ns.Name = p.Namespace
+	for _, om := range []*metav1.ObjectMeta{&b.sa.ObjectMeta, &b.cm.ObjectMeta, &b.deploy.ObjectMeta} {
+		om.Namespace = p.Namespace
+	}
+	for i := range b.binding.Subjects {
+		if b.binding.Subjects[i].Kind == rbacv1.ServiceAccountKind {
+			b.binding.Subjects[i].Namespace = p.Namespace
+		}
+	}
+	b.deploy.Spec.Replicas = &p.Replicas
+	pod := &b.deploy.Spec.Template.Spec
+	pod.Containers[0].Image = p.Image
+
+	// The config: the base's agent.yaml with this cluster's stub and ID.
+	const cfgKey = "agent.yaml"
 	agentCfg := config.DefaultAgent()
+	if err := yaml.UnmarshalStrict([]byte(b.cm.Data[cfgKey]), &agentCfg); err != nil {
+		return nil, fmt.Errorf("install: agent base configmap.yaml %s: %w", cfgKey, err)
+	}
 	agentCfg.StubURL = p.StubURL
 	agentCfg.Cluster = p.Cluster
-	agentCfg.HealthListen = ":8081"
-	agentCfg.JoinSecretFile = "/etc/keyhole/secret/join-secret"
+	secretDir := path.Dir(agentCfg.JoinSecretFile)
 	if p.StubCAPEM != nil {
-		agentCfg.StubCAFile = "/etc/keyhole/secret/stub-ca.crt"
+		agentCfg.StubCAFile = secretDir + "/stub-ca.crt"
 	}
 	cfgYAML, err := yaml.Marshal(agentCfg)
 	if err != nil {
 		return nil, err
 	}
-	secretData := map[string]string{"join-secret": p.JoinSecret}
+	b.cm.Data = map[string]string{cfgKey: string(cfgYAML)}
+
+	// The Secret: named as the pod's secret volume, keyed as the config's files.
+	var secretName string
+	for _, v := range pod.Volumes {
+		if v.Secret != nil {
+			secretName = v.Secret.SecretName
+		}
+	}
+	if secretName == "" {
+		return nil, fmt.Errorf("install: agent base deployment.yaml mounts no Secret")
+	}
+	secretData := map[string]string{path.Base(agentCfg.JoinSecretFile): p.JoinSecret}
 	if p.StubCAPEM != nil {
-		secretData["stub-ca.crt"] = string(p.StubCAPEM)
+		secretData[path.Base(agentCfg.StubCAFile)] = string(p.StubCAPEM)
 	}
-	uid, f, t := int64(65532), false, true
-	objs := []any{
-		&corev1.Namespace{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"}, ObjectMeta: metav1.ObjectMeta{Name: p.Namespace, Labels: labels}},
-		&corev1.ServiceAccount{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"}, ObjectMeta: meta(name)},
-		&rbacv1.ClusterRole{TypeMeta: metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRole"},
-			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}, Rules: AgentRBACRules},
-		&rbacv1.ClusterRoleBinding{TypeMeta: metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "ClusterRoleBinding"},
-			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
-			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
-			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: p.Namespace}}},
-		&corev1.Secret{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}, ObjectMeta: meta(name), Type: corev1.SecretTypeOpaque, StringData: secretData},
-		&corev1.ConfigMap{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"}, ObjectMeta: meta(name), Data: map[string]string{"agent.yaml": string(cfgYAML)}},
-		&appsv1.Deployment{TypeMeta: metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"}, ObjectMeta: meta(name),
-			Spec: appsv1.DeploymentSpec{
-				Replicas: &p.Replicas,
-				Selector: &metav1.LabelSelector{MatchLabels: sel},
-				Strategy: appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType, RollingUpdate: &appsv1.RollingUpdateDeployment{
-					MaxUnavailable: &intstr.IntOrString{IntVal: 0}, MaxSurge: &intstr.IntOrString{IntVal: 1}}},
-				Template: corev1.PodTemplateSpec{
-					ObjectMeta: metav1.ObjectMeta{Labels: labels},
-					Spec: corev1.PodSpec{
-						ServiceAccountName: name,
-						SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: &t, RunAsUser: &uid, RunAsGroup: &uid,
-							SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
-						Affinity: &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{
-							Weight: 100, PodAffinityTerm: corev1.PodAffinityTerm{TopologyKey: "kubernetes.io/hostname", LabelSelector: &metav1.LabelSelector{MatchLabels: sel}}}}}},
-						Containers: []corev1.Container{{
-							Name: "agent", Image: p.Image, Args: []string{"--config=/etc/keyhole/config/agent.yaml"},
-							Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
-							SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: &f, ReadOnlyRootFilesystem: &t,
-								Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
-							Ports: []corev1.ContainerPort{{Name: "health", ContainerPort: 8081}},
-							LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("health")}},
-								PeriodSeconds: 10, FailureThreshold: 3},
-							ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromString("health")}},
-								PeriodSeconds: 5},
-							VolumeMounts: []corev1.VolumeMount{
-								{Name: "secret", MountPath: "/etc/keyhole/secret", ReadOnly: true},
-								{Name: "config", MountPath: "/etc/keyhole/config", ReadOnly: true},
-							},
-						}},
-						Volumes: []corev1.Volume{
-							{Name: "secret", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: name}}},
-							{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{LocalObjectReference: corev1.LocalObjectReference{Name: name}}}},
-						},
-					},
-				},
-			}},
-	}
+	secret := &corev1.Secret{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: metav1.ObjectMeta{Name: secretName, Namespace: p.Namespace, Labels: b.sa.Labels},
+		Type:       corev1.SecretTypeOpaque, StringData: secretData}
+
 	var buf bytes.Buffer
-	for _, o := range objs {
-		b, err := yaml.Marshal(o)
+	for _, o := range []any{&b.ns, &b.sa, &b.role, &b.binding, secret, &b.cm, &b.deploy} {
+		out, err := yaml.Marshal(o)
 		if err != nil {
 			return nil, err
 		}
 		buf.WriteString("---\n")
-		buf.Write(b)
+		buf.Write(out)
 	}
 	return buf.Bytes(), nil
 }
