@@ -5,12 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +36,13 @@ type ServerConfig struct {
 	// over RetryAfterMin..RetryAfterMax). Default 64.
 	MaxHandshakes                int
 	RetryAfterMin, RetryAfterMax time.Duration // default 5 s, 30 s
+
+	// MaxHandshakesPerSecond bounds handshakes started per second (a token
+	// bucket with a burst of one second's worth); 0 means no bound.
+	MaxHandshakesPerSecond int
+	// MaxSessions bounds the agent sessions this server holds; beyond it
+	// agents are told to come back later. Default DefaultMaxSessions.
+	MaxSessions int
 }
 
 // Server accepts agent sessions (it is the http.Handler for ConnectPath),
@@ -49,11 +54,16 @@ type Server struct {
 	handshakes chan struct{} // a slot per handshake in progress
 	retryMin   time.Duration
 	retryMax   time.Duration
+	rate       *tokenBucket // nil: no bound on handshakes per second
+	refused    atomic.Int64 // handshakes told to come back later
 
 	mu       sync.Mutex
 	clusters map[string]*clusterAgents
 	closed   bool
 	wg       sync.WaitGroup // one per session watcher
+
+	// Guarded by mu: session slots taken (see admit) and their bound.
+	held, maxSessions int
 }
 
 type clusterAgents struct {
@@ -99,14 +109,21 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxHandshakes <= 0 {
 		cfg.MaxHandshakes = 64
 	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
 	if cfg.RetryAfterMin <= 0 {
 		cfg.RetryAfterMin = 5 * time.Second
 	}
 	if cfg.RetryAfterMax < cfg.RetryAfterMin {
 		cfg.RetryAfterMax = max(30*time.Second, cfg.RetryAfterMin)
 	}
-	return &Server{auth: cfg.Auth, log: cfg.Logger, mux: mc, clusters: map[string]*clusterAgents{},
-		handshakes: make(chan struct{}, cfg.MaxHandshakes), retryMin: cfg.RetryAfterMin, retryMax: cfg.RetryAfterMax}, nil
+	s := &Server{auth: cfg.Auth, log: cfg.Logger, mux: mc, clusters: map[string]*clusterAgents{}, maxSessions: cfg.MaxSessions,
+		handshakes: make(chan struct{}, cfg.MaxHandshakes), retryMin: cfg.RetryAfterMin, retryMax: cfg.RetryAfterMax}
+	if cfg.MaxHandshakesPerSecond > 0 {
+		s.rate = newTokenBucket(cfg.MaxHandshakesPerSecond, cfg.MaxHandshakesPerSecond)
+	}
+	return s, nil
 }
 
 var idPattern = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -127,17 +144,13 @@ func refuse(w http.ResponseWriter, code int, msg string) {
 // ServeHTTP performs the agent handshake and, on success, hijacks the
 // connection and keeps the session registered until it ends.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	select {
-	case s.handshakes <- struct{}{}:
-		defer func() { <-s.handshakes }()
-	default:
-		// Too many agents at once (a stub restart under a large fleet): send
-		// this one away for a random while, so the fleet comes back spread.
-		wait := s.retryMin + rand.N(s.retryMax-s.retryMin+time.Second)
-		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())))
-		refuse(w, http.StatusServiceUnavailable, "stub is busy with other agents: come back after Retry-After")
+	// Too many agents at once (a stub restart under a large fleet) or a
+	// full stub: send this one away for a random while (limits.go).
+	adm := s.admit(w)
+	if adm == nil {
 		return
 	}
+	defer adm.done()
 	cluster := r.Header.Get(HeaderCluster)
 	agentID := r.Header.Get(HeaderAgent)
 	fp := r.Header.Get(HeaderFingerprint)
@@ -208,6 +221,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log.Warn("agent refused after upgrade", zap.Error(err))
 		return
 	}
+	adm.keep() // the session slot is the watcher's to release
 	if replaced != nil {
 		log.Info("agent reconnected; closing its previous session")
 		replaced.Close()
@@ -219,6 +233,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer s.wg.Done()
 		<-sess.CloseChan()
 		s.remove(a)
+		s.sessionEnded()
 		log.Info("agent disconnected", zap.Duration("connected_for", time.Since(a.connected)))
 	}()
 }
