@@ -83,6 +83,46 @@ func TestStubDefaults(t *testing.T) {
 	}
 }
 
+func TestStubACME(t *testing.T) {
+	acme := head + "publicURL: https://kh.example.com\ntls:\n  acme: {agreeTOS: true%s}\n"
+	c, err := LoadStub(write(t, strings.Replace(acme, "%s", "", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.TLS.ACME
+	if a.DirectoryURL != LetsEncryptDirectory || a.Challenge != "tls-alpn-01" || a.HTTPListen != "" ||
+		a.RenewCheckInterval.Duration != 10*time.Minute || len(a.Domains) != 1 || a.Domains[0] != "kh.example.com" {
+		t.Fatalf("acme defaults: %+v", a)
+	}
+	c, err = LoadStub(write(t, strings.Replace(acme, "%s", ", challenge: http-01", 1)))
+	if err != nil || c.TLS.ACME.HTTPListen != ":80" {
+		t.Fatalf("http-01 default listen: %+v %v", c.TLS.ACME, err)
+	}
+	hosts := head + "tls:\n  hosts: [a.example.com, b.example.com]\n  acme: {agreeTOS: true}\n"
+	if c, err = LoadStub(write(t, hosts)); err != nil || len(c.TLS.ACME.Domains) != 2 {
+		t.Fatalf("hosts as domains: %+v %v", c.TLS.ACME, err)
+	}
+	bad := map[string][]string{
+		"no tos":        {strings.Replace(acme, "agreeTOS: true%s", "email: a@b.c", 1), "tls.acme.agreeTOS", "agreeTOS: true"},
+		"with cert":     {strings.Replace(acme, "%s", "", 1) + "  certFile: /c\n  keyFile: /k\n", "tls.acme: excludes", `"/c"`},
+		"challenge":     {strings.Replace(acme, "%s", ", challenge: dns-01", 1), `tls.acme.challenge: "dns-01"`, "http-01"},
+		"listen alpn":   {strings.Replace(acme, "%s", ", httpListen: \":80\"", 1), "tls.acme.httpListen", "challenge: http-01"},
+		"bad listen":    {strings.Replace(acme, "%s", ", challenge: http-01, httpListen: eighty", 1), `tls.acme.httpListen: "eighty"`},
+		"http dir":      {strings.Replace(acme, "%s", ", directoryURL: \"http://ca/dir\"", 1), `tls.acme.directoryURL: "http://ca/dir"`},
+		"localhost":     {head + "tls: {acme: {agreeTOS: true}}\n", `domain "localhost"`, "publicURL"},
+		"ip host":       {head + "publicURL: https://10.0.0.1\ntls: {acme: {agreeTOS: true}}\n", `domain "10.0.0.1"`},
+		"fast renewals": {strings.Replace(acme, "%s", ", renewCheckInterval: 10ms", 1), "tls.acme.renewCheckInterval: 10ms"},
+	}
+	for name, tc := range bad {
+		_, err := LoadStub(write(t, tc[0]))
+		for _, w := range tc[1:] {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: error %v lacks %q", name, err, w)
+			}
+		}
+	}
+}
+
 func TestLoadAgent(t *testing.T) {
 	ah := "apiVersion: keyhole.dev/v1alpha1\nkind: AgentConfig\n"
 	ok := ah + "stubURL: https://kh.example.com\ncluster: prod\nagentID: a1\n"

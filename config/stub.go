@@ -85,13 +85,49 @@ type Audit struct {
 	Path string `json:"path"`
 }
 
-// StubTLS chooses the serving certificate: an operator-supplied pair, or a
-// self-signed one (CA in the state directory) for Hosts.
+// StubTLS chooses the serving certificate: an operator-supplied pair, one
+// from an ACME CA (ACME), or a self-signed one (CA in the state directory)
+// for Hosts.
 type StubTLS struct {
 	CertFile string   `json:"certFile"`
 	KeyFile  string   `json:"keyFile"`
 	Hosts    []string `json:"hosts"`
+	// ACME obtains and renews the certificate from an ACME CA (Let's
+	// Encrypt by default) for Hosts, or for publicURL's host when Hosts is
+	// not given. Excludes CertFile/KeyFile. With hub.enabled, certificates
+	// and locks live in Secrets in hub.namespace (replicas order once);
+	// otherwise in stateDir/acme.
+	ACME *ACME `json:"acme,omitempty"`
 }
+
+// ACME configures certificates from an ACME CA (see docs/tls.md).
+type ACME struct {
+	// Email is the ACME account's contact (expiry notices); may be empty.
+	Email string `json:"email"`
+	// DirectoryURL is the CA's ACME directory (default: Let's Encrypt
+	// production).
+	DirectoryURL string `json:"directoryURL"`
+	// CAFile adds PEM roots to trust for the ACME server's own HTTPS (a
+	// private ACME CA, Pebble in tests).
+	CAFile string `json:"caFile"`
+	// Challenge is "tls-alpn-01" (default: answered on listen, which must
+	// be reachable on port 443) or "http-01" (answered on HTTPListen, which
+	// must be reachable on port 80).
+	Challenge string `json:"challenge"`
+	// HTTPListen is where http-01 challenges are answered (default ":80").
+	HTTPListen string `json:"httpListen"`
+	// AgreeTOS must be true: it accepts the CA's terms of service.
+	AgreeTOS bool `json:"agreeTOS"`
+	// RenewCheckInterval is how often certificates are checked for
+	// renewal (default 10m).
+	RenewCheckInterval Duration `json:"renewCheckInterval"`
+	// Domains are the names the certificate is for (set by validation from
+	// tls.hosts or publicURL; not a config key).
+	Domains []string `json:"-"`
+}
+
+// LetsEncryptDirectory is the default tls.acme.directoryURL.
+const LetsEncryptDirectory = "https://acme-v02.api.letsencrypt.org/directory"
 
 // TunnelCfg tunes keepalive on agent sessions.
 type TunnelCfg struct {
@@ -176,6 +212,9 @@ func (c *Stub) validate(path string) error {
 	if c.TLS.CertFile != "" && len(c.TLS.Hosts) > 0 {
 		p.addf("tls.hosts: only used for the self-signed certificate; remove it or remove tls.certFile/keyFile")
 	}
+	if c.TLS.ACME != nil {
+		checkACME(&p, c)
+	}
 	if len(c.TLS.Hosts) == 0 {
 		c.TLS.Hosts = []string{"localhost", "127.0.0.1", "::1"}
 		if u, err := url.Parse(c.PublicURL); err == nil && u.Hostname() != "" && u.Hostname() != "localhost" {
@@ -245,6 +284,59 @@ func checkHub(p *problems, h *Hub) {
 	ld, rd, rp := h.LeaseDuration.Duration, h.RenewDeadline.Duration, h.RetryPeriod.Duration
 	if rp < 100*time.Millisecond || rd <= rp || ld <= rd {
 		p.addf("hub: leaseDuration %v > renewDeadline %v > retryPeriod %v >= 100ms must hold (defaults 15s, 10s, 2s)", ld, rd, rp)
+	}
+}
+
+// checkACME validates tls.acme and fills in its defaults and domains.
+func checkACME(p *problems, c *Stub) {
+	a := c.TLS.ACME
+	if c.TLS.CertFile != "" || c.TLS.KeyFile != "" {
+		p.addf("tls.acme: excludes tls.certFile %q / tls.keyFile %q; remove one: acme obtains the certificate itself", c.TLS.CertFile, c.TLS.KeyFile)
+	}
+	if !a.AgreeTOS {
+		p.addf("tls.acme.agreeTOS: false; read the ACME CA's terms of service and set agreeTOS: true to accept them")
+	}
+	if a.DirectoryURL == "" {
+		a.DirectoryURL = LetsEncryptDirectory
+	}
+	if u, err := url.Parse(a.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		p.addf("tls.acme.directoryURL: %q must be an https:// URL of an ACME directory, e.g. %q", a.DirectoryURL, LetsEncryptDirectory)
+	}
+	switch a.Challenge {
+	case "":
+		a.Challenge = "tls-alpn-01"
+	case "tls-alpn-01", "http-01":
+	default:
+		p.addf("tls.acme.challenge: %q is not a challenge the stub answers; use \"tls-alpn-01\" (on listen) or \"http-01\" (on httpListen)", a.Challenge)
+	}
+	if a.Challenge == "http-01" && a.HTTPListen == "" {
+		a.HTTPListen = ":80"
+	}
+	if a.HTTPListen != "" {
+		if a.Challenge != "http-01" {
+			p.addf("tls.acme.httpListen: %q is only used with challenge \"http-01\"; remove it or set challenge: http-01", a.HTTPListen)
+		} else if _, _, err := net.SplitHostPort(a.HTTPListen); err != nil {
+			p.addf("tls.acme.httpListen: %q is not host:port; write e.g. \":80\"", a.HTTPListen)
+		}
+	}
+	if a.RenewCheckInterval.Duration == 0 {
+		a.RenewCheckInterval.Duration = 10 * time.Minute
+	}
+	if d := a.RenewCheckInterval.Duration; d < time.Second || d > 24*time.Hour {
+		p.addf("tls.acme.renewCheckInterval: %v must be from 1s to 24h (default 10m)", d)
+	}
+	a.Domains = append([]string(nil), c.TLS.Hosts...)
+	if len(a.Domains) == 0 {
+		if u, err := url.Parse(c.PublicURL); err == nil && u.Hostname() != "" {
+			a.Domains = []string{u.Hostname()}
+		}
+	}
+	for _, d := range a.Domains {
+		l := strings.ToLower(strings.TrimSuffix(d, "."))
+		if net.ParseIP(l) != nil || l == "localhost" || strings.Contains(l, "*") || !strings.Contains(l, ".") ||
+			strings.HasSuffix(l, ".localhost") || strings.HasSuffix(l, ".local") || strings.HasSuffix(l, ".internal") {
+			p.addf("tls.acme: domain %q (from tls.hosts or publicURL) cannot get an ACME certificate; set publicURL (or tls.hosts) to the public DNS name of the stub, e.g. \"https://keyhole.example.com\"", d)
+		}
 	}
 }
 

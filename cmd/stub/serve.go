@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -14,19 +13,11 @@ import (
 
 	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/authn"
-	"github.com/keyhole-dev/keyhole/certs"
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/internal/logging"
 	"github.com/keyhole-dev/keyhole/proxy"
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
-
-func loadBundle(cfg config.Stub) (*certs.Bundle, error) {
-	if cfg.TLS.CertFile != "" {
-		return certs.LoadPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
-	}
-	return certs.EnsureSelfSigned(cfg.TLSDir(), cfg.TLS.Hosts)
-}
 
 func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	cfg, err := config.LoadStub(cfgPath)
@@ -116,15 +107,12 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %q: %w (pick a free port in the config's listen key)", cfg.Listen, err)
 	}
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{bundle.Cert}}
-	if cfg.TLS.CertFile != "" {
-		// An operator's certificate is picked up again when renewed.
-		rl, err := certs.NewReloading(cfg.TLS.CertFile, cfg.TLS.KeyFile)
-		if err != nil {
-			return err
-		}
-		tlsCfg.Certificates, tlsCfg.GetCertificate = nil, rl.GetCertificate
+	tlsCfg, stopTLS, err := serverTLS(cfg, bundle, log.Named("tls")) // cmd/stub/tls.go
+	if err != nil {
+		ln.Close()
+		return err
 	}
+	defer stopTLS()
 	srv := &http.Server{
 		Handler:   mux,
 		TLSConfig: tlsCfg,
@@ -140,10 +128,7 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 		MaxHeaderBytes: 1 << 20,
 		ErrorLog:       zap.NewStdLog(log.Named("http")),
 	}
-	caNote := "certificate: " + cfg.TLS.CertFile
-	if bundle.CAPEM != nil {
-		caNote = "self-signed CA: " + cfg.TLSDir() + "/ca.crt"
-	}
+	caNote := tlsNote(cfg, bundle)
 	log.Info("stub listening", zap.String("addr", ln.Addr().String()), zap.String("public_url", cfg.PublicURL),
 		zap.String("state_dir", cfg.StateDir), zap.String("version", version))
 	fmt.Fprintf(stderr, `

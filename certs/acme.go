@@ -1,0 +1,137 @@
+package certs
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// ACME challenge types the stub can answer.
+const (
+	ChallengeTLSALPN = "tls-alpn-01"
+	ChallengeHTTP    = "http-01"
+)
+
+// ACMEConfig says how to obtain and renew the serving certificate from an
+// ACME CA (Let's Encrypt, a private ACME server, Pebble in tests).
+type ACMEConfig struct {
+	Domains      []string
+	Email        string
+	DirectoryURL string
+	// CAFile, if set, is a PEM file of roots to trust (in addition to the
+	// system's) for the ACME server's own HTTPS.
+	CAFile string
+	// Challenge is ChallengeTLSALPN (answered on the main listener) or
+	// ChallengeHTTP (answered by HTTPHandler on port 80 or HTTPListen).
+	Challenge string
+	// Storage holds certificates, keys, ACME account and locks. Replicas
+	// that share it share certificates and order each one once.
+	Storage certmagic.Storage
+	// RenewCheckInterval is how often certificates are checked for renewal
+	// (default 10 minutes).
+	RenewCheckInterval time.Duration
+	Logger             *zap.Logger
+}
+
+// ACME obtains and renews certificates for the configured domains in the
+// background and serves them (and tls-alpn-01 challenges) through
+// TLSConfig. Stop ends its maintenance.
+type ACME struct {
+	cache  *certmagic.Cache
+	cfg    *certmagic.Config
+	issuer *certmagic.ACMEIssuer
+	cancel context.CancelFunc
+}
+
+// StartACME starts managing the certificates. It returns at once; until the
+// first certificate is obtained (or loaded from storage), handshakes for the
+// domains fail and the progress is logged.
+func StartACME(c ACMEConfig) (*ACME, error) {
+	log := c.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	var roots *x509.CertPool
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls.acme.caFile: %q: %w (give a PEM file of the ACME server's CA, or remove the key to trust only system roots)", c.CAFile, err)
+		}
+		if roots, err = x509.SystemCertPool(); err != nil || roots == nil {
+			roots = x509.NewCertPool()
+		}
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.acme.caFile: %q holds no PEM certificate; give the ACME server's CA certificate in PEM", c.CAFile)
+		}
+	}
+	if c.Challenge != ChallengeTLSALPN && c.Challenge != ChallengeHTTP {
+		return nil, fmt.Errorf("tls.acme.challenge: %q is not %q or %q", c.Challenge, ChallengeTLSALPN, ChallengeHTTP)
+	}
+	a := &ACME{}
+	var cfg *certmagic.Config
+	a.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return cfg, nil },
+		RenewCheckInterval: c.RenewCheckInterval,
+		Logger:             log.Named("cache"),
+	})
+	cfg = certmagic.New(a.cache, certmagic.Config{
+		Storage: c.Storage,
+		Logger:  log,
+		// Let's Encrypt has no OCSP any more; stapling would only log noise
+		// and write staples to the store.
+		OCSP: certmagic.OCSPConfig{DisableStapling: true},
+	})
+	a.issuer = certmagic.NewACMEIssuer(cfg, certmagic.ACMEIssuer{
+		CA:                      c.DirectoryURL,
+		Email:                   c.Email,
+		Agreed:                  true, // config validation requires tls.acme.agreeTOS
+		TrustedRoots:            roots,
+		DisableHTTPChallenge:    c.Challenge != ChallengeHTTP,
+		DisableTLSALPNChallenge: c.Challenge != ChallengeTLSALPN,
+		Logger:                  log.Named("issuer"),
+	})
+	cfg.Issuers = []certmagic.Issuer{a.issuer}
+	a.cfg = cfg
+	ctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	if err := cfg.ManageAsync(ctx, c.Domains); err != nil {
+		a.Stop()
+		return nil, fmt.Errorf("tls.acme: managing %v: %w", c.Domains, err)
+	}
+	log.Info("ACME certificate management started", zap.Strings("domains", c.Domains),
+		zap.String("directory", c.DirectoryURL), zap.String("challenge", c.Challenge),
+		zap.String("storage", fmt.Sprint(c.Storage)))
+	return a, nil
+}
+
+// TLSConfig returns the server TLS configuration: certificates from the
+// cache and, for tls-alpn-01, the acme-tls/1 protocol.
+func (a *ACME) TLSConfig() *tls.Config {
+	t := a.cfg.TLSConfig()
+	t.MinVersion = tls.VersionTLS12
+	return t
+}
+
+// HTTPHandler answers http-01 challenges (also those another replica
+// started, through the shared storage) and passes everything else to next.
+func (a *ACME) HTTPHandler(next http.Handler) http.Handler {
+	return a.issuer.HTTPChallengeHandler(next)
+}
+
+// Stop ends certificate maintenance and cancels pending orders.
+func (a *ACME) Stop() {
+	a.cancel()
+	a.cache.Stop()
+}
+
+// ErrStoreFull is returned (wrapped) when the certificate store refuses a
+// write because too little space is left.
+var ErrStoreFull = errors.New("no space left for the certificate store")

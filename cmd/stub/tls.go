@@ -1,0 +1,129 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+
+	"github.com/keyhole-dev/keyhole/certs"
+	"github.com/keyhole-dev/keyhole/config"
+	"github.com/keyhole-dev/keyhole/ha"
+)
+
+// loadBundle returns the certificate material that kubeconfigs and agent
+// manifests need: the self-signed CA, or nothing (a certificate from an
+// operator or from ACME chains to roots the clients already trust).
+func loadBundle(cfg config.Stub) (*certs.Bundle, error) {
+	switch {
+	case cfg.TLS.ACME != nil:
+		return &certs.Bundle{}, nil
+	case cfg.TLS.CertFile != "":
+		return certs.LoadPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+	}
+	return certs.EnsureSelfSigned(cfg.TLSDir(), cfg.TLS.Hosts)
+}
+
+// acmeMinFree is the free space the file store wants before a write: a
+// certificate save is three small files, so this fails a save up front on
+// a nearly full disk instead of half-way through it.
+const acmeMinFree = 64 << 10
+
+// serverTLS returns the main listener's TLS configuration for cfg, and a
+// function that stops what it started (ACME maintenance, the http-01
+// listener). Call it once the listener is bound: tls-alpn-01 validation
+// may connect as soon as it returns.
+func serverTLS(cfg config.Stub, bundle *certs.Bundle, log *zap.Logger) (*tls.Config, func(), error) {
+	switch {
+	case cfg.TLS.ACME != nil:
+		return acmeTLS(cfg, log)
+	case cfg.TLS.CertFile != "":
+		// An operator's certificate is picked up again when renewed.
+		rl, err := certs.NewReloading(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: rl.GetCertificate}, func() {}, nil
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{bundle.Cert}}, func() {}, nil
+}
+
+// tlsNote says, for the start banner, where the certificate comes from.
+func tlsNote(cfg config.Stub, bundle *certs.Bundle) string {
+	switch {
+	case cfg.TLS.ACME != nil:
+		return fmt.Sprintf("ACME certificate for %v from %s", cfg.TLS.ACME.Domains, cfg.TLS.ACME.DirectoryURL)
+	case bundle.CAPEM != nil:
+		return "self-signed CA: " + cfg.TLSDir() + "/ca.crt"
+	}
+	return "certificate: " + cfg.TLS.CertFile
+}
+
+// acmeStorage is the certificate store: Secrets in the hub when replicas
+// share one, else a directory in the state directory.
+func acmeStorage(cfg config.Stub, log *zap.Logger) (*certs.GuardedStorage, func(), error) {
+	if cfg.Hub.Enabled {
+		cs, _, err := ha.Client(cfg.Hub)
+		if err != nil {
+			return nil, nil, err
+		}
+		ss := &certs.SecretStorage{Client: cs, Namespace: cfg.Hub.Namespace, Holder: cfg.Hub.ReplicaID, Logger: log.Named("storage")}
+		return &certs.GuardedStorage{Storage: ss, Logger: log,
+			Where: fmt.Sprintf("Secrets in hub namespace %q (hub.namespace)", cfg.Hub.Namespace),
+			Fix:   "check that the hub's API server and etcd accept writes (etcd quota, disk) and that the stub may create, update and delete Secrets there",
+		}, ss.Close, nil
+	}
+	dir := filepath.Join(cfg.StateDir, "acme")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("stateDir: %q: creating %s for ACME certificates: %w (give a directory the stub may write)", cfg.StateDir, dir, err)
+	}
+	return &certs.GuardedStorage{Storage: &certmagic.FileStorage{Path: dir}, Logger: log, Dir: dir, MinFree: acmeMinFree,
+		Where: fmt.Sprintf("directory %s (stateDir %q)", dir, cfg.StateDir),
+		Fix:   fmt.Sprintf("free space on the filesystem holding %s, or move stateDir to a larger volume", dir),
+	}, func() {}, nil
+}
+
+func acmeTLS(cfg config.Stub, log *zap.Logger) (*tls.Config, func(), error) {
+	a := cfg.TLS.ACME
+	store, closeStore, err := acmeStorage(cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := certs.StartACME(certs.ACMEConfig{Domains: a.Domains, Email: a.Email, DirectoryURL: a.DirectoryURL,
+		CAFile: a.CAFile, Challenge: a.Challenge, Storage: store,
+		RenewCheckInterval: a.RenewCheckInterval.Duration, Logger: log.Named("acme")})
+	if err != nil {
+		closeStore()
+		return nil, nil, err
+	}
+	stop := func() { m.Stop(); closeStore() }
+	if a.Challenge != certs.ChallengeHTTP {
+		return m.TLSConfig(), stop, nil
+	}
+	ln, err := net.Listen("tcp", a.HTTPListen)
+	if err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("tls.acme.httpListen: %q: %w (http-01 needs this port; pick a free one, reachable as port 80 of %v)", a.HTTPListen, err, a.Domains)
+	}
+	hsrv := &http.Server{
+		Handler:           m.HTTPHandler(http.NotFoundHandler()),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          zap.NewStdLog(log.Named("http-01")),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := hsrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http-01 listener stopped", zap.String("addr", a.HTTPListen), zap.Error(err))
+		}
+	}()
+	log.Info("answering ACME http-01 challenges", zap.String("addr", ln.Addr().String()))
+	return m.TLSConfig(), func() { hsrv.Close(); <-done; stop() }, nil
+}
