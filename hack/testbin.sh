@@ -2,15 +2,16 @@
 # Builds (once, cached) the binaries of the real test control plane and of the
 # test identity provider and prints, on its last stdout line, the directory
 # holding kube-apiserver, etcd, nodesim, dex, kubectl-oidc_login,
-# bcrypthash, and (hack/middlebox.sh) haproxy and tinyproxy. Use it as:
+# bcrypthash, pebble, pebble-challtestsrv, and (hack/middlebox.sh) haproxy
+# and tinyproxy. Use it as:
 #
 #   export KEYHOLE_TESTBIN="$(hack/testbin.sh)"
 #   go test ./internal/kubetest/ ./internal/idptest/
 #
 # Cache: ${KEYHOLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyhole}/testbin/<key>,
 # where <key> hashes go.mod, go.sum and the Go sources of hack/tools (tools.go,
-# nodesim) and of hack/idp (bcrypthash), this script, hack/middlebox.sh and the
-# Go version. A cache hit takes about a second. Progress goes to stderr.
+# nodesim), of hack/idp (bcrypthash) and of hack/acme, this script,
+# hack/middlebox.sh and the Go version. A cache hit takes about a second. Progress goes to stderr.
 #
 # kube-apiserver v1.33.13 and nodesim are built from the hack/tools module
 # (cold, empty Go caches: ~1 GB of module downloads, 2.2 GB build cache, 3.5 min
@@ -24,6 +25,10 @@
 # passwords) are built from the separate hack/idp module, so that Dex's
 # dependencies never meet Kubernetes' replace set (cold, empty Go caches:
 # about 2 min more on a 2-core machine; 0.5 GB build cache).
+#
+# Pebble v2.10.1 (ACME test CA) and pebble-challtestsrv (its DNS answers
+# every name with 127.0.0.1) are built from the separate hack/acme module
+# (cold: well under a minute more; warm: seconds).
 set -euo pipefail
 
 # Everything is inside main, which bash parses completely before running it,
@@ -35,12 +40,14 @@ main() {
 	ETCD_GO_VERSION=v3.5.16      # fallback when apt is not usable
 	DEX_VERSION=v2.45.1          # = github.com/dexidp/dex v0.0.0-20260303133905-11d2eeb52b42 in hack/idp/go.mod
 	KUBELOGIN_VERSION=v1.34.0    # = github.com/int128/kubelogin in hack/idp/go.mod
+	PEBBLE_VERSION=v2.10.1       # = github.com/letsencrypt/pebble/v2 in hack/acme/go.mod
 
 	log() { echo "testbin: $*" >&2; }
 
 	root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 	tools="$root/hack/tools"
 	idp="$root/hack/idp"
+	acme="$root/hack/acme"
 	script="$root/hack/testbin.sh"
 
 	command -v go >/dev/null || { log "go is not on PATH"; exit 1; }
@@ -54,7 +61,7 @@ main() {
 	sources() {
 		(
 			cd "$root"
-			for m in hack/tools hack/idp; do
+			for m in hack/tools hack/idp hack/acme; do
 				printf '%s\n' "$m/go.mod" "$m/go.sum"
 				find "$m" -name '*.go' | LC_ALL=C sort
 			done
@@ -70,13 +77,14 @@ main() {
 			sha256sum <"$script" | cut -d' ' -f1
 			(cd "$tools" && go env GOVERSION GOOS GOARCH CGO_ENABLED)
 			(cd "$idp" && go env GOVERSION) # in case hack/idp ever pins another toolchain
+			(cd "$acme" && go env GOVERSION)
 			echo "etcd-from-source=${KEYHOLE_ETCD_FROM_SOURCE:-}"
 		} | sha256sum | cut -c1-20
 	)"
 
 	cache="${KEYHOLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyhole}/testbin"
 	dir="$cache/$key"
-	bins=(kube-apiserver etcd nodesim dex kubectl-oidc_login bcrypthash haproxy tinyproxy)
+	bins=(kube-apiserver etcd nodesim dex kubectl-oidc_login bcrypthash pebble pebble-challtestsrv haproxy tinyproxy)
 	complete() {
 		[[ -f "$1/.complete" ]] || return 1
 		local b
@@ -93,7 +101,7 @@ main() {
 	tmp="$(mktemp -d "$cache/.build-$key.XXXXXX")"
 	chmod 0755 "$tmp"
 	trap 'rm -rf "$tmp"' EXIT
-	log "building into $dir (key from hack/tools, hack/idp and this script)"
+	log "building into $dir (key from hack/tools, hack/idp, hack/acme and this script)"
 	start=$SECONDS
 
 	# --- etcd ---------------------------------------------------------------
@@ -168,6 +176,12 @@ main() {
 	"$tmp/kubectl-oidc_login" --version >&2
 	log "go build bcrypthash"
 	(cd "$idp" && go build -o "$tmp/bcrypthash" ./bcrypthash)
+
+	# --- Pebble and pebble-challtestsrv (hack/acme) ----------------------------
+	log "go build pebble $PEBBLE_VERSION and pebble-challtestsrv"
+	(cd "$acme" && go build -o "$tmp/pebble" github.com/letsencrypt/pebble/v2/cmd/pebble)
+	(cd "$acme" && go build -o "$tmp/pebble-challtestsrv" github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv)
+	"$tmp/pebble" -version >&2
 
 	# --- haproxy and tinyproxy (Debian packages; hostile-network e2e tests) ----
 	"$root/hack/middlebox.sh" "$tmp"
