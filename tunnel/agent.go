@@ -10,9 +10,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -80,11 +81,22 @@ func (b Backoff) Wait(n int) time.Duration {
 	return rand.N(ceiling)
 }
 
-// Agent keeps one session to the stub open and serves it.
+// Agent keeps sessions to the stub open and serves them: one session to a
+// single stub, or one to every live replica when the stub runs as several
+// replicas behind a load balancer (the handshake names the replica reached
+// and the live ones; the agent dials again until it holds each), so that
+// losing a replica costs only the streams it carried.
 type Agent struct {
-	cfg       AgentConfig
-	mux       *yamux.Config
-	connected atomic.Bool
+	cfg AgentConfig
+	mux *yamux.Config
+
+	mu   sync.Mutex
+	held map[string]*yamux.Session // by replica ID ("" for a single stub)
+	want []string                  // live replicas as last advertised
+	wake chan struct{}             // a session ended or want changed
+	// stableEnd: a session that had lasted Backoff.StableAfter ended, so
+	// the next reconnect starts from the shortest backoff again.
+	stableEnd bool
 }
 
 // NewAgent validates cfg.
@@ -133,36 +145,162 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if err := yamux.VerifyConfig(mc); err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)
 	}
-	return &Agent{cfg: cfg, mux: mc}, nil
+	return &Agent{cfg: cfg, mux: mc, held: map[string]*yamux.Session{}, wake: make(chan struct{}, 1)}, nil
 }
 
 // Connected reports whether a session to the stub is up.
-func (a *Agent) Connected() bool { return a.connected.Load() }
+func (a *Agent) Connected() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.held) > 0
+}
 
-// Run connects, serves, and reconnects with backoff until ctx ends. It
-// returns nil when ctx is cancelled.
+// Replicas lists the stub replicas this agent holds sessions to (empty
+// names a single stub), sorted.
+func (a *Agent) Replicas() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ids := make([]string, 0, len(a.held))
+	for id := range a.held {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (a *Agent) signal() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// missing reports whether a dial is due: no session at all, or a live
+// replica without one.
+func (a *Agent) missing() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.held) == 0 {
+		return true
+	}
+	for _, id := range a.want {
+		if a.held[id] == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// setWant records the live replicas a stub advertised.
+func (a *Agent) setWant(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	a.mu.Lock()
+	changed := !slices.Equal(a.want, ids)
+	a.want = ids
+	a.mu.Unlock()
+	if changed {
+		a.cfg.Logger.Info("stub replicas", zap.Strings("live", ids))
+		a.signal()
+	}
+}
+
+func (a *Agent) heldIDs() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ids []string
+	for id := range a.held {
+		if id != "" {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Run connects, serves, and reconnects with backoff until ctx ends; with
+// stub replicas it keeps a session to each. It returns nil when ctx is
+// cancelled, after every session drained.
 func (a *Agent) Run(ctx context.Context) error {
 	log := a.cfg.Logger
-	retries := 0
+	var sessions sync.WaitGroup
+	defer sessions.Wait()
+	retries, misses := 0, 0
 	for {
-		start := time.Now()
-		err := a.runOnce(ctx)
+		for !a.missing() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-a.wake:
+			}
+		}
+		a.mu.Lock()
+		if a.stableEnd {
+			retries, a.stableEnd = 0, false
+		}
+		a.mu.Unlock()
+		sess, hs, err := a.dial(ctx, a.heldIDs())
 		if ctx.Err() != nil {
+			if sess != nil {
+				sess.Close()
+			}
 			return nil
 		}
-		if time.Since(start) >= a.cfg.Backoff.StableAfter {
-			retries = 0
-		}
-		wait := a.cfg.Backoff.Wait(retries)
-		retries++
+		a.setWant(hs.replicas)
+		var wait time.Duration
+		var mis *misdirectedError
 		var busy *busyError
-		if errors.As(err, &busy) {
-			wait = max(wait, busy.after) // the stub said when
+		switch {
+		case err == nil:
+			misses = 0
+			a.mu.Lock()
+			dup := a.held[hs.replica] != nil
+			if !dup {
+				a.held[hs.replica] = sess
+			}
+			a.mu.Unlock()
+			if dup { // cannot happen with a well-behaved stub; never replace a live session
+				sess.Close()
+				break
+			}
+			log.Info("tunnel up", zap.String("stub", a.cfg.StubURL), zap.String("replica", hs.replica))
+			sessions.Add(1)
+			go func() {
+				defer sessions.Done()
+				start := time.Now()
+				err := a.serve(ctx, sess)
+				a.mu.Lock()
+				delete(a.held, hs.replica)
+				if time.Since(start) >= a.cfg.Backoff.StableAfter {
+					a.stableEnd = true
+				}
+				a.mu.Unlock()
+				if err != nil && ctx.Err() == nil {
+					log.Warn("tunnel down", zap.String("replica", hs.replica), zap.Error(err))
+				}
+				a.signal()
+			}()
+			// Another replica may still be missing: look for it soon, but
+			// not all agents at once.
+			wait = rand.N(a.cfg.Backoff.Base)
+		case errors.As(err, &mis):
+			// The load balancer sent us to a replica we hold already.
+			wait = a.cfg.Backoff.Wait(misses)
+			misses++
+			log.Debug("reached a replica already held; trying again for the others", zap.String("replica", mis.replica), zap.Duration("retry_in", wait))
+		case errors.As(err, &busy):
+			wait = max(a.cfg.Backoff.Wait(retries), busy.after) // the stub said when
+			retries++
 			log.Info("stub is busy; coming back when it asked", zap.Duration("retry_in", wait))
-		} else if errors.Is(err, ErrRefused) {
+		case errors.Is(err, ErrRefused):
+			wait = a.cfg.Backoff.Wait(retries)
+			retries++
 			log.Error("stub refused this agent", zap.Error(err), zap.Duration("retry_in", wait))
-		} else {
-			log.Warn("tunnel down", zap.Error(err), zap.Duration("retry_in", wait))
+		default:
+			wait = a.cfg.Backoff.Wait(retries)
+			retries++
+			log.Warn("cannot reach the stub", zap.Error(err), zap.Duration("retry_in", wait))
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -174,17 +312,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-func (a *Agent) runOnce(ctx context.Context) error {
-	sess, err := a.Dial(ctx)
-	if err != nil {
-		return err
-	}
+// serve serves the stub's streams on sess until the session dies (an
+// error) or ctx ends (a graceful drain, nil).
+func (a *Agent) serve(ctx context.Context, sess *yamux.Session) error {
 	log := a.cfg.Logger
-	log.Info("tunnel up", zap.String("stub", a.cfg.StubURL))
-	a.connected.Store(true)
-	defer a.connected.Store(false)
 	srv := &http.Server{
-		Handler:           a.cfg.Handler,
+		Handler:           a.learnReplicas(a.cfg.Handler),
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
@@ -192,7 +325,7 @@ func (a *Agent) runOnce(ctx context.Context) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
-	case err = <-served: // the session died under us
+	case err := <-served: // the session died under us
 		srv.Close()
 		sess.Close()
 		return fmt.Errorf("session ended: %w", err)
@@ -200,6 +333,18 @@ func (a *Agent) runOnce(ctx context.Context) error {
 	}
 	a.drain(sess, srv, served)
 	return nil
+}
+
+// learnReplicas reads the live replica list the stub sends on its probes
+// (the stub strips Keyhole-* headers from callers, so only the stub can set
+// it), so a replica added later is found without a reconnect.
+func (a *Agent) learnReplicas(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get(HeaderReplicas); v != "" {
+			a.setWant(splitReplicas(v))
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // drain stops the session gracefully: no new streams (GoAway, which makes
@@ -229,9 +374,23 @@ func (a *Agent) drain(sess *yamux.Session, srv *http.Server, served <-chan error
 
 // Dial performs the handshake and returns the agent's end of the session.
 func (a *Agent) Dial(ctx context.Context) (*yamux.Session, error) {
+	sess, _, err := a.dial(ctx, nil)
+	return sess, err
+}
+
+// handshake is what the stub said about its replicas.
+type handshake struct {
+	replica  string   // the replica reached ("" for a single stub)
+	replicas []string // the live replicas
+}
+
+// dial is Dial telling the stub which replicas' sessions it holds already;
+// reaching one of those is a *misdirectedError.
+func (a *Agent) dial(ctx context.Context, held []string) (*yamux.Session, handshake, error) {
+	var hs handshake
 	secret, err := a.cfg.Secret()
 	if err != nil {
-		return nil, fmt.Errorf("read join secret: %w", err)
+		return nil, hs, fmt.Errorf("read join secret: %w", err)
 	}
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if a.cfg.TLS != nil {
@@ -252,7 +411,7 @@ func (a *Agent) Dial(ctx context.Context) (*yamux.Session, error) {
 	defer cancel()
 	req, err := http.NewRequestWithContext(dctx, http.MethodGet, a.cfg.StubURL+ConnectPath, nil)
 	if err != nil {
-		return nil, err
+		return nil, hs, err
 	}
 	req.Header.Set("Connection", "Upgrade")
 	req.Header.Set("Upgrade", UpgradeProtocol)
@@ -266,29 +425,60 @@ func (a *Agent) Dial(ctx context.Context) (*yamux.Session, error) {
 	if a.cfg.VerifiesCallers {
 		req.Header.Set(HeaderVerifiesCallers, "jwt")
 	}
+	if len(held) > 0 {
+		req.Header.Set(HeaderHeldReplicas, strings.Join(held, ","))
+	}
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
-		return nil, fmt.Errorf("dial stub %s: %w", a.cfg.StubURL, err)
+		return nil, hs, fmt.Errorf("dial stub %s: %w", a.cfg.StubURL, err)
 	}
+	hs = handshake{replica: resp.Header.Get(HeaderReplica), replicas: splitReplicas(resp.Header.Get(HeaderReplicas))}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		resp.Body.Close()
-		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && resp.StatusCode == http.StatusServiceUnavailable && secs > 0 {
-			return nil, &busyError{after: time.Duration(min(secs, 600)) * time.Second, msg: strings.TrimSpace(string(msg))}
+		if resp.StatusCode == http.StatusMisdirectedRequest && hs.replica != "" {
+			return nil, hs, &misdirectedError{replica: hs.replica}
 		}
-		return nil, fmt.Errorf("%w: %s: %s", ErrRefused, resp.Status, strings.TrimSpace(string(msg)))
+		if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && resp.StatusCode == http.StatusServiceUnavailable && secs > 0 {
+			return nil, hs, &busyError{after: time.Duration(min(secs, 600)) * time.Second, msg: strings.TrimSpace(string(msg))}
+		}
+		return nil, hs, fmt.Errorf("%w: %s: %s", ErrRefused, resp.Status, strings.TrimSpace(string(msg)))
 	}
 	rwc, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
 		resp.Body.Close()
-		return nil, errors.New("stub answered 101 without a usable connection")
+		return nil, hs, errors.New("stub answered 101 without a usable connection")
 	}
 	sess, err := yamux.Server(&coalescingWriter{ReadWriteCloser: rwc}, a.mux)
 	if err != nil {
 		rwc.Close()
-		return nil, err
+		return nil, hs, err
 	}
-	return sess, nil
+	return sess, hs, nil
+}
+
+// misdirectedError: the stub replica reached is one whose session the agent
+// holds already (421).
+type misdirectedError struct{ replica string }
+
+func (e *misdirectedError) Error() string {
+	return fmt.Sprintf("reached stub replica %q, which this agent is connected to already", e.replica)
+}
+
+// splitReplicas parses a comma-separated replica list, dropping anything
+// that is not a plausible replica ID.
+func splitReplicas(v string) []string {
+	var ids []string
+	for _, id := range strings.Split(v, ",") {
+		if id = strings.TrimSpace(id); id != "" && len(id) <= 63 && agentIDPattern.MatchString(id) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) > 64 {
+		ids = ids[:64]
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
 }
 
 // busyError is a 503 with Retry-After: the stub asks to come back later.

@@ -19,6 +19,14 @@ const (
 	// HeaderVerifiesCallers ("jwt") says the agent verifies callers' OIDC
 	// tokens itself and wants them forwarded.
 	HeaderVerifiesCallers = "Keyhole-Verifies-Callers"
+	// Stub replicas: the agent lists the replicas it holds sessions to
+	// (HeaderHeldReplicas); the stub names itself (HeaderReplica) and the
+	// live replicas (HeaderReplicas) in its answer, and answers 421 when
+	// the agent holds a session to it already. Probes carry HeaderReplicas
+	// too.
+	HeaderHeldReplicas = "Keyhole-Held-Replicas"
+	HeaderReplica      = "Keyhole-Replica"
+	HeaderReplicas     = "Keyhole-Replicas"
 )
 
 // Errors a stub returns to DialCluster callers and an agent sees on refusal.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -43,6 +44,15 @@ type ServerConfig struct {
 	// MaxSessions bounds the agent sessions this server holds; beyond it
 	// agents are told to come back later. Default DefaultMaxSessions.
 	MaxSessions int
+	// Replicas, when the stub runs as several replicas, names this one and
+	// the live ones, so that agents hold a session to each. Nil: one stub.
+	Replicas ReplicaSet
+}
+
+// ReplicaSet is this stub replica and its live peers (see ha.Replicas).
+type ReplicaSet interface {
+	Self() string
+	Live() []string
 }
 
 // Server accepts agent sessions (it is the http.Handler for ConnectPath),
@@ -55,6 +65,7 @@ type Server struct {
 	retryMin   time.Duration
 	retryMax   time.Duration
 	rate       *tokenBucket // nil: no bound on handshakes per second
+	replicas   ReplicaSet   // nil: a single stub
 	refused    atomic.Int64 // handshakes told to come back later
 
 	mu       sync.Mutex
@@ -119,7 +130,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.RetryAfterMax = max(30*time.Second, cfg.RetryAfterMin)
 	}
 	s := &Server{auth: cfg.Auth, log: cfg.Logger, mux: mc, clusters: map[string]*clusterAgents{}, maxSessions: cfg.MaxSessions,
-		handshakes: make(chan struct{}, cfg.MaxHandshakes), retryMin: cfg.RetryAfterMin, retryMax: cfg.RetryAfterMax}
+		handshakes: make(chan struct{}, cfg.MaxHandshakes), retryMin: cfg.RetryAfterMin, retryMax: cfg.RetryAfterMax,
+		replicas: cfg.Replicas}
 	if cfg.MaxHandshakesPerSecond > 0 {
 		s.rate = newTokenBucket(cfg.MaxHandshakesPerSecond, cfg.MaxHandshakesPerSecond)
 	}
@@ -190,6 +202,19 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	replicaHeaders := ""
+	if s.replicas != nil {
+		self, live := s.replicas.Self(), strings.Join(s.replicas.Live(), ",")
+		w.Header().Set(HeaderReplica, self)
+		w.Header().Set(HeaderReplicas, live)
+		if slices.Contains(splitReplicas(r.Header.Get(HeaderHeldReplicas)), self) {
+			// Behind a load balancer an agent looking for the replicas it
+			// lacks lands on ones it has; never replace a live session.
+			refuse(w, http.StatusMisdirectedRequest, fmt.Sprintf("this agent holds a session to replica %q already", self))
+			return
+		}
+		replicaHeaders = HeaderReplica + ": " + self + "\r\n" + HeaderReplicas + ": " + live + "\r\n"
+	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		log.Error("hijack agent connection", zap.Error(err))
@@ -197,7 +222,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_ = conn.SetDeadline(time.Now().Add(DefaultHandshakeTimeout))
-	if _, err := brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + UpgradeProtocol + "\r\n\r\n"); err == nil {
+	if _, err := brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + UpgradeProtocol + "\r\n" + replicaHeaders + "\r\n"); err == nil {
 		err = brw.Flush()
 	}
 	if err != nil {
