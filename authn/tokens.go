@@ -171,3 +171,35 @@ func AddToken(path string, user string, groups []string, expires *time.Time, des
 	}
 	return token, nil
 }
+
+// PruneExpired removes tokens that expired before now from the file at
+// path (they are refused anyway; this keeps the file from growing) and
+// returns how many it removed. A missing file has nothing to prune.
+func PruneExpired(path string, now time.Time) (int, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	var doc tokenFileDoc
+	if err := yaml.UnmarshalStrict(data, &doc); err != nil {
+		return 0, fmt.Errorf("token file %s: %w", path, err)
+	}
+	kept := doc.Tokens[:0]
+	for _, e := range doc.Tokens {
+		if e.Expires == nil || e.Expires.After(now) {
+			kept = append(kept, e)
+		}
+	}
+	n := len(doc.Tokens) - len(kept)
+	if n == 0 {
+		return 0, nil
+	}
+	doc.Tokens = kept
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		return 0, err
+	}
+	return n, statefile.WriteAtomic(path, out, 0o600)
+}

@@ -126,3 +126,30 @@ func TestNewTokenSeenAtOnce(t *testing.T) {
 		t.Fatalf("%+v %v", u, err)
 	}
 }
+
+func TestPruneExpired(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens.yaml")
+	past, future := time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	old, err := AddToken(path, "old", nil, &past, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep, _ := AddToken(path, "keep", nil, &future, "")
+	forever, _ := AddToken(path, "forever", nil, nil, "")
+	n, err := PruneExpired(path, time.Now())
+	if err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v; want 1", n, err)
+	}
+	f, err := OpenTokenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tok, want := range map[string]bool{old: false, keep: true, forever: true} {
+		if _, err := f.AuthenticateToken(tok); (err == nil) != want {
+			t.Errorf("token valid=%v after pruning, want %v", err == nil, want)
+		}
+	}
+	if n, err := PruneExpired(path, time.Now()); n != 0 || err != nil {
+		t.Fatalf("second prune: %d, %v", n, err)
+	}
+}

@@ -39,6 +39,9 @@ func NewMetrics(agents AgentLister) *Metrics {
 	return m
 }
 
+// Register adds collectors of other parts of the stub (leader election).
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
 // Handler serves the metrics.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})

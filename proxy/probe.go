@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,6 +46,9 @@ type Prober struct {
 	Logger *zap.Logger
 	// Interval between probes of one agent; default ProbeInterval.
 	Interval time.Duration
+	// Replicas, when set, lists the live stub replicas; probes carry the
+	// list so that agents open sessions to replicas added later.
+	Replicas func() []string
 
 	mu   sync.Mutex
 	last map[string]time.Time // cluster/agent → last probe start
@@ -133,7 +137,11 @@ func (p *Prober) roundTrip(ctx context.Context, a tunnel.AgentInfo) (string, err
 	_ = conn.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
-	if _, err := io.WriteString(conn, "GET /keyhole/v1/probe HTTP/1.1\r\nHost: agent\r\n"+HeaderProbe+": 1\r\nConnection: close\r\n\r\n"); err != nil {
+	replicas := ""
+	if p.Replicas != nil {
+		replicas = tunnel.HeaderReplicas + ": " + strings.Join(p.Replicas(), ",") + "\r\n"
+	}
+	if _, err := io.WriteString(conn, "GET /keyhole/v1/probe HTTP/1.1\r\nHost: agent\r\n"+HeaderProbe+": 1\r\n"+replicas+"Connection: close\r\n\r\n"); err != nil {
 		return "", fmt.Errorf("probe: %w", err)
 	}
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
