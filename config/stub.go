@@ -30,7 +30,7 @@ type Stub struct {
 	// CA of a first run.
 	StateDir string    `json:"stateDir"`
 	TLS      StubTLS   `json:"tls"`
-	Tunnel   TunnelCfg `json:"tunnel"`
+	Tunnel   TunnelSrv `json:"tunnel"`
 	Log      Log       `json:"log"`
 	// Authentication adds OIDC issuers to the static tokens of the state
 	// directory. It and Policy are re-read when the file changes.
@@ -48,6 +48,17 @@ type Stub struct {
 	// Secrets, replica discovery for agents. Off by default (one stub, state
 	// on disk).
 	Hub Hub `json:"hub"`
+	// ShutdownTimeout bounds a graceful stop (SIGTERM): plain requests in
+	// flight get this long to finish; watches, logs -f and exec, attach and
+	// port-forward sessions are ended at once (cleanly), then agent
+	// sessions close. Default 25s, inside Kubernetes' default 30 s grace
+	// period.
+	ShutdownTimeout Duration `json:"shutdownTimeout"`
+	// ShutdownDelay keeps serving for this long after SIGTERM with /readyz
+	// failing, so load balancers stop sending new work before the listener
+	// closes. Default 0 (Kubernetes removes a terminating pod from its
+	// Service endpoints by itself).
+	ShutdownDelay Duration `json:"shutdownDelay"`
 }
 
 // Hub is the Kubernetes cluster the stub replicas run in (the "hub").
@@ -135,6 +146,22 @@ type TunnelCfg struct {
 	KeepAliveTimeout  Duration `json:"keepAliveTimeout"`
 }
 
+// TunnelSrv is the stub's tunnel section: keepalive as TunnelCfg, plus the
+// stub's overload limits. An agent over a limit is told to come back later
+// (503 with a random Retry-After of 5-30 s), so a refused fleet returns
+// spread out.
+type TunnelSrv struct {
+	KeepAliveInterval Duration `json:"keepAliveInterval"`
+	KeepAliveTimeout  Duration `json:"keepAliveTimeout"`
+	// MaxSessions is how many agent sessions this stub holds at most.
+	// Default 10000.
+	MaxSessions int `json:"maxSessions"`
+	// MaxHandshakesPerSecond bounds new agent sessions a second (a
+	// token bucket with a burst of one second's worth); 0, the default,
+	// means no bound beyond 64 handshakes in progress at once.
+	MaxHandshakesPerSecond int `json:"maxHandshakesPerSecond"`
+}
+
 // Log sets the log level: debug, info, warn or error.
 type Log struct {
 	Level string `json:"level"`
@@ -147,10 +174,11 @@ func DefaultStub() Stub {
 		APIVersion: APIVersion, Kind: "StubConfig",
 		Listen:   ":8443",
 		StateDir: defaultStateDir(),
-		Tunnel:   TunnelCfg{KeepAliveInterval: Duration{5 * time.Second}, KeepAliveTimeout: Duration{5 * time.Second}},
+		Tunnel:   TunnelSrv{KeepAliveInterval: Duration{5 * time.Second}, KeepAliveTimeout: Duration{5 * time.Second}, MaxSessions: 10000},
 		Log:      Log{Level: "info"},
 		Hub: Hub{LeaseDuration: Duration{15 * time.Second}, RenewDeadline: Duration{10 * time.Second},
 			RetryPeriod: Duration{2 * time.Second}},
+		ShutdownTimeout: Duration{25 * time.Second},
 	}
 }
 
@@ -221,7 +249,14 @@ func (c *Stub) validate(path string) error {
 			c.TLS.Hosts = append(c.TLS.Hosts, u.Hostname())
 		}
 	}
-	checkTunnel(&p, c.Tunnel)
+	checkTunnel(&p, TunnelCfg{c.Tunnel.KeepAliveInterval, c.Tunnel.KeepAliveTimeout})
+	checkLimits(&p, c.Tunnel)
+	if d := c.ShutdownTimeout.Duration; d < time.Second || d > 10*time.Minute {
+		p.addf("shutdownTimeout: %v must be from 1s to 10m (default 25s; keep it under the pod's terminationGracePeriodSeconds)", d)
+	}
+	if d := c.ShutdownDelay.Duration; d < 0 || d > 5*time.Minute {
+		p.addf("shutdownDelay: %v must be from 0s to 5m (default 0s)", d)
+	}
 	checkLevel(&p, c.Log.Level)
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
@@ -229,6 +264,10 @@ func (c *Stub) validate(path string) error {
 		}
 	}
 	checkHub(&p, &c.Hub)
+	if c.Hub.Enabled && c.TLS.CertFile == "" && c.TLS.ACME == nil {
+		// Each replica would make its own CA and agents pin one.
+		p.addf("hub.enabled: replicas need one certificate: set tls.certFile/keyFile (e.g. a cert-manager Secret) or tls.acme; the self-signed default is for a single stub")
+	}
 	seen := map[string]bool{}
 	for i := range c.Authentication.JWT {
 		j := &c.Authentication.JWT[i]
@@ -348,6 +387,15 @@ func checkTunnel(p *problems, t TunnelCfg) {
 	}
 	if t.KeepAliveTimeout.Duration < 100*time.Millisecond {
 		p.addf("tunnel.keepAliveTimeout: %v is too short; use at least 100ms (default 5s)", t.KeepAliveTimeout.Duration)
+	}
+}
+
+func checkLimits(p *problems, t TunnelSrv) {
+	if t.MaxSessions < 1 || t.MaxSessions > 1000000 {
+		p.addf("tunnel.maxSessions: %d must be from 1 to 1000000 agent sessions (default 10000)", t.MaxSessions)
+	}
+	if t.MaxHandshakesPerSecond < 0 || t.MaxHandshakesPerSecond > 100000 {
+		p.addf("tunnel.maxHandshakesPerSecond: %d must be from 0 (no bound) to 100000", t.MaxHandshakesPerSecond)
 	}
 }
 

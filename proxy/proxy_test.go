@@ -155,6 +155,7 @@ type chain struct {
 	client  *http.Client // HTTP/2-capable client trusting the stub
 	pool    *x509.CertPool
 	api     *fakeAPI
+	stub    *Stub
 }
 
 // chainOpts change newChain's defaults.
@@ -234,7 +235,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 			t.Fatal("agent did not connect")
 		}
 	}
-	return &chain{metrics: metrics, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api}
+	return &chain{metrics: metrics, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api, stub: stub}
 }
 
 func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {

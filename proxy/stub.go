@@ -68,6 +68,9 @@ type Stub struct {
 	log *zap.Logger
 	rp  *httputil.ReverseProxy
 	tr  *http.Transport
+	// drain tracks watches, followed logs and upgraded sessions, which a
+	// graceful stop ends itself (drain.go).
+	drain drainer
 }
 
 // ClustersPrefix is the path under which every cluster is served.
@@ -147,6 +150,7 @@ type reqState struct {
 	cluster string
 	agent   string                 // from the agent's Keyhole-Agent header
 	failure *apierrors.StatusError // set by proxyError
+	long    *longReq               // a long-running request (drain.go), else nil
 }
 
 func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -209,7 +213,19 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ar.ImpersonatedUser, ar.ImpersonatedGroups = asUser, asGroups
 
 	state := &reqState{cluster: cluster}
-	out := r.Clone(context.WithValue(r.Context(), stateKey, state))
+	ctx := context.WithValue(r.Context(), stateKey, state)
+	if longRunning(r) {
+		tctx, lr, release, ok := s.drain.track(ctx)
+		if !ok {
+			log.Info("request refused: the stub is stopping")
+			w.Header().Set("Retry-After", "1")
+			refuse(kubestatus.ServiceUnavailable("this gateway is shutting down: retry (another replica, or this one restarted, will answer)"))
+			return
+		}
+		defer release()
+		ctx, state.long = tctx, lr
+	}
+	out := r.Clone(ctx)
 	out.URL.Path, out.URL.RawPath = rest, ""
 	h := out.Header
 	h.Del("Authorization")
@@ -285,6 +301,9 @@ func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
 func (s *Stub) modifyResponse(resp *http.Response) error {
 	if st, ok := resp.Request.Context().Value(stateKey).(*reqState); ok {
 		st.agent = resp.Header.Get(HeaderAgent)
+		if st.long != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			resp.Body = &endBody{ReadCloser: resp.Body, lr: st.long} // a graceful stop ends it cleanly
+		}
 	}
 	resp.Header.Del(HeaderAgent)
 	return nil
@@ -296,6 +315,10 @@ func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, tunnel.ErrNoAgent):
 		st = kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q has no connected agent", state.cluster))
+	case state.long != nil && state.long.ended.Load():
+		// Drain ended it before the agent answered.
+		w.Header().Set("Retry-After", "1")
+		st = kubestatus.ServiceUnavailable("this gateway is shutting down: retry (another replica, or this one restarted, will answer)")
 	case r.Context().Err() != nil:
 		// The client left; there is nobody to answer.
 		s.log.Debug("client went away", zap.String("cluster", state.cluster), zap.Error(err))

@@ -53,7 +53,8 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 		log.Warn("no policy configured: every authenticated caller may reach every cluster (set policy in the config to restrict)")
 	}
 	tsrv, err := tunnel.NewServer(tunnel.ServerConfig{Auth: clusters, Logger: log.Named("tunnel"),
-		KeepAliveInterval: cfg.Tunnel.KeepAliveInterval.Duration, KeepAliveTimeout: cfg.Tunnel.KeepAliveTimeout.Duration})
+		KeepAliveInterval: cfg.Tunnel.KeepAliveInterval.Duration, KeepAliveTimeout: cfg.Tunnel.KeepAliveTimeout.Duration,
+		MaxSessions: cfg.Tunnel.MaxSessions, MaxHandshakesPerSecond: cfg.Tunnel.MaxHandshakesPerSecond})
 	if err != nil {
 		return err
 	}
@@ -100,7 +101,16 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	mux.Handle(proxy.ClustersPrefix, stub)
 	mux.Handle(proxy.ClustersPath, proxy.ClustersHandler(acc, acc, clusters, tsrv))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") }) // serving; HA readiness comes with the Lease
+	stopping := make(chan struct{}) // closed on SIGTERM: not ready from then on
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-stopping:
+			http.Error(w, "stopping", http.StatusServiceUnavailable)
+			return
+		default:
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	}) // serving; HA readiness comes with the Lease
 	mux.Handle("/", proxy.NotFoundHandler())
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -149,13 +159,36 @@ Next steps:
 		return err
 	case <-ctx.Done():
 	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// Graceful stop: not ready at once; after shutdownDelay, no new
+	// connections, plain requests in flight get up to shutdownTimeout,
+	// watches, logs -f and upgraded sessions are ended cleanly now
+	// (proxy/drain.go); then (deferred) agent sessions close, and agents
+	// reconnect, to another replica or to this one restarted.
+	close(stopping)
+	log.Info("shutting down: /readyz now fails", zap.Duration("shutdown_delay", cfg.ShutdownDelay.Duration), zap.Duration("shutdown_timeout", cfg.ShutdownTimeout.Duration))
+	if d := cfg.ShutdownDelay.Duration; d > 0 {
+		select {
+		case <-time.After(d):
+		case err := <-errc:
+			return err
+		}
+	}
+	start := time.Now()
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout.Duration)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(sctx) }() // closes the listener, waits for plain requests
+	ended, left := stub.Drain(sctx)
+	err = <-shut
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("shutdown", zap.Error(err))
 	}
 	srv.Close()
+	log.Info("stopped serving", zap.Duration("took", time.Since(start)), zap.Int("streams_ended", ended), zap.Int("streams_left", left),
+		zap.Bool("timed_out", errors.Is(err, context.DeadlineExceeded)))
+	start, sessions := time.Now(), len(tsrv.Agents(""))
+	tsrv.Close() // agents reconnect: to another replica, or to this one restarted
+	log.Info("agent sessions closed", zap.Int("sessions", sessions), zap.Duration("took", time.Since(start)))
 	return nil
 }
 
