@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,18 +11,23 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
 
 	"github.com/keyhole-dev/keyhole/config"
+	"github.com/keyhole-dev/keyhole/ha"
 	"github.com/keyhole-dev/keyhole/install"
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
 )
@@ -190,6 +196,8 @@ func TestInstallBases(t *testing.T) {
 			}
 		}
 	}
+	t.Run("ha works with the stub's ServiceAccount", func(t *testing.T) { haAsStub(t, c) })
+
 	// Nothing cluster-wide for the stub: in another namespace its list of
 	// rights names neither Secrets nor Leases.
 	out, err := c.Kubectl(t, "auth", "can-i", "--list", "-n", "default", "--as", "system:serviceaccount:keyhole:keyhole-stub")
@@ -337,4 +345,58 @@ func agentConfig(t *testing.T, cm *corev1.ConfigMap, partial bool) config.Agent 
 	}
 	ac.AgentID = "" // defaulted from the host name at random
 	return ac
+}
+
+// haAsStub runs the stub's hub machinery (package ha: leader election,
+// replica Leases, the shared state Secret) with the credentials of the
+// base's ServiceAccount, as a replica in the pod would: the Role must
+// suffice in the stub's namespace, and must not reach beyond it.
+func haAsStub(t *testing.T, c *kubetest.Cluster) {
+	const ns, id = "keyhole", "keyhole-stub-0"
+	kc := c.ServiceAccountKubeconfig(t, ns, "keyhole-stub")
+	cs, _, err := ha.Client(config.Hub{Kubeconfig: kc, ReplicaID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	el := ha.NewElector(cs, ns, id, ha.Timing{LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond}, nil)
+	reps := ha.NewReplicas(cs, ns, id, 4*time.Second, nil)
+	wg.Add(2)
+	go func() { defer wg.Done(); el.Run(ctx) }()
+	go func() { defer wg.Done(); reps.Run(ctx) }()
+	start := time.Now()
+	waitFor(t, 60*time.Second, "leadership and a live replica Lease", func() bool {
+		return el.IsLeader() && slices.Contains(reps.Live(), id)
+	})
+	t.Logf("leader and replica Lease after %v", time.Since(start).Round(time.Millisecond))
+	if reachable, _, err := reps.Hub(); !reachable {
+		t.Errorf("hub not reachable with the stub's ServiceAccount: %v", err)
+	}
+	for _, name := range []string{ha.LeaderLease, ha.ReplicaLeasePrefix + id} {
+		if _, err := c.Client().CoordinationV1().Leases(ns).Get(ctx, name, metav1.GetOptions{}); err != nil {
+			t.Errorf("Lease %s/%s: %v", ns, name, err)
+		}
+	}
+	if _, err := reps.CollectGarbage(ctx); err != nil {
+		t.Errorf("replica Lease garbage collection: %v", err)
+	}
+	dir := t.TempDir()
+	st := ha.NewState(cs, ns, map[string]string{"clusters.yaml": filepath.Join(dir, "clusters.yaml")}, nil)
+	write := func(path string) error { return os.WriteFile(path, []byte("clusters: {}\n"), 0o600) }
+	if err := st.Update(ctx, "clusters.yaml", write); err != nil {
+		t.Errorf("updating the shared state: %v", err)
+	}
+	if err := st.Pull(ctx); err != nil {
+		t.Errorf("reading the shared state: %v", err)
+	}
+	if _, err := c.Client().CoreV1().Secrets(ns).Get(ctx, ha.StateSecret, metav1.GetOptions{}); err != nil {
+		t.Errorf("Secret %s/%s: %v", ns, ha.StateSecret, err)
+	}
+	// The same in another namespace is forbidden.
+	other := ha.NewState(cs, "default", map[string]string{"clusters.yaml": filepath.Join(dir, "other.yaml")}, nil)
+	if err := other.Update(ctx, "clusters.yaml", write); !apierrors.IsForbidden(err) {
+		t.Errorf("shared state in namespace default: %v, want forbidden", err)
+	}
 }
