@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -232,7 +233,7 @@ func TestHostileMiddleboxes(t *testing.T) {
 	g.bind("alice", "cluster-admin")
 	aliceLB := lbKubeconfig(t, g, "alice", lb.addr)
 	aliceTok := tokenOf(t, aliceLB)
-	waitFor(t, 60*time.Second, "the agent through tinyproxy and haproxy", func() bool {
+	waitFor(t, 90*time.Second, "the agent through tinyproxy and haproxy", func() bool {
 		return strings.Join(g.agentIDs(aliceTok, cluster), ",") == "m1"
 	}, agent, tp, lb.p, g.stub)
 	before := g.status(aliceTok)[cluster].Agents[0]
@@ -405,6 +406,48 @@ func TestHostileMiddleboxes(t *testing.T) {
 	}
 	if ids := g.agentIDs(aliceTok, cluster); strings.Join(ids, ",") != "m1" {
 		t.Fatalf("agents now %v", ids)
+	}
+
+	// --- The load balancer goes silent: connections are black-holed, no ---
+	// FIN, no RST (SIGSTOP; the kernel still holds its sockets). Only the
+	// tunnel keepalive can tell; the default 5 s + 5 s bound the time in
+	// which the stub still has the dead session.
+	downs := strings.Count(agent.logText(), `"tunnel down"`)
+	silent := time.Now()
+	lb.p.signal(syscall.SIGSTOP)
+	resp, body := g.get(t, "/clusters/"+cluster+"/api/v1/namespaces/kube-system", aliceTok)
+	took := time.Since(silent)
+	var st metav1.Status
+	if resp.StatusCode < 500 || json.Unmarshal([]byte(body), &st) != nil || st.Kind != "Status" {
+		t.Fatalf("a request while the tunnel is black-holed: %d %s", resp.StatusCode, body)
+	}
+	t.Logf("black-holed tunnel: a request sent at once ended %d %q after %v", resp.StatusCode, st.Message, took.Round(time.Millisecond))
+	if took > 30*time.Second {
+		t.Errorf("a request into the black hole took %v; want it ended by the keepalive (about 10 s)", took)
+	}
+	waitFor(t, 30*time.Second, "the stub to drop the black-holed session", func() bool {
+		return len(g.status(aliceTok)[cluster].Agents) == 0
+	}, g.stub, agent)
+	t.Logf("black-holed tunnel: the stub dropped the session after %v", time.Since(silent).Round(time.Millisecond))
+	waitFor(t, 30*time.Second, "the agent to see its tunnel dead", func() bool {
+		return strings.Count(agent.logText(), `"tunnel down"`) > downs
+	}, agent)
+	t.Logf("black-holed tunnel: the agent saw it dead after %v", time.Since(silent).Round(time.Millisecond))
+	start := time.Now()
+	resp, body = g.get(t, "/clusters/"+cluster+"/api/v1/namespaces/kube-system", aliceTok)
+	if took := time.Since(start); resp.StatusCode != http.StatusServiceUnavailable || took > 5*time.Second {
+		t.Fatalf("with the session dropped: %d %s after %v; want a fast 503", resp.StatusCode, body, took)
+	}
+	resumed := time.Now()
+	lb.p.signal(syscall.SIGCONT)
+	waitFor(t, 60*time.Second, "kubectl through the load balancer after it resumed", func() bool {
+		out, err := g.kubectl(aliceLB, nil, nil, "get", "ns", "kube-system", "-o", "name")
+		return err == nil && out == "namespace/kube-system\n"
+	}, agent, g.stub)
+	back = time.Since(resumed)
+	t.Logf("kubectl works again %v after the load balancer resumed (%v after it went silent)", back.Round(time.Millisecond), time.Since(silent).Round(time.Millisecond))
+	if back > 15*time.Second {
+		t.Errorf("the agent took %v to come back after the load balancer resumed; want under 15 s", back)
 	}
 	g.noSecretsLogged(t, map[string]string{"alice's token": aliceTok}, agent, tp, lb.p)
 }
