@@ -52,7 +52,10 @@ main() {
 		fi
 		log "apt-get update (pinned packages not in the apt lists)"
 		"${sudo[@]}" apt-get update -qq >&2
-		have_all || { log "apt cannot provide all of: ${debs[*]}"; exit 1; }
+		have_all || {
+			log "apt cannot provide all of: ${debs[*]}; if Debian replaced a version, update the pins at the top of hack/middlebox.sh (apt-cache policy haproxy tinyproxy-bin liblua5.3-0 libopentracing-c-wrapper0 libopentracing1)"
+			exit 1
+		}
 	fi
 
 	# Outside DIR (which may sit under a private home directory), so that
