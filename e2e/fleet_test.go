@@ -151,21 +151,34 @@ func (g *gateway) sigterm(t *testing.T, limit time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	g.stub.signal(syscall.SIGTERM)
+	g.waitStubExit(t, limit)
+	took := time.Since(start)
+	t.Logf("stub: %s; %s", logMsg(g.stub, "stopped serving"), logMsg(g.stub, "agent sessions closed"))
+	return took
+}
+
+// waitStubExit waits for the stub to exit, with code 0, within limit.
+func (g *gateway) waitStubExit(t *testing.T, limit time.Duration) {
+	t.Helper()
 	select {
 	case <-g.stub.done:
 	case <-time.After(limit):
-		t.Fatalf("stub did not exit within %v of SIGTERM\n%s", limit, g.stub.tail(20))
+		t.Fatalf("stub did not exit within %v\n%s", limit, g.stub.tail(20))
 	}
-	took := time.Since(start)
 	if code := g.stub.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("stub exit code %d after SIGTERM\n%s", code, g.stub.tail(20))
+		t.Fatalf("stub exit code %d\n%s", code, g.stub.tail(20))
 	}
-	for _, l := range strings.Split(g.stub.logText(), "\n") {
-		if strings.Contains(l, `"msg":"stopped serving"`) || strings.Contains(l, `"msg":"agent sessions closed"`) {
-			t.Logf("stub: %s", l[strings.Index(l, `"msg"`):])
+}
+
+// logMsg returns the last JSON log line of p with message msg, from "msg" on.
+func logMsg(p *process, msg string) string {
+	out := ""
+	for _, l := range strings.Split(p.logText(), "\n") {
+		if i := strings.Index(l, `"msg":"`+msg+`"`); i >= 0 {
+			out = l[i:]
 		}
 	}
-	return took
+	return out
 }
 
 // quantiles renders the times by which q of n arrivals had happened.
