@@ -180,9 +180,11 @@ func TestStubGracefulShutdown(t *testing.T) {
 	// Not ready at once; still serving through shutdownDelay.
 	waitFor(t, delay, "/readyz to fail", func() bool { return g.code("/readyz") == http.StatusServiceUnavailable }, g.stub)
 	notReady := time.Since(term)
-	if _, err := g.kubectl(alice, nil, nil, "get", "ns", "kube-system", "-o", "name"); err != nil && time.Since(term) < delay {
+	_, err = g.kubectl(alice, nil, nil, "get", "ns", "kube-system", "-o", "name")
+	if err != nil && time.Since(term) < delay {
 		t.Fatalf("a new request during shutdownDelay: %v", err)
 	}
+	t.Logf("a new kubectl get during shutdownDelay, done %v after SIGTERM: %v", time.Since(term).Round(time.Millisecond), err)
 	time.Sleep(delay + time.Second) // the listener is closed now, the list still waits for its reader
 	rest, err := io.ReadAll(listResp.Body)
 	listDone := time.Since(term)
