@@ -96,8 +96,12 @@ type Agent struct {
 	wake chan struct{}             // a session ended or want changed
 	// stableEnd: a session that had lasted Backoff.StableAfter ended, so
 	// the next reconnect starts from the shortest backoff again.
-	stableEnd bool
+	stableEnd   bool
+	wantChanged bool
 }
+
+// maxMisdirectedWait caps the wait after reaching a replica already held.
+const maxMisdirectedWait = 5 * time.Second
 
 // NewAgent validates cfg.
 func NewAgent(cfg AgentConfig) (*Agent, error) {
@@ -199,6 +203,7 @@ func (a *Agent) setWant(ids []string) {
 	a.mu.Lock()
 	changed := !slices.Equal(a.want, ids)
 	a.want = ids
+	a.wantChanged = a.wantChanged || changed
 	a.mu.Unlock()
 	if changed {
 		a.cfg.Logger.Info("stub replicas", zap.Strings("live", ids))
@@ -238,6 +243,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.mu.Lock()
 		if a.stableEnd {
 			retries, a.stableEnd = 0, false
+		}
+		a.mu.Unlock()
+		a.mu.Lock()
+		if a.wantChanged {
+			misses, a.wantChanged = 0, false // news of a replica: look for it at once
 		}
 		a.mu.Unlock()
 		sess, hs, err := a.dial(ctx, a.heldIDs())
@@ -285,8 +295,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			// not all agents at once.
 			wait = rand.N(a.cfg.Backoff.Base)
 		case errors.As(err, &mis):
-			// The load balancer sent us to a replica we hold already.
-			wait = a.cfg.Backoff.Wait(misses)
+			// The load balancer sent us to a replica we hold already. Such
+			// refusals are cheap and finding the missing replica may take
+			// a few tries, so the wait stays short (a missing replica that
+			// is dead leaves the live list within its Lease duration).
+			wait = min(a.cfg.Backoff.Wait(misses), maxMisdirectedWait)
 			misses++
 			log.Debug("reached a replica already held; trying again for the others", zap.String("replica", mis.replica), zap.Duration("retry_in", wait))
 		case errors.As(err, &busy):

@@ -50,7 +50,11 @@ func register(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	secret, err := tunnel.Register(cfg.ClustersFile(), pos[0], lm, *rotate)
+	var secret string
+	err = updateState(cfg, "clusters.yaml", func(path string) (err error) {
+		secret, err = tunnel.Register(path, pos[0], lm, *rotate)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -94,6 +98,9 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := readState(cfg); err != nil {
+		return err
+	}
 	cf, err := tunnel.OpenClustersFile(cfg.ClustersFile())
 	if err != nil {
 		return err
@@ -128,7 +135,10 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 			ClientSecret: is.Login.ClientSecret, ExtraScopes: is.Login.ExtraScopes, CAPEM: ca, ExtraArgs: loginArgs})
 		note = fmt.Sprintf("kubeconfig logging in through %s with kubelogin, contexts %s.", is.Issuer.URL, strings.Join(ids, ", "))
 	} else {
-		params.Token, err = authn.AddToken(cfg.TokensFile(), *user, groups, parseExpiry(*expires), "kubeconfig "+time.Now().UTC().Format(time.RFC3339))
+		err = updateState(cfg, "tokens.yaml", func(path string) (err error) {
+			params.Token, err = authn.AddToken(path, *user, groups, parseExpiry(*expires), "kubeconfig "+time.Now().UTC().Format(time.RFC3339))
+			return err
+		})
 		if err != nil {
 			return err
 		}

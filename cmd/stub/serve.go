@@ -14,6 +14,7 @@ import (
 	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/config"
+	"github.com/keyhole-dev/keyhole/ha"
 	"github.com/keyhole-dev/keyhole/internal/logging"
 	"github.com/keyhole-dev/keyhole/proxy"
 	"github.com/keyhole-dev/keyhole/tunnel"
@@ -32,6 +33,16 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	bundle, err := loadBundle(cfg)
 	if err != nil {
 		return err
+	}
+	var hb *hub // a replica of a set (hub.enabled); nil for a single stub
+	if cfg.Hub.Enabled {
+		hctx, stopHub := context.WithCancel(ctx) // ends with SIGTERM, or with an early error return
+		if hb, err = startHub(hctx, cfg, log); err != nil {
+			stopHub()
+			return err
+		}
+		defer hb.wait()
+		defer stopHub()
 	}
 	clusters, err := tunnel.OpenClustersFile(cfg.ClustersFile())
 	if err != nil {
@@ -52,9 +63,13 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	if cfg.Policy == nil {
 		log.Warn("no policy configured: every authenticated caller may reach every cluster (set policy in the config to restrict)")
 	}
-	tsrv, err := tunnel.NewServer(tunnel.ServerConfig{Auth: clusters, Logger: log.Named("tunnel"),
+	tcfg := tunnel.ServerConfig{Auth: clusters, Logger: log.Named("tunnel"),
 		KeepAliveInterval: cfg.Tunnel.KeepAliveInterval.Duration, KeepAliveTimeout: cfg.Tunnel.KeepAliveTimeout.Duration,
-		MaxSessions: cfg.Tunnel.MaxSessions, MaxHandshakesPerSecond: cfg.Tunnel.MaxHandshakesPerSecond})
+		MaxSessions: cfg.Tunnel.MaxSessions, MaxHandshakesPerSecond: cfg.Tunnel.MaxHandshakesPerSecond}
+	if hb != nil {
+		tcfg.Replicas = hb.replicas // agents hold a session to every replica
+	}
+	tsrv, err := tunnel.NewServer(tcfg)
 	if err != nil {
 		return err
 	}
@@ -71,6 +86,9 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	var metrics *proxy.Metrics
 	if cfg.Metrics.Listen != "" {
 		metrics = proxy.NewMetrics(tsrv)
+		if hb != nil {
+			metrics.Register(ha.Collectors(hb.elector, hb.replicas)...)
+		}
 		mln, err := net.Listen("tcp", cfg.Metrics.Listen)
 		if err != nil {
 			return fmt.Errorf("metrics.listen: %q: %w", cfg.Metrics.Listen, err)
@@ -92,7 +110,11 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	probeDone := make(chan struct{})
 	go func() {
 		defer close(probeDone)
-		(&proxy.Prober{Target: tsrv, Logger: log.Named("probe")}).Run(probeCtx)
+		p := &proxy.Prober{Target: tsrv, Logger: log.Named("probe")}
+		if hb != nil {
+			p.Replicas = hb.replicas.Live
+		}
+		p.Run(probeCtx)
 	}()
 	defer func() { stopProbe(); <-probeDone }()
 
@@ -110,7 +132,13 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 		default:
 		}
 		_, _ = io.WriteString(w, "ok\n")
-	}) // serving; HA readiness comes with the Lease
+		if hb != nil {
+			// Serving goes on without the hub (on the state last
+			// mirrored), so a hub outage does not make replicas unready;
+			// it is said here, in the log and in keyhole_hub_reachable.
+			_, _ = io.WriteString(w, hb.status())
+		}
+	})
 	mux.Handle("/", proxy.NotFoundHandler())
 
 	ln, err := net.Listen("tcp", cfg.Listen)
