@@ -56,11 +56,21 @@ type haproxyLB struct {
 	starts   int
 }
 
-func startHAProxy(t *testing.T, dir, backend string) *haproxyLB {
+// startHAProxy balances over backends (round robin; with more than one,
+// a TCP check every second takes a dead backend out).
+func startHAProxy(t *testing.T, dir string, backends ...string) *haproxyLB {
 	t.Helper()
 	lb := &haproxyLB{t: t, bin: middleboxBin(t, "haproxy"), cfg: filepath.Join(dir, "haproxy.cfg"),
 		addr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	secs := int(idleCut / time.Second)
+	servers := ""
+	for i, b := range backends {
+		servers += fmt.Sprintf("  server s%d %s", i, b)
+		if len(backends) > 1 {
+			servers += " check inter 1s fall 1 rise 1"
+		}
+		servers += "\n"
+	}
 	// option tcplog: one line per connection with its duration and how it
 	// ended (cD/sD: cut by the client or server idle timeout).
 	writeFile(t, lb.cfg, fmt.Sprintf(`global
@@ -78,8 +88,8 @@ frontend stub
   bind %[2]s
   default_backend stub
 backend stub
-  server stub %[3]s
-`, secs, lb.addr, backend))
+  balance roundrobin
+%[3]s`, secs, lb.addr, servers))
 	lb.start()
 	return lb
 }
