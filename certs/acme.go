@@ -6,8 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -32,6 +34,12 @@ type ACMEConfig struct {
 	// Challenge is ChallengeTLSALPN (answered on the main listener) or
 	// ChallengeHTTP (answered by HTTPHandler on port 80 or HTTPListen).
 	Challenge string
+	// ChallengeAddr is the address (host:port) the stub answers the
+	// challenge on: its main listener for tls-alpn-01, the http-01
+	// listener for http-01. It must be bound before StartACME: certmagic
+	// then finds it in use and leaves the answering to the stub instead of
+	// binding port 443 or 80 for a challenge server of its own.
+	ChallengeAddr string
 	// Storage holds certificates, keys, ACME account and locks. Replicas
 	// that share it share certificates and order each one once.
 	Storage certmagic.Storage
@@ -75,6 +83,11 @@ func StartACME(c ACMEConfig) (*ACME, error) {
 	if c.Challenge != ChallengeTLSALPN && c.Challenge != ChallengeHTTP {
 		return nil, fmt.Errorf("tls.acme.challenge: %q is not %q or %q", c.Challenge, ChallengeTLSALPN, ChallengeHTTP)
 	}
+	host, portStr, err := net.SplitHostPort(c.ChallengeAddr)
+	port, perr := strconv.Atoi(portStr)
+	if err != nil || perr != nil || port <= 0 {
+		return nil, fmt.Errorf("ACME challenge address %q is not host:port with a port number", c.ChallengeAddr)
+	}
 	a := &ACME{}
 	var cfg *certmagic.Config
 	a.cache = certmagic.NewCache(certmagic.CacheOptions{
@@ -96,6 +109,9 @@ func StartACME(c ACMEConfig) (*ACME, error) {
 		TrustedRoots:            roots,
 		DisableHTTPChallenge:    c.Challenge != ChallengeHTTP,
 		DisableTLSALPNChallenge: c.Challenge != ChallengeTLSALPN,
+		ListenHost:              host,
+		AltTLSALPNPort:          port,
+		AltHTTPPort:             port,
 		Logger:                  log.Named("issuer"),
 	})
 	cfg.Issuers = []certmagic.Issuer{a.issuer}

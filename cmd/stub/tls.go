@@ -96,21 +96,30 @@ func acmeTLS(cfg config.Stub, log *zap.Logger) (*tls.Config, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	m, err := certs.StartACME(certs.ACMEConfig{Domains: a.Domains, Email: a.Email, DirectoryURL: a.DirectoryURL,
-		CAFile: a.CAFile, Challenge: a.Challenge, Storage: store,
-		RenewCheckInterval: a.RenewCheckInterval.Duration, Logger: log.Named("acme")})
-	if err != nil {
-		closeStore()
-		return nil, nil, err
-	}
-	stop := func() { m.Stop(); closeStore() }
+	acme := certs.ACMEConfig{Domains: a.Domains, Email: a.Email, DirectoryURL: a.DirectoryURL,
+		CAFile: a.CAFile, Challenge: a.Challenge, ChallengeAddr: cfg.Listen, Storage: store,
+		RenewCheckInterval: a.RenewCheckInterval.Duration, Logger: log.Named("acme")}
 	if a.Challenge != certs.ChallengeHTTP {
-		return m.TLSConfig(), stop, nil
+		m, err := certs.StartACME(acme)
+		if err != nil {
+			closeStore()
+			return nil, nil, err
+		}
+		return m.TLSConfig(), func() { m.Stop(); closeStore() }, nil
 	}
+	// http-01: the challenge listener is bound first, so that certmagic
+	// leaves answering to it.
 	ln, err := net.Listen("tcp", a.HTTPListen)
 	if err != nil {
-		stop()
+		closeStore()
 		return nil, nil, fmt.Errorf("tls.acme.httpListen: %q: %w (http-01 needs this port; pick a free one, reachable as port 80 of %v)", a.HTTPListen, err, a.Domains)
+	}
+	acme.ChallengeAddr = a.HTTPListen
+	m, err := certs.StartACME(acme)
+	if err != nil {
+		ln.Close()
+		closeStore()
+		return nil, nil, err
 	}
 	hsrv := &http.Server{
 		Handler:           m.HTTPHandler(http.NotFoundHandler()),
@@ -125,5 +134,5 @@ func acmeTLS(cfg config.Stub, log *zap.Logger) (*tls.Config, func(), error) {
 		}
 	}()
 	log.Info("answering ACME http-01 challenges", zap.String("addr", ln.Addr().String()))
-	return m.TLSConfig(), func() { hsrv.Close(); <-done; stop() }, nil
+	return m.TLSConfig(), func() { hsrv.Close(); <-done; m.Stop(); closeStore() }, nil
 }
