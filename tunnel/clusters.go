@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -26,10 +27,18 @@ type ClustersFile struct {
 
 // ClusterEntry is one registered cluster.
 type ClusterEntry struct {
-	ID           string            `json:"id"`
-	SecretSHA256 string            `json:"secretSHA256"`
-	Labels       map[string]string `json:"labels,omitempty"`
-	Registered   time.Time         `json:"registered"`
+	ID           string `json:"id"`
+	SecretSHA256 string `json:"secretSHA256"`
+	// SecretExpires, when set, ends the join secret: handshakes with it are
+	// refused afterwards and sessions it opened are closed.
+	SecretExpires *time.Time `json:"secretExpires,omitempty"`
+	// PreviousSecretSHA256 is the secret before the last rotation: no new
+	// handshake may use it, but sessions it opened stay up (so a rotation
+	// breaks nothing while agents get the new secret). Empty after
+	// `register --rotate --disconnect`: those sessions are closed.
+	PreviousSecretSHA256 string            `json:"previousSecretSHA256,omitempty"`
+	Labels               map[string]string `json:"labels,omitempty"`
+	Registered           time.Time         `json:"registered"`
 }
 
 type clustersDoc struct {
@@ -62,6 +71,9 @@ func parseClusters(data []byte) (map[string]ClusterEntry, error) {
 		}
 		if h, err := hex.DecodeString(c.SecretSHA256); err != nil || len(h) != sha256.Size {
 			return nil, fmt.Errorf("clusters[%d].secretSHA256: want 64 hex digits", i)
+		}
+		if h, err := hex.DecodeString(c.PreviousSecretSHA256); c.PreviousSecretSHA256 != "" && (err != nil || len(h) != sha256.Size) {
+			return nil, fmt.Errorf("clusters[%d].previousSecretSHA256: want 64 hex digits or nothing", i)
 		}
 		if _, dup := out[c.ID]; dup {
 			return nil, fmt.Errorf("clusters[%d].id %q: registered twice", i, c.ID)
@@ -105,29 +117,102 @@ func (c *ClustersFile) AuthenticateAgent(cluster, secret string) error {
 	if !ok {
 		return ErrUnknownCluster
 	}
-	want, _ := hex.DecodeString(e.SecretSHA256)
 	got := sha256.Sum256([]byte(secret))
-	if subtle.ConstantTimeCompare(want, got[:]) != 1 {
+	if !sameHash(e.SecretSHA256, got) {
 		return ErrBadSecret
+	}
+	if e.SecretExpires != nil && !time.Now().Before(*e.SecretExpires) {
+		return fmt.Errorf("%w at %s", ErrSecretExpired, e.SecretExpires.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
 
-// Register adds cluster id (or, with rotate, replaces its secret) in the
-// file at path and returns the new join secret.
-func Register(path, id string, labels map[string]string, rotate bool) (string, error) {
-	if !ValidClusterID(id) {
-		return "", fmt.Errorf("cluster ID %q must be a DNS label: lower-case letters, digits and '-', at most 63", id)
+// CheckSession implements SessionChecker: a session may stay while the
+// secret it presented is the cluster's current one (not expired) or the one
+// before the last rotation.
+func (c *ClustersFile) CheckSession(cluster string, secretSHA256 [sha256.Size]byte) error {
+	e, ok := c.file.Get()[cluster]
+	if !ok {
+		return ErrUnknownCluster
 	}
+	switch {
+	case sameHash(e.SecretSHA256, secretSHA256):
+		if e.SecretExpires != nil && !time.Now().Before(*e.SecretExpires) {
+			return ErrSecretExpired
+		}
+		return nil
+	case e.PreviousSecretSHA256 != "" && sameHash(e.PreviousSecretSHA256, secretSHA256):
+		return nil
+	}
+	return ErrBadSecret
+}
+
+func sameHash(hexSum string, sum [sha256.Size]byte) bool {
+	want, _ := hex.DecodeString(hexSum)
+	return subtle.ConstantTimeCompare(want, sum[:]) == 1
+}
+
+// Unregister removes cluster id from the file at path; its agents' sessions
+// are closed by the stubs within SessionCheckInterval.
+func Unregister(path, id string) error {
+	doc, err := readClustersDoc(path)
+	if err != nil {
+		return err
+	}
+	n := len(doc.Clusters)
+	doc.Clusters = slices.DeleteFunc(doc.Clusters, func(e ClusterEntry) bool { return e.ID == id })
+	if len(doc.Clusters) == n {
+		return fmt.Errorf("cluster %q is not registered", id)
+	}
+	return writeClustersDoc(path, doc)
+}
+
+func readClustersDoc(path string) (clustersDoc, error) {
 	doc := clustersDoc{APIVersion: clustersAPIVersion, Kind: clustersKind}
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
 		if _, err := parseClusters(data); err != nil {
-			return "", fmt.Errorf("clusters file %s: %w", path, err)
+			return doc, fmt.Errorf("clusters file %s: %w", path, err)
 		}
 		_ = yaml.Unmarshal(data, &doc)
 	case !errors.Is(err, os.ErrNotExist):
+		return doc, err
+	}
+	return doc, nil
+}
+
+func writeClustersDoc(path string, doc clustersDoc) error {
+	out, err := yaml.Marshal(doc)
+	if err != nil {
+		return err
+	}
+	return statefile.WriteAtomic(path, out, 0o600)
+}
+
+// RegisterOptions are the choices of `stub register`.
+type RegisterOptions struct {
+	Labels map[string]string
+	// Rotate issues a new secret for a registered cluster.
+	Rotate bool
+	// Disconnect (with Rotate) also ends the sessions the old secret
+	// opened, for a secret that leaked.
+	Disconnect bool
+	// Expires, when set, is the secret's end.
+	Expires *time.Time
+}
+
+// Register adds cluster id (or, with Rotate, replaces its secret) in the
+// file at path and returns the new join secret.
+func Register(path, id string, o RegisterOptions) (string, error) {
+	if !ValidClusterID(id) {
+		return "", fmt.Errorf("cluster ID %q must be a DNS label: lower-case letters, digits and '-', at most 63", id)
+	}
+	if o.Disconnect && !o.Rotate {
+		return "", errors.New("--disconnect goes with --rotate")
+	}
+	doc, err := readClustersDoc(path)
+	if err != nil {
 		return "", err
 	}
 	b := make([]byte, 32)
@@ -136,24 +221,27 @@ func Register(path, id string, labels map[string]string, rotate bool) (string, e
 	}
 	secret := secretPrefix + base64.RawURLEncoding.EncodeToString(b)
 	sum := sha256.Sum256([]byte(secret))
-	entry := ClusterEntry{ID: id, SecretSHA256: hex.EncodeToString(sum[:]), Labels: labels, Registered: time.Now().UTC().Truncate(time.Second)}
+	entry := ClusterEntry{ID: id, SecretSHA256: hex.EncodeToString(sum[:]), SecretExpires: o.Expires, Labels: o.Labels,
+		Registered: time.Now().UTC().Truncate(time.Second)}
 	found := false
 	for i := range doc.Clusters {
 		if doc.Clusters[i].ID == id {
-			if !rotate {
+			if !o.Rotate {
 				return "", fmt.Errorf("cluster %q is already registered (use --rotate to issue a new join secret)", id)
 			}
 			entry.Labels, entry.Registered = doc.Clusters[i].Labels, doc.Clusters[i].Registered
+			if !o.Disconnect {
+				entry.PreviousSecretSHA256 = doc.Clusters[i].SecretSHA256
+			}
 			doc.Clusters[i] = entry
 			found = true
 		}
 	}
 	if !found {
+		if o.Rotate {
+			return "", fmt.Errorf("cluster %q is not registered: register it without --rotate", id)
+		}
 		doc.Clusters = append(doc.Clusters, entry)
 	}
-	out, err := yaml.Marshal(doc)
-	if err != nil {
-		return "", err
-	}
-	return secret, statefile.WriteAtomic(path, out, 0o600)
+	return secret, writeClustersDoc(path, doc)
 }

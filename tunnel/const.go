@@ -37,6 +37,8 @@ var (
 	ErrUnknownCluster = errors.New("unknown cluster")
 	// ErrBadSecret means the join secret does not match the registered one.
 	ErrBadSecret = errors.New("join secret does not match")
+	// ErrSecretExpired means the join secret was valid but its time is up.
+	ErrSecretExpired = errors.New("join secret expired")
 	// ErrFingerprint means the agent serves a different cluster than the
 	// agents already connected under that cluster ID.
 	ErrFingerprint = errors.New("cluster fingerprint differs from connected agents")

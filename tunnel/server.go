@@ -2,7 +2,9 @@ package tunnel
 
 import (
 	"bufio"
+	"cmp"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net"
@@ -26,6 +28,18 @@ type Authenticator interface {
 	AuthenticateAgent(cluster, secret string) error
 }
 
+// SessionChecker, when the Authenticator implements it, is asked every
+// SessionCheckInterval whether each session may stay: nil, or why not
+// (the cluster unregistered, the secret revoked by a rotation with
+// --disconnect, or expired). Sessions it refuses are closed.
+type SessionChecker interface {
+	CheckSession(cluster string, secretSHA256 [sha256.Size]byte) error
+}
+
+// SessionCheckInterval is how often sessions are checked against the
+// registered clusters (see SessionChecker), unless ServerConfig says.
+const SessionCheckInterval = 5 * time.Second
+
 // ServerConfig configures the stub side of the tunnel.
 type ServerConfig struct {
 	Auth              Authenticator
@@ -44,6 +58,8 @@ type ServerConfig struct {
 	// MaxSessions bounds the agent sessions this server holds; beyond it
 	// agents are told to come back later. Default DefaultMaxSessions.
 	MaxSessions int
+	// SessionCheckInterval: default SessionCheckInterval.
+	SessionCheckInterval time.Duration
 	// Replicas, when the stub runs as several replicas, names this one and
 	// the live ones, so that agents hold a session to each. Nil: one stub.
 	Replicas ReplicaSet
@@ -66,6 +82,8 @@ type Server struct {
 	retryMax   time.Duration
 	rate       *tokenBucket // nil: no bound on handshakes per second
 	replicas   ReplicaSet   // nil: a single stub
+	stop       chan struct{} // closed by Close: ends the session checker
+	closeOnce  sync.Once
 	refused    atomic.Int64 // handshakes told to come back later
 
 	mu       sync.Mutex
@@ -89,6 +107,7 @@ type agentSession struct {
 	health                                    Health // guarded by Server.mu
 	sess                                      *yamux.Session
 	streams                                   atomic.Int64
+	secretSHA256                              [sha256.Size]byte // of the join secret it presented
 }
 
 // AgentInfo describes a connected agent.
@@ -134,6 +153,23 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		replicas: cfg.Replicas}
 	if cfg.MaxHandshakesPerSecond > 0 {
 		s.rate = newTokenBucket(cfg.MaxHandshakesPerSecond, cfg.MaxHandshakesPerSecond)
+	}
+	s.stop = make(chan struct{})
+	if sc, ok := cfg.Auth.(SessionChecker); ok {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			t := time.NewTicker(cmp.Or(cfg.SessionCheckInterval, SessionCheckInterval))
+			defer t.Stop()
+			for {
+				select {
+				case <-s.stop:
+					return
+				case <-t.C:
+					s.checkSessions(sc)
+				}
+			}
+		}()
 	}
 	return s, nil
 }
@@ -187,6 +223,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case errors.Is(err, ErrUnknownCluster):
 			log.Info("agent refused: unknown cluster")
 			refuse(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not registered at this stub", cluster))
+		case errors.Is(err, ErrSecretExpired):
+			log.Warn("agent refused: join secret expired", zap.Error(err))
+			refuse(w, http.StatusUnauthorized, fmt.Sprintf("the join secret of cluster %q expired (%v): issue a new one with `stub register %s --rotate` and give it to the agent", cluster, err, cluster))
 		case errors.Is(err, ErrBadSecret):
 			log.Warn("agent refused: join secret does not match")
 			refuse(w, http.StatusUnauthorized, fmt.Sprintf("join secret is not valid for cluster %q", cluster))
@@ -239,7 +278,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	a := &agentSession{cluster: cluster, id: agentID, fingerprint: fp, version: r.Header.Get(HeaderVersion),
 		verifiesCallers: r.Header.Get(HeaderVerifiesCallers) == "jwt",
-		remote:          r.RemoteAddr, connected: time.Now(), sess: sess}
+		remote:          r.RemoteAddr, connected: time.Now(), sess: sess, secretSHA256: sha256.Sum256([]byte(secret))}
 	replaced, err := s.add(a)
 	if err != nil {
 		sess.Close()
@@ -410,6 +449,7 @@ func (s *Server) Agents(cluster string) []AgentInfo {
 // Close refuses new sessions, closes every session and waits for their
 // watchers.
 func (s *Server) Close() error {
+	s.closeOnce.Do(func() { close(s.stop) })
 	s.mu.Lock()
 	s.closed = true
 	var all []*yamux.Session
@@ -502,3 +542,21 @@ func (s *Server) SetHealth(cluster, id string, h Health) {
 		a.health = h
 	}
 }
+
+// checkSessions closes the sessions whose join secret is no longer good.
+func (s *Server) checkSessions(sc SessionChecker) {
+	s.mu.Lock()
+	var all []*agentSession
+	for _, ca := range s.clusters {
+		all = append(all, ca.agents...)
+	}
+	s.mu.Unlock()
+	for _, a := range all {
+		if err := sc.CheckSession(a.cluster, a.secretSHA256); err != nil {
+			s.log.Warn("closing an agent session: its join secret is no longer valid", zap.String("cluster", a.cluster),
+				zap.String("agent", a.id), zap.String("reason", err.Error()))
+			a.sess.Close()
+		}
+	}
+}
+

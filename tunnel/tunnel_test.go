@@ -408,14 +408,14 @@ func TestClustersFile(t *testing.T) {
 	if err := cf.AuthenticateAgent("prod", "x"); !errors.Is(err, ErrUnknownCluster) {
 		t.Fatalf("got %v", err)
 	}
-	secret, err := Register(path, "prod", map[string]string{"env": "prod"}, false)
+	secret, err := Register(path, "prod", RegisterOptions{Labels: map[string]string{"env": "prod"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Register(path, "prod", nil, false); err == nil || !strings.Contains(err.Error(), "--rotate") {
+	if _, err := Register(path, "prod", RegisterOptions{}); err == nil || !strings.Contains(err.Error(), "--rotate") {
 		t.Fatalf("double registration: %v", err)
 	}
-	if _, err := Register(path, "Not_A_Label", nil, false); err == nil {
+	if _, err := Register(path, "Not_A_Label", RegisterOptions{}); err == nil {
 		t.Fatal("bad ID registered")
 	}
 	data, _ := os.ReadFile(path)
@@ -429,7 +429,7 @@ func TestClustersFile(t *testing.T) {
 	if err := cf.AuthenticateAgent("prod", secret+"x"); !errors.Is(err, ErrBadSecret) {
 		t.Fatalf("got %v", err)
 	}
-	rotated, err := Register(path, "prod", nil, true)
+	rotated, err := Register(path, "prod", RegisterOptions{Rotate: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -547,3 +547,108 @@ func TestGracefulDrain(t *testing.T) {
 	}
 	e.waitAgents("c1", func(n int) bool { return n == 1 })
 }
+
+// TestJoinSecretLifecycle: a rotation keeps the old secret's sessions (and
+// refuses its handshakes); --disconnect, expiry and unregistering close
+// them; an expired secret is refused with a message that says so.
+func TestJoinSecretLifecycle(t *testing.T) {
+	path := t.TempDir() + "/clusters.yaml"
+	cf, err := OpenClustersFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(ServerConfig{Auth: cf, Logger: zaptest.NewLogger(t), SessionCheckInterval: 50 * time.Millisecond,
+		KeepAliveInterval: 200 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(srv)
+	ts.StartTLS()
+	defer func() { srv.Close(); ts.Close() }()
+	pool := x509.NewCertPool()
+	pool.AddCert(ts.Certificate())
+	e := &env{t: t, srv: srv, ts: ts, pool: pool}
+
+	var mu sync.Mutex
+	secret, err := Register(path, "prod", RegisterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect := func() (*Agent, func()) {
+		cfg := e.agentConfig("prod", "a1", "fp", "", echoAgent("a1"))
+		cfg.Secret = func() (string, error) { mu.Lock(); defer mu.Unlock(); return secret, nil }
+		a, err := NewAgent(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = a.Run(ctx) }()
+		return a, func() { cancel(); <-done }
+	}
+	a, stop := connect()
+	defer stop()
+	e.waitAgents("prod", func(n int) bool { return n == 1 })
+	since := srv.Agents("prod")[0].Connected
+
+	// Rotate: the old session stays.
+	old := secret
+	mu.Lock()
+	rotated, err := Register(path, "prod", RegisterOptions{Rotate: true})
+	mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the file is re-read within a second; many checks pass
+	if got := srv.Agents("prod"); len(got) != 1 || !got[0].Connected.Equal(since) {
+		t.Fatalf("rotation without --disconnect touched the session: %+v", got)
+	}
+	if err := cf.AuthenticateAgent("prod", old); !errors.Is(err, ErrBadSecret) {
+		t.Fatalf("old secret in a handshake: %v", err)
+	}
+
+	// Rotate with --disconnect: the session of the old secret is closed;
+	// the agent comes back only with the new secret.
+	if _, err := Register(path, "prod", RegisterOptions{Rotate: true, Disconnect: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitAgents("prod", func(n int) bool { return n == 0 })
+	_ = rotated
+	stop()
+
+	// An expired secret: refused with a message, sessions closed.
+	past := time.Now().Add(2 * time.Second)
+	mu.Lock()
+	secret, err = Register(path, "prod", RegisterOptions{Rotate: true, Disconnect: true, Expires: &past})
+	mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = a
+	a, stop2 := connect()
+	defer stop2()
+	e.waitAgents("prod", func(n int) bool { return n == 1 })
+	e.waitAgents("prod", func(n int) bool { return n == 0 }) // expired after 2 s
+	_, err = a.Dial(context.Background())
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "--rotate") {
+		t.Fatalf("dial with an expired secret: %v", err)
+	}
+
+	// Unregistered: refused, and no session survives.
+	future := time.Now().Add(time.Hour)
+	mu.Lock()
+	secret, err = Register(path, "prod", RegisterOptions{Rotate: true, Expires: &future})
+	mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitAgents("prod", func(n int) bool { return n == 1 })
+	if err := Unregister(path, "prod"); err != nil {
+		t.Fatal(err)
+	}
+	e.waitAgents("prod", func(n int) bool { return n == 0 })
+	if err := Unregister(path, "prod"); err == nil {
+		t.Fatal("unregistered twice")
+	}
+}
+

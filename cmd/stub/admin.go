@@ -20,7 +20,9 @@ func register(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("stub register", flag.ContinueOnError)
 	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
 	image := fs.String("image", defaultImage+":"+imageTag(), "agent container image")
-	rotate := fs.Bool("rotate", false, "issue a new join secret for an already registered cluster")
+	rotate := fs.Bool("rotate", false, "issue a new join secret for an already registered cluster (sessions of the old one stay up)")
+	disconnect := fs.Bool("disconnect", false, "with --rotate: also close the sessions the old secret opened (a leaked secret)")
+	expires := fs.Duration("expires", 0, "the join secret's lifetime, e.g. 2160h; afterwards agents must get a new one (default: no expiry)")
 	secretOut := fs.String("secret-out", "", "also write the join secret to this file (mode 0600), for agents run outside a cluster")
 	var labels stringList
 	fs.Var(&labels, "label", "cluster label key=value (repeatable)")
@@ -29,7 +31,7 @@ func register(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("usage: stub register CLUSTER-ID [--config FILE] [--image IMG] [--label k=v] [--rotate] [--secret-out FILE]")
+		return fmt.Errorf("usage: stub register CLUSTER-ID [--config FILE] [--image IMG] [--label k=v] [--rotate [--disconnect]] [--expires DURATION] [--secret-out FILE]")
 	}
 	cfg, err := config.LoadStub(*cfgPath)
 	if err != nil {
@@ -52,7 +54,7 @@ func register(args []string, stdout, stderr io.Writer) error {
 	}
 	var secret string
 	err = updateState(cfg, "clusters.yaml", func(path string) (err error) {
-		secret, err = tunnel.Register(path, pos[0], lm, *rotate)
+		secret, err = tunnel.Register(path, pos[0], tunnel.RegisterOptions{Labels: lm, Rotate: *rotate, Disconnect: *disconnect, Expires: parseExpiry(*expires)})
 		return err
 	})
 	if err != nil {
@@ -70,6 +72,29 @@ func register(args []string, stdout, stderr io.Writer) error {
 	_, err = stdout.Write(manifest)
 	fmt.Fprintf(stderr, "registered cluster %q. The manifest on stdout holds its join secret (shown only now): apply it in that cluster with `kubectl apply -f -`.\n", pos[0])
 	return err
+}
+
+// unregister removes a cluster: its join secret stops working and its
+// agents' sessions are closed within tunnel.SessionCheckInterval.
+func unregister(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("stub unregister", flag.ContinueOnError)
+	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("usage: stub unregister CLUSTER-ID [--config FILE]")
+	}
+	cfg, err := config.LoadStub(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if err := updateState(cfg, "clusters.yaml", func(path string) error { return tunnel.Unregister(path, pos[0]) }); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "unregistered cluster %q: its agents are disconnected within %v; delete the agent from that cluster.\n", pos[0], tunnel.SessionCheckInterval)
+	return nil
 }
 
 func kubeconfig(args []string, stdout, stderr io.Writer) error {

@@ -3,6 +3,7 @@
 //
 //	stub [serve] [--config FILE]      run the gateway (embedded defaults without --config)
 //	stub register ID [flags]          register a cluster; print the agent manifest
+//	stub unregister ID                remove a cluster; its agents are disconnected
 //	stub kubeconfig --user NAME ...   mint a token; print a kubeconfig for every cluster
 //	stub version
 package main
@@ -45,13 +46,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, *cfgPath, stderr)
 	case "register":
 		return register(args, stdout, stderr)
+	case "unregister":
+		return unregister(args, stderr)
 	case "kubeconfig":
 		return kubeconfig(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return nil
 	default:
-		return fmt.Errorf("unknown command %q: use serve, register, kubeconfig or version", cmd)
+		return fmt.Errorf("unknown command %q: use serve, register, unregister, kubeconfig or version", cmd)
 	}
 }
 
