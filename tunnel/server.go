@@ -80,8 +80,8 @@ type Server struct {
 	handshakes chan struct{} // a slot per handshake in progress
 	retryMin   time.Duration
 	retryMax   time.Duration
-	rate       *tokenBucket // nil: no bound on handshakes per second
-	replicas   ReplicaSet   // nil: a single stub
+	rate       *tokenBucket  // nil: no bound on handshakes per second
+	replicas   ReplicaSet    // nil: a single stub
 	stop       chan struct{} // closed by Close: ends the session checker
 	closeOnce  sync.Once
 	refused    atomic.Int64 // handshakes told to come back later
@@ -559,4 +559,3 @@ func (s *Server) checkSessions(sc SessionChecker) {
 		}
 	}
 }
-

@@ -651,4 +651,3 @@ func TestJoinSecretLifecycle(t *testing.T) {
 		t.Fatal("unregistered twice")
 	}
 }
-
