@@ -41,7 +41,13 @@ func TestLoadStub(t *testing.T) {
 		"tiny keepalive":  {body: head + "tunnel: {keepAliveInterval: 1ms}\n", want: []string{"tunnel.keepAliveInterval"}},
 		"two problems":    {body: head + "listen: nope\nlog: {level: loud}\n", want: []string{"listen", "log.level"}},
 		"not yaml":        {body: "\t: :", want: []string{"not valid YAML"}},
+		"hub":             {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: stub-7d9c-x2}\n"},
+		"hub self-signed": {body: head + "hub: {enabled: true, namespace: keyhole, replicaID: r0}\n", want: []string{"hub.enabled", "tls.certFile/keyFile", "tls.acme"}},
+		"hub bad replica": {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: Stub_0}\n", want: []string{`hub.replicaID: "Stub_0"`, "pod name"}},
+		"hub namespace":   {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, replicaID: r0}\n", want: []string{"hub.namespace", `"keyhole"`}},
+		"hub timing":      {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, leaseDuration: 5s, renewDeadline: 10s}\n", want: []string{"leaseDuration 5s > renewDeadline 10s", "defaults 15s, 10s, 2s"}},
 	}
+	t.Setenv("POD_NAMESPACE", "")
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			path := write(t, tc.body)
