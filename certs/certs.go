@@ -5,7 +5,14 @@
 // and reuses them on later starts (re-issuing the serving certificate when the
 // host names change or it nears expiry). Agents pin that CA (the manifest
 // `stub register` prints carries it) and kubeconfigs embed it. An operator's
-// own certificate and key are loaded with LoadPair instead.
+// own certificate and key are loaded with LoadPair instead (Reloading picks
+// them up again when they change).
+//
+// StartACME obtains and renews the certificate from an ACME CA with
+// certmagic, keeping its state in a certmagic.Storage: a directory, or
+// SecretStorage (Kubernetes Secrets) when replicas share it. GuardedStorage
+// wraps either so that a failing store (a full disk) is reported clearly
+// and loses nothing already stored. See docs/tls.md.
 package certs
 
 import (

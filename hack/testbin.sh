@@ -179,7 +179,7 @@ main() {
 
 	# --- Pebble and pebble-challtestsrv (hack/acme) ----------------------------
 	log "go build pebble $PEBBLE_VERSION and pebble-challtestsrv"
-	(cd "$acme" && go build -o "$tmp/pebble" github.com/letsencrypt/pebble/v2/cmd/pebble)
+	(cd "$acme" && go build -o "$tmp/pebble" -ldflags "-X main.version=$PEBBLE_VERSION" github.com/letsencrypt/pebble/v2/cmd/pebble)
 	(cd "$acme" && go build -o "$tmp/pebble-challtestsrv" github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv)
 	"$tmp/pebble" -version >&2
 
