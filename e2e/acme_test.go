@@ -104,9 +104,9 @@ func dialOK(addr string) bool {
 	return err == nil
 }
 
-// roots is Pebble's issuing root, from its management API (a new one on
+// rootPEM is Pebble's issuing root, from its management API (a new one on
 // every Pebble start).
-func (p *pebbleCA) roots(t *testing.T) *x509.CertPool {
+func (p *pebbleCA) rootPEM(t *testing.T) string {
 	t.Helper()
 	resp, err := p.client.Get(p.mgmt + "/roots/0")
 	if err != nil {
@@ -114,9 +114,18 @@ func (p *pebbleCA) roots(t *testing.T) *x509.CertPool {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	pool := x509.NewCertPool()
-	if blk, _ := pem.Decode(b); blk == nil || !pool.AppendCertsFromPEM(b) {
+	if blk, _ := pem.Decode(b); blk == nil || resp.StatusCode != 200 {
 		t.Fatalf("pebble /roots/0: %d %q", resp.StatusCode, b)
+	}
+	return string(b)
+}
+
+// roots is a pool of rootPEM.
+func (p *pebbleCA) roots(t *testing.T) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(p.rootPEM(t))) {
+		t.Fatal("pebble's root does not parse")
 	}
 	return pool
 }
@@ -233,6 +242,15 @@ func TestACMETLSALPN(t *testing.T) {
 	body := readAll(resp)
 	if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
 		t.Fatalf("healthz: %d %s %q", resp.StatusCode, resp.Proto, body)
+	}
+	// kubectl verifies it against Pebble's root too.
+	rootFile := filepath.Join(dir, "pebble-root.pem")
+	writeFile(t, rootFile, p.rootPEM(t))
+	kubectl := exec.Command("kubectl", "--server=https://"+addr, "--tls-server-name="+acmeDomain,
+		"--certificate-authority="+rootFile, "--token=unused-by-healthz", "--request-timeout=30s", "get", "--raw", "/healthz")
+	kubectl.Env = append(os.Environ(), "KUBECONFIG="+filepath.Join(dir, "empty.kubeconfig"))
+	if out, err := kubectl.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "ok" {
+		t.Fatalf("kubectl get --raw /healthz with Pebble's root: %v %q", err, out)
 	}
 	if !strings.Contains(stub.logText(), `"challenge":"tls-alpn-01"`) {
 		t.Error("the stub did not log serving the tls-alpn-01 challenge")
