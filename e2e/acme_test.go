@@ -440,10 +440,7 @@ func slicesContainsSuffix(l []string, suffix string) bool {
 // certificate and the stored one is intact; once space is freed the next
 // retry (certmagic's backoff: one minute) renews.
 func TestACMEStoreFull(t *testing.T) {
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		t.Fatalf("unshare (util-linux) is needed to give the stub a small tmpfs: %v", err)
-	}
+	ns := tmpfsNamespace(t)
 	port := freePort(t)
 	// Short certificates: Pebble's renewal info (ARI) puts the renewal at
 	// a random time within their minute.
@@ -453,11 +450,9 @@ func TestACMEStoreFull(t *testing.T) {
 	if err := os.MkdirAll(acmeDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	// A user and mount namespace of its own (works unprivileged where user
-	// namespaces are allowed): a 512 KiB tmpfs over stateDir/acme, then the
-	// stub.
-	wrap := []string{unshare, "--user", "--map-root-user", "--mount", "--propagation", "private",
-		"sh", "-c", `mount -t tmpfs -o size=512k keyhole-acme "$0" && exec "$@"`, acmeDir}
+	// A mount namespace of its own: a 512 KiB tmpfs over stateDir/acme,
+	// then the stub.
+	wrap := append(ns, "sh", "-c", `mount -t tmpfs -o size=512k keyhole-acme "$0" && exec "$@"`, acmeDir)
 	stub := acmeStub(t, "stub", dir, port, p, ", renewCheckInterval: 1s", "", wrap...)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	roots := p.roots(t)
@@ -562,6 +557,32 @@ func TestACMEStoreFull(t *testing.T) {
 	if string(readTree(t, certDir)[filepath.Join("127.0.0.1-"+portOf(p.dirURL)+"-dir", acmeDomain, acmeDomain+".crt")]) == "" {
 		t.Errorf("renewed certificate not stored: %v", keysOf(readTree(t, certDir)))
 	}
+}
+
+// tmpfsNamespace returns the unshare command line under which a process
+// may mount a tmpfs of its own: a new user and mount namespace (works
+// unprivileged where user namespaces are allowed), else, for root, a new
+// mount namespace alone. It fails the test saying why neither works.
+func tmpfsNamespace(t *testing.T) []string {
+	t.Helper()
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Fatalf("unshare (util-linux) is needed to give the stub a small tmpfs: %v", err)
+	}
+	var tried []string
+	for _, ns := range [][]string{
+		{unshare, "--user", "--map-root-user", "--mount", "--propagation", "private"},
+		{unshare, "--mount", "--propagation", "private"},
+	} {
+		probe := exec.Command(ns[0], append(ns[1:], "sh", "-c", `mount -t tmpfs -o size=4k probe "$0"`, t.TempDir())...)
+		out, err := probe.CombinedOutput()
+		if err == nil {
+			return ns
+		}
+		tried = append(tried, fmt.Sprintf("%v: %v %s", ns, err, out))
+	}
+	t.Fatalf("cannot mount a tmpfs in a namespace of its own (need unprivileged user namespaces, or root):\n%s", strings.Join(tried, "\n"))
+	return nil
 }
 
 func portOf(u string) string {
