@@ -26,7 +26,9 @@ import (
 // holds one certmagic key; a lock Secret is one certmagic lock.
 const (
 	LabelStorage      = "keyhole.dev/acme-storage" // value: "value" or "lock"
-	AnnotationKey     = "keyhole.dev/acme-key"     // the certmagic key or lock name, verbatim
+	LabelManagedBy    = "app.kubernetes.io/managed-by"
+	ManagedBy         = "keyhole-certmagic"    // LabelManagedBy's value (install/kustomize/stub/role.yaml)
+	AnnotationKey     = "keyhole.dev/acme-key" // the certmagic key or lock name, verbatim
 	AnnotationHolder  = "keyhole.dev/acme-lock-holder"
 	AnnotationExpires = "keyhole.dev/acme-lock-expires" // RFC 3339, UTC
 	AnnotationModTime = "keyhole.dev/acme-modified"     // RFC 3339 with nanoseconds, UTC
@@ -132,7 +134,7 @@ func (s *SecretStorage) Store(ctx context.Context, key string, value []byte) err
 		case apierrors.IsNotFound(err):
 			sec := &corev1.Secret{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.Namespace,
-					Labels:      map[string]string{LabelStorage: "value"},
+					Labels:      map[string]string{LabelStorage: "value", LabelManagedBy: ManagedBy},
 					Annotations: map[string]string{AnnotationKey: key, AnnotationModTime: now}},
 				Type: SecretTypeValue,
 				Data: map[string][]byte{secretValueKey: value},
@@ -336,7 +338,7 @@ func (s *SecretStorage) TryLock(ctx context.Context, name string) (bool, error) 
 	secrets := s.Client.CoreV1().Secrets(s.Namespace)
 	created, err := secrets.Create(rctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: secName, Namespace: s.Namespace,
-			Labels:      map[string]string{LabelStorage: "lock"},
+			Labels:      map[string]string{LabelStorage: "lock", LabelManagedBy: ManagedBy},
 			Annotations: map[string]string{AnnotationKey: name, AnnotationHolder: token, AnnotationExpires: expires()}},
 		Type: SecretTypeLock,
 	}, metav1.CreateOptions{})

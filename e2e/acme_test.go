@@ -291,10 +291,22 @@ func TestACMEHTTP01(t *testing.T) {
 // would stand in front of replicas) that sends each connection to the
 // replica NOT holding the order lock, so the challenge is always answered
 // by the other replica, from the challenge data in the Secrets.
+//
+// The replicas use the ServiceAccount and Role of the stub's kustomize base
+// (install/kustomize/stub), so the Role is shown to suffice.
 func TestACMEReplicas(t *testing.T) {
 	c := kubetest.Start(t)
-	ns := "keyhole-acme"
-	c.EnsureNamespace(t, ns)
+	const ns = "keyhole" // the base's namespace
+	var rbac []string
+	for _, f := range []string{"namespace.yaml", "serviceaccount.yaml", "role.yaml", "rolebinding.yaml"} {
+		b, err := os.ReadFile(filepath.Join("..", "install", "kustomize", "stub", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rbac = append(rbac, string(b))
+	}
+	c.Apply(t, strings.Join(rbac, "\n---\n"))
+	kubeconfig := c.ServiceAccountKubeconfig(t, ns, "keyhole-stub")
 	port1, port2 := freePort(t), freePort(t)
 	addr1, addr2 := fmt.Sprintf("127.0.0.1:%d", port1), fmt.Sprintf("127.0.0.1:%d", port2)
 	lockSecret := certs.LockSecretName("issue_cert_" + acmeDomain)
@@ -311,7 +323,7 @@ func TestACMEReplicas(t *testing.T) {
 	p := startPebble(t, lb.port, freePort(t), 30*24*time.Hour)
 	dir := t.TempDir()
 	hub := func(id string) string {
-		return fmt.Sprintf("hub: {enabled: true, kubeconfig: %q, namespace: %s, replicaID: %s}\n", c.AdminKubeconfig, ns, id)
+		return fmt.Sprintf("hub: {enabled: true, kubeconfig: %q, namespace: %s, replicaID: %s}\n", kubeconfig, ns, id)
 	}
 	binaries(t) // built before the clock starts
 	start := time.Now()
@@ -353,6 +365,9 @@ func TestACMEReplicas(t *testing.T) {
 	var keys []string
 	for _, s := range l.Items {
 		keys = append(keys, s.Annotations[certs.AnnotationKey])
+		if s.Labels[certs.LabelManagedBy] != certs.ManagedBy {
+			t.Errorf("Secret %s lacks %s=%s", s.Name, certs.LabelManagedBy, certs.ManagedBy)
+		}
 	}
 	want := fmt.Sprintf("/%s/%s.crt", acmeDomain, acmeDomain)
 	if !slicesContainsSuffix(keys, want) {
