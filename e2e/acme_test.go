@@ -296,17 +296,7 @@ func TestACMEHTTP01(t *testing.T) {
 // (install/kustomize/stub), so the Role is shown to suffice.
 func TestACMEReplicas(t *testing.T) {
 	c := kubetest.Start(t)
-	const ns = "keyhole" // the base's namespace
-	var rbac []string
-	for _, f := range []string{"namespace.yaml", "serviceaccount.yaml", "role.yaml", "rolebinding.yaml"} {
-		b, err := os.ReadFile(filepath.Join("..", "install", "kustomize", "stub", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rbac = append(rbac, string(b))
-	}
-	c.Apply(t, strings.Join(rbac, "\n---\n"))
-	kubeconfig := c.ServiceAccountKubeconfig(t, ns, "keyhole-stub")
+	ns, hub := acmeHub(t, c)
 	port1, port2 := freePort(t), freePort(t)
 	addr1, addr2 := fmt.Sprintf("127.0.0.1:%d", port1), fmt.Sprintf("127.0.0.1:%d", port2)
 	lockSecret := certs.LockSecretName("issue_cert_" + acmeDomain)
@@ -322,9 +312,6 @@ func TestACMEReplicas(t *testing.T) {
 	})
 	p := startPebble(t, lb.port, freePort(t), 30*24*time.Hour)
 	dir := t.TempDir()
-	hub := func(id string) string {
-		return fmt.Sprintf("hub: {enabled: true, kubeconfig: %q, namespace: %s, replicaID: %s}\n", kubeconfig, ns, id)
-	}
 	binaries(t) // built before the clock starts
 	start := time.Now()
 	// Both at once (milliseconds apart), to contend for the order lock.
@@ -379,6 +366,92 @@ func TestACMEReplicas(t *testing.T) {
 		l, err := c.Client().CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: certs.LabelStorage + "=lock"})
 		return err == nil && len(l.Items) == 0
 	}, r1, r2)
+}
+
+// acmeHub prepares the hub for replicas: the namespace, ServiceAccount,
+// Role and RoleBinding of the stub's kustomize base (install/kustomize/stub),
+// so the Role is shown to suffice. It returns the namespace and the hub
+// section of a replica's config.
+func acmeHub(t *testing.T, c *kubetest.Cluster) (string, func(id string) string) {
+	t.Helper()
+	const ns = "keyhole" // the base's namespace
+	var rbac []string
+	for _, f := range []string{"namespace.yaml", "serviceaccount.yaml", "role.yaml", "rolebinding.yaml"} {
+		b, err := os.ReadFile(filepath.Join("..", "install", "kustomize", "stub", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rbac = append(rbac, string(b))
+	}
+	c.Apply(t, strings.Join(rbac, "\n---\n"))
+	kubeconfig := c.ServiceAccountKubeconfig(t, ns, "keyhole-stub")
+	return ns, func(id string) string {
+		return fmt.Sprintf("hub: {enabled: true, kubeconfig: %q, namespace: %s, replicaID: %s}\n", kubeconfig, ns, id)
+	}
+}
+
+// TestACMEReplicaCrash: the replica holding the order lock is killed
+// (SIGKILL) while Pebble validates its order. Its lock Secret stays behind;
+// the other replica waits out the lock's expiry (30 s after the last
+// renewal), takes the lock over, orders and serves the certificate.
+func TestACMEReplicaCrash(t *testing.T) {
+	c := kubetest.Start(t)
+	ns, hub := acmeHub(t, c)
+	port1, port2 := freePort(t), freePort(t)
+	addr1, addr2 := fmt.Sprintf("127.0.0.1:%d", port1), fmt.Sprintf("127.0.0.1:%d", port2)
+	lockSecret := certs.LockSecretName("issue_cert_" + acmeDomain)
+	var r1, r2 *process
+	var killed *process
+	var killedAt time.Time
+	ready := make(chan struct{})
+	lb := startBalancer(t, func() string {
+		<-ready // r1 and r2 are set
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := c.Client().CoreV1().Secrets(ns).Get(ctx, lockSecret, metav1.GetOptions{})
+		if killed == nil && err == nil {
+			// The first validation connection: kill the lock holder.
+			killed = r2
+			if strings.HasPrefix(s.Annotations[certs.AnnotationHolder], "replica1/") {
+				killed = r1
+			}
+			killed.kill()
+			killedAt = time.Now()
+		}
+		if killed == r1 {
+			return addr2
+		}
+		return addr1
+	})
+	p := startPebble(t, lb.port, freePort(t), 30*24*time.Hour)
+	dir := t.TempDir()
+	binaries(t)
+	r1 = acmeStub(t, "replica1", dir, port1, p, "", hub("replica1"))
+	r2 = acmeStub(t, "replica2", dir, port2, p, "", hub("replica2"))
+	close(ready)
+	roots := p.roots(t)
+	waitFor(t, 60*time.Second, "a replica to be killed holding the lock", func() bool {
+		lb.mu.Lock()
+		defer lb.mu.Unlock()
+		return len(lb.routed) > 0
+	}, r1, r2, p.proc)
+	lb.mu.Lock()
+	survivor, dead, at := r1, killed, killedAt
+	lb.mu.Unlock()
+	addr := addr1
+	if dead == r1 {
+		survivor, addr = r2, addr2
+	}
+	leaf := waitServed(t, addr, roots, 150*time.Second, survivor, p.proc)
+	took := time.Since(at)
+	t.Logf("%s killed holding the order lock; %s serves %x %v later; pebble orders %d",
+		dead.name, survivor.name, leaf.SerialNumber, took.Round(time.Millisecond), len(p.orders()))
+	if !strings.Contains(survivor.logText(), "took over an expired ACME storage lock") {
+		t.Errorf("%s did not log taking over the lock", survivor.name)
+	}
+	if took < 20*time.Second {
+		t.Errorf("certificate %v after the kill: the lock (30 s) cannot have expired", took)
+	}
 }
 
 // balancer relays each TCP connection to the address pick returns.
