@@ -449,7 +449,9 @@ func TestACMEReplicaCrash(t *testing.T) {
 	if !strings.Contains(survivor.logText(), "took over an expired ACME storage lock") {
 		t.Errorf("%s did not log taking over the lock", survivor.name)
 	}
-	if took < 20*time.Second {
+	// The lock expires 30 s after its last renewal (every 10 s), so at
+	// least 20 s after the kill; 15 s leaves room for clocks and latency.
+	if took < 15*time.Second {
 		t.Errorf("certificate %v after the kill: the lock (30 s) cannot have expired", took)
 	}
 }
