@@ -149,7 +149,8 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: bob}]
 		out := readAll(resp)
 		resp.Body.Close()
 		for _, want := range []string{`keyhole_requests_total{cluster="e2e",code="200"}`, `keyhole_requests_total{cluster="e2e",code="101"}`,
-			`keyhole_cluster_ready{cluster="e2e"} 1`, `keyhole_agents_connected{cluster="e2e"} 2`, `keyhole_bytes_total{cluster="e2e",direction="out"}`} {
+			`keyhole_cluster_ready{cluster="e2e"} 1`, `keyhole_agents_connected{cluster="e2e"} 2`, `keyhole_bytes_total{cluster="e2e",direction="out"}`,
+			`keyhole_agent_connects_total{cluster="e2e"}`} {
 			if !strings.Contains(out, want) {
 				t.Errorf("metrics lack %s", want)
 			}

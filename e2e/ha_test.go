@@ -35,8 +35,8 @@ type haSet struct {
 }
 
 type haReplica struct {
-	id, cfg, url string
-	p            *process
+	id, cfg, url, metrics string
+	p                     *process
 }
 
 const haLease = 15 * time.Second // the product's default leaseDuration
@@ -65,7 +65,8 @@ func startHASet(t *testing.T, c *kubetest.Cluster, ns string) *haSet {
 	for i := range 3 {
 		id := fmt.Sprintf("r%d", i)
 		port := freePort(t)
-		r := &haReplica{id: id, cfg: filepath.Join(dir, id+".yaml"), url: fmt.Sprintf("https://127.0.0.1:%d", port)}
+		r := &haReplica{id: id, cfg: filepath.Join(dir, id+".yaml"), url: fmt.Sprintf("https://127.0.0.1:%d", port),
+			metrics: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 		writeFile(t, r.cfg, fmt.Sprintf(`apiVersion: keyhole.dev/v1alpha1
 kind: StubConfig
 listen: 127.0.0.1:%d
@@ -73,9 +74,9 @@ publicURL: https://%s
 stateDir: %s
 tls: {certFile: %s, keyFile: %s}
 log: {level: debug}
-metrics: {listen: 127.0.0.1:%d}
+metrics: {listen: %s}
 hub: {enabled: true, kubeconfig: %s, namespace: %s, replicaID: %s}
-`, port, lbAddr, filepath.Join(dir, id+"-state"), certFile, keyFile, freePort(t), c.AdminKubeconfig, ns, id))
+`, port, lbAddr, filepath.Join(dir, id+"-state"), certFile, keyFile, r.metrics, c.AdminKubeconfig, ns, id))
 		s.replicas[id] = r
 		fmt.Fprintf(&backends, "  server %s 127.0.0.1:%d check inter 500ms fall 1 rise 1\n", id, port)
 	}
@@ -123,6 +124,15 @@ func (s *haSet) at(id string) *gateway {
 	g := *s.gateway
 	g.url = s.replicas[id].url
 	return &g
+}
+
+// metric returns the replica's metrics text.
+func (s *haSet) metric(id string) string {
+	resp, err := http.Get("http://" + s.replicas[id].metrics + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	return readAll(resp)
 }
 
 // leader is the holder of the leader Lease ("" if none or expired).
@@ -248,6 +258,30 @@ func TestReplicasFailover(t *testing.T) {
 	kc, token := s.user("ha-user", "e2e-reader")
 	all := []string{"r0", "r1", "r2"}
 	waitFor(t, 60*time.Second, "every agent on every replica", func() bool { return s.connectedEverywhere(token, all, agents) })
+	// Each replica lists the others at its next heartbeat (every 5 s).
+	missing := ""
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		missing = ""
+		leader := s.leader()
+		for _, id := range all {
+			m := s.metric(id)
+			want := "keyhole_leader 0"
+			if id == leader {
+				want = "keyhole_leader 1"
+			}
+			for _, w := range []string{want, "keyhole_replicas_live 3", "keyhole_hub_reachable 1", `keyhole_agent_connects_total{cluster="ha-a"} 1`} {
+				if !strings.Contains(m, w) {
+					missing += fmt.Sprintf(" %s:%q", id, w)
+				}
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HA metrics lack%s", missing)
+		}
+	}
 
 	measure := func(kind string, sig syscall.Signal) (victim string, kubectlBack, leaderBack time.Duration) {
 		victim = s.leader()
@@ -338,6 +372,9 @@ func hubCut(t *testing.T, s *haSet, token, kc string) {
 		return code == http.StatusOK && strings.Contains(body, "hub: unreachable")
 	}, r.p)
 	t.Logf("hub cut: r1 reports it after %v and stays ready", time.Since(t0).Round(time.Millisecond))
+	if m := s.metric("r1"); !strings.Contains(m, "keyhole_hub_reachable 0") {
+		t.Error("keyhole_hub_reachable is not 0 with the hub cut")
+	}
 	if out, err := g.kubectl(kc, nil, nil, "--certificate-authority", s.caFile, "--context", "ha-a", "--server", g.url+"/clusters/ha-a", "get", "ns", "default", "-o", "name"); err != nil {
 		t.Fatalf("r1 stopped serving without its hub: %v %s", err, out)
 	}

@@ -70,7 +70,15 @@ var (
 	descReady  = prometheus.NewDesc("keyhole_cluster_ready", "1 when a probe through the tunnel reached the cluster's API server within the ready window.", []string{"cluster"}, nil)
 	descRTT    = prometheus.NewDesc("keyhole_agent_tunnel_rtt_seconds", "Round trip of the last yamux ping to each agent.", []string{"cluster", "agent"}, nil)
 	descRound  = prometheus.NewDesc("keyhole_agent_last_round_trip_timestamp_seconds", "When a probe last went through each agent to its API server.", []string{"cluster", "agent"}, nil)
+	descConn   = prometheus.NewDesc("keyhole_agent_connects_total", "Agent sessions opened per cluster since the stub started; rising without new agents means reconnects.", []string{"cluster"}, nil)
+	descRefuse = prometheus.NewDesc("keyhole_agent_handshakes_refused_total", "Agent handshakes told to come back later (stub busy: Retry-After).", nil, nil)
 )
+
+// sessionCounter is what the tunnel (*tunnel.Server) counts of sessions.
+type sessionCounter interface {
+	Connects() map[string]int64
+	Refused() int64
+}
 
 // agentCollector reads the tunnel's registry at scrape time.
 type agentCollector struct{ agents AgentLister }
@@ -80,6 +88,10 @@ func (c agentCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descReady
 	ch <- descRTT
 	ch <- descRound
+	if _, ok := c.agents.(sessionCounter); ok {
+		ch <- descConn
+		ch <- descRefuse
+	}
 }
 
 func (c agentCollector) Collect(ch chan<- prometheus.Metric) {
@@ -101,5 +113,11 @@ func (c agentCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descAgents, prometheus.GaugeValue, float64(len(list)), cluster)
 		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready, cluster)
+	}
+	if sc, ok := c.agents.(sessionCounter); ok {
+		for cluster, n := range sc.Connects() {
+			ch <- prometheus.MustNewConstMetric(descConn, prometheus.CounterValue, float64(n), cluster)
+		}
+		ch <- prometheus.MustNewConstMetric(descRefuse, prometheus.CounterValue, float64(sc.Refused()))
 	}
 }

@@ -787,6 +787,8 @@ func TestMetrics(t *testing.T) {
 		`keyhole_agents_connected{cluster="c1"} 1`,
 		`keyhole_open_streams{kind="request"} 0`,
 		`keyhole_agent_tunnel_rtt_seconds{agent="a1",cluster="c1"}`,
+		`keyhole_agent_connects_total{cluster="c1"} 1`,
+		`keyhole_agent_handshakes_refused_total 0`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("metrics lack %s", want)

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"regexp"
@@ -88,6 +89,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	clusters map[string]*clusterAgents
+	connects map[string]int64 // sessions ever opened, by cluster (reconnects show here)
 	closed   bool
 	wg       sync.WaitGroup // one per session watcher
 
@@ -337,6 +339,10 @@ func (s *Server) add(a *agentSession) (replaced *yamux.Session, err error) {
 		ca = &clusterAgents{}
 		s.clusters[a.cluster] = ca
 	}
+	if s.connects == nil {
+		s.connects = map[string]int64{}
+	}
+	s.connects[a.cluster]++
 	for i, old := range ca.agents {
 		if old.fingerprint != a.fingerprint {
 			return nil, ErrFingerprint // a racing handshake got in first
@@ -558,4 +564,12 @@ func (s *Server) checkSessions(sc SessionChecker) {
 			a.sess.Close()
 		}
 	}
+}
+
+// Connects counts the agent sessions opened since start, by cluster: a
+// rising count without new agents means agents reconnect.
+func (s *Server) Connects() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.connects)
 }
