@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -57,11 +58,13 @@ type ACME struct {
 	cfg    *certmagic.Config
 	issuer *certmagic.ACMEIssuer
 	cancel context.CancelFunc
+	done   chan struct{} // closed when the start-up goroutine is done
 }
 
 // StartACME starts managing the certificates. It returns at once; until the
 // first certificate is obtained (or loaded from storage), handshakes for the
-// domains fail and the progress is logged.
+// domains fail and the progress is logged. Errors returned are
+// configuration errors; a store that cannot be read yet is retried.
 func StartACME(c ACMEConfig) (*ACME, error) {
 	log := c.Logger
 	if log == nil {
@@ -118,13 +121,43 @@ func StartACME(c ACMEConfig) (*ACME, error) {
 	a.cfg = cfg
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	if err := cfg.ManageAsync(ctx, c.Domains); err != nil {
-		a.Stop()
-		return nil, fmt.Errorf("tls.acme: managing %v: %w", c.Domains, err)
-	}
-	log.Info("ACME certificate management started", zap.Strings("domains", c.Domains),
-		zap.String("directory", c.DirectoryURL), zap.String("challenge", c.Challenge),
-		zap.String("storage", fmt.Sprint(c.Storage)))
+	a.done = make(chan struct{})
+	// Managing starts by loading what the store holds; a store that cannot
+	// be read yet (the hub's API server restarting, RBAC not applied yet)
+	// is retried in the background rather than failing the start.
+	go func() {
+		defer close(a.done)
+		wait := 2 * time.Second
+		for {
+			// certmagic's ManageAsync only logs a store it cannot read and
+			// then leaves the name unmanaged for good; so look into the
+			// store first, and retry here while it answers with anything
+			// but "not there". Then ManageAsync loads (and renews if due)
+			// or obtains, with certmagic's own retries.
+			_, err := c.Storage.Stat(ctx, "certificates")
+			if errors.Is(err, fs.ErrNotExist) {
+				err = nil
+			}
+			if err == nil {
+				err = cfg.ManageAsync(ctx, c.Domains)
+			}
+			if err == nil {
+				log.Info("ACME certificate management started", zap.Strings("domains", c.Domains),
+					zap.String("directory", c.DirectoryURL), zap.String("challenge", c.Challenge),
+					zap.String("storage", fmt.Sprint(c.Storage)))
+				return
+			}
+			log.Error("cannot start managing the ACME certificate; retrying (handshakes fail until a certificate is there)",
+				zap.Strings("domains", c.Domains), zap.String("storage", fmt.Sprint(c.Storage)),
+				zap.Error(err), zap.Duration("retry_in", wait))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			wait = min(2*wait, time.Minute)
+		}
+	}()
 	return a, nil
 }
 
@@ -145,6 +178,7 @@ func (a *ACME) HTTPHandler(next http.Handler) http.Handler {
 // Stop ends certificate maintenance and cancels pending orders.
 func (a *ACME) Stop() {
 	a.cancel()
+	<-a.done
 	a.cache.Stop()
 }
 

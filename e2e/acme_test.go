@@ -374,20 +374,66 @@ func TestACMEReplicas(t *testing.T) {
 // section of a replica's config.
 func acmeHub(t *testing.T, c *kubetest.Cluster) (string, func(id string) string) {
 	t.Helper()
+	ns, hub := acmeHubNoRole(t, c)
+	applyBase(t, c, "role.yaml", "rolebinding.yaml")
+	return ns, hub
+}
+
+// acmeHubNoRole is acmeHub without the Role and RoleBinding: the
+// ServiceAccount may do nothing yet.
+func acmeHubNoRole(t *testing.T, c *kubetest.Cluster) (string, func(id string) string) {
+	t.Helper()
 	const ns = "keyhole" // the base's namespace
-	var rbac []string
-	for _, f := range []string{"namespace.yaml", "serviceaccount.yaml", "role.yaml", "rolebinding.yaml"} {
-		b, err := os.ReadFile(filepath.Join("..", "install", "kustomize", "stub", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rbac = append(rbac, string(b))
-	}
-	c.Apply(t, strings.Join(rbac, "\n---\n"))
+	applyBase(t, c, "namespace.yaml", "serviceaccount.yaml")
 	kubeconfig := c.ServiceAccountKubeconfig(t, ns, "keyhole-stub")
 	return ns, func(id string) string {
 		return fmt.Sprintf("hub: {enabled: true, kubeconfig: %q, namespace: %s, replicaID: %s}\n", kubeconfig, ns, id)
 	}
+}
+
+// applyBase applies files of install/kustomize/stub.
+func applyBase(t *testing.T, c *kubetest.Cluster, files ...string) {
+	t.Helper()
+	var docs []string
+	for _, f := range files {
+		b, err := os.ReadFile(filepath.Join("..", "install", "kustomize", "stub", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		docs = append(docs, string(b))
+	}
+	c.Apply(t, strings.Join(docs, "\n---\n"))
+}
+
+// TestACMEHubLate: a replica starts before it may read Secrets in the hub
+// (the Role is not applied yet). It does not exit: it logs why it cannot
+// start managing the certificate and retries; once the Role is there it
+// obtains the certificate.
+func TestACMEHubLate(t *testing.T) {
+	c := kubetest.Start(t)
+	_, hub := acmeHubNoRole(t, c)
+	port := freePort(t)
+	p := startPebble(t, port, freePort(t), 30*24*time.Hour)
+	stub := acmeStub(t, "replica1", t.TempDir(), port, p, "", hub("replica1"))
+	msg := "cannot start managing the ACME certificate; retrying"
+	waitFor(t, 60*time.Second, "the replica to report the forbidden store", func() bool {
+		return strings.Contains(stub.logText(), msg)
+	}, stub)
+	for _, l := range strings.Split(stub.logText(), "\n") {
+		if strings.Contains(l, msg) {
+			t.Logf("replica logged: %.400s", l)
+			for _, w := range []string{"forbidden", `Secrets in hub namespace \"keyhole\"`, "retry_in"} {
+				if !strings.Contains(l, w) {
+					t.Errorf("message lacks %q", w)
+				}
+			}
+			break
+		}
+	}
+	granted := time.Now()
+	applyBase(t, c, "role.yaml", "rolebinding.yaml")
+	leaf := waitServed(t, fmt.Sprintf("127.0.0.1:%d", port), p.roots(t), 120*time.Second, stub, p.proc)
+	t.Logf("certificate %x %v after the Role was applied", leaf.SerialNumber, time.Since(granted).Round(time.Millisecond))
 }
 
 // TestACMEReplicaCrash: the replica holding the order lock is killed
