@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -300,7 +299,7 @@ func TestACMEReplicas(t *testing.T) {
 	port1, port2 := freePort(t), freePort(t)
 	addr1, addr2 := fmt.Sprintf("127.0.0.1:%d", port1), fmt.Sprintf("127.0.0.1:%d", port2)
 	lockSecret := certs.LockSecretName("issue_cert_" + acmeDomain)
-	lb := startBalancer(t, func() string {
+	lb := startTCPRelay(t, func() string {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		to := addr1
@@ -310,7 +309,7 @@ func TestACMEReplicas(t *testing.T) {
 		}
 		return to
 	})
-	p := startPebble(t, lb.port, freePort(t), 30*24*time.Hour)
+	p := startPebble(t, lb.ln.Addr().(*net.TCPAddr).Port, freePort(t), 30*24*time.Hour)
 	dir := t.TempDir()
 	binaries(t) // built before the clock starts
 	start := time.Now()
@@ -450,7 +449,7 @@ func TestACMEReplicaCrash(t *testing.T) {
 	var killed *process
 	var killedAt time.Time
 	ready := make(chan struct{})
-	lb := startBalancer(t, func() string {
+	lb := startTCPRelay(t, func() string {
 		<-ready // r1 and r2 are set
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -469,7 +468,7 @@ func TestACMEReplicaCrash(t *testing.T) {
 		}
 		return addr1
 	})
-	p := startPebble(t, lb.port, freePort(t), 30*24*time.Hour)
+	p := startPebble(t, lb.ln.Addr().(*net.TCPAddr).Port, freePort(t), 30*24*time.Hour)
 	dir := t.TempDir()
 	binaries(t)
 	r1 = acmeStub(t, "replica1", dir, port1, p, "", hub("replica1"))
@@ -477,13 +476,9 @@ func TestACMEReplicaCrash(t *testing.T) {
 	close(ready)
 	roots := p.roots(t)
 	waitFor(t, 60*time.Second, "a replica to be killed holding the lock", func() bool {
-		lb.mu.Lock()
-		defer lb.mu.Unlock()
-		return len(lb.routed) > 0
+		return len(lb.routedTo()) > 0 // routedTo's lock orders pick's writes before the reads below
 	}, r1, r2, p.proc)
-	lb.mu.Lock()
 	survivor, dead, at := r1, killed, killedAt
-	lb.mu.Unlock()
 	addr := addr1
 	if dead == r1 {
 		survivor, addr = r2, addr2
@@ -500,65 +495,6 @@ func TestACMEReplicaCrash(t *testing.T) {
 	if took < 15*time.Second {
 		t.Errorf("certificate %v after the kill: the lock (30 s) cannot have expired", took)
 	}
-}
-
-// balancer relays each TCP connection to the address pick returns.
-type balancer struct {
-	port   int
-	ln     net.Listener
-	mu     sync.Mutex
-	routed []string // backend of each connection
-	wg     sync.WaitGroup
-}
-
-func startBalancer(t *testing.T, pick func() string) *balancer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &balancer{port: ln.Addr().(*net.TCPAddr).Port, ln: ln}
-	var conns []net.Conn
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		for {
-			front, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			to := pick() // only this goroutine calls it
-			b.mu.Lock()
-			b.routed = append(b.routed, to)
-			b.mu.Unlock()
-			back, err := net.DialTimeout("tcp", to, 5*time.Second)
-			if err != nil {
-				front.Close()
-				continue
-			}
-			b.mu.Lock()
-			conns = append(conns, front, back)
-			b.mu.Unlock()
-			relay(front, back, &b.wg)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		b.mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		b.mu.Unlock()
-		b.wg.Wait()
-	})
-	return b
-}
-
-// routedTo is the backend of each connection so far.
-func (b *balancer) routedTo() []string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return append([]string(nil), b.routed...)
 }
 
 func slicesContainsSuffix(l []string, suffix string) bool {

@@ -10,9 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
+	"github.com/keyhole-dev/keyhole/tunnel"
 )
 
 func fdCount(t *testing.T, p *process) int {
@@ -124,56 +123,6 @@ func (s *suite) testBadInput(t *testing.T) {
 	})
 }
 
-// forwarder is a TCP relay that can be cut, standing for the network
-// between an agent and its API server.
-type forwarder struct {
-	l     net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-}
-
-func startForwarder(t *testing.T, target string) *forwarder {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &forwarder{l: l}
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			b, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			f.mu.Lock()
-			f.conns = append(f.conns, c, b)
-			f.mu.Unlock()
-			relay(c, b, &f.wg)
-		}
-	}()
-	t.Cleanup(f.cut)
-	return f
-}
-
-func (f *forwarder) cut() {
-	f.l.Close()
-	f.mu.Lock()
-	for _, c := range f.conns {
-		c.Close()
-	}
-	f.mu.Unlock()
-	f.wg.Wait()
-}
-
-func (f *forwarder) port() string { return strconv.Itoa(f.l.Addr().(*net.TCPAddr).Port) }
-
 // TestFaults covers an API server that becomes unreachable behind its agent
 // and an agent whose cluster is not the one its join secret names.
 func TestFaults(t *testing.T) {
@@ -182,7 +131,7 @@ func TestFaults(t *testing.T) {
 	secret, tokenFile := g.install("cut")
 	alice, aliceTok := g.user("alice", "cluster-admin")
 	apiPort := c.URL[strings.LastIndex(c.URL, ":")+1:]
-	fw := startForwarder(t, "127.0.0.1:"+apiPort)
+	fw := startTCPRelay(t, relayTo("127.0.0.1:"+apiPort))
 	health := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	agent := g.startAgent(agentOpts{cluster: "cut", id: "a1", secretFile: secret, apiURL: "https://127.0.0.1:" + fw.port(), tokenFile: tokenFile, c: c,
 		extra: "healthListen: " + health + "\n"})
@@ -202,7 +151,7 @@ func TestFaults(t *testing.T) {
 			st := g.status(aliceTok)["cut"]
 			return st.Ready && st.Agents[0].Health.APIServerVersion == "v1.33.13" && st.Agents[0].Health.TunnelRTT > 0
 		}, g.stub)
-		fw.cut()
+		fw.stop()
 		_, err := kubectl("get", "pods")
 		if err == nil || !strings.Contains(err.Error(), "ServiceUnavailable") {
 			t.Fatalf("got %v", err)
@@ -245,6 +194,67 @@ func TestFaults(t *testing.T) {
 		}
 	})
 
+	t.Run("join secret rotated, revoked, expired, unregistered", func(t *testing.T) {
+		_, secretFile := g.register("sec")
+		p := g.startAgent(agentOpts{cluster: "sec", id: "s1", secretFile: secretFile, kubeconfig: c.AdminKubeconfig})
+		g.waitAgents(aliceTok, "sec", "s1")
+		connected := func() (time.Time, bool) {
+			for _, a := range g.status(aliceTok)["sec"].Agents {
+				return a.Connected, true
+			}
+			return time.Time{}, false
+		}
+		since, _ := connected()
+		next := filepath.Join(g.dir, "sec.next") // secrets the agent does not get
+
+		// A plain rotation: handshakes need the new secret, the session
+		// of the old one stays up (10 s: two session checks and more).
+		g.stubCmd("register", "sec", "--rotate", "--secret-out", next)
+		time.Sleep(2*tunnel.SessionCheckInterval + time.Second)
+		if now, ok := connected(); !ok || !now.Equal(since) {
+			t.Fatalf("a plain rotation touched the session: connected %v (was %v)", now, since)
+		}
+
+		// A leaked secret: --disconnect closes its session within the
+		// check interval, and the agent, still holding it, is refused.
+		t0 := time.Now()
+		g.stubCmd("register", "sec", "--rotate", "--disconnect", "--secret-out", next)
+		waitFor(t, 3*tunnel.SessionCheckInterval, "the revoked session to close", func() bool { _, ok := connected(); return !ok }, p, g.stub)
+		t.Logf("rotate --disconnect: session closed after %v", time.Since(t0).Round(time.Millisecond))
+		waitFor(t, 30*time.Second, "the agent refused with the old secret", func() bool {
+			return strings.Contains(p.logText(), "join secret is not valid for cluster")
+		}, p)
+
+		// A secret that expires in 15 s, given to a restarted agent (so its
+		// backoff starts afresh): it connects, is cut at expiry and refused
+		// with a message that says what to do.
+		p.stop()
+		g.stubCmd("register", "sec", "--rotate", "--disconnect", "--expires", "15s", "--secret-out", secretFile)
+		p = g.startAgent(agentOpts{cluster: "sec", id: "s1", secretFile: secretFile, kubeconfig: c.AdminKubeconfig})
+		waitFor(t, 30*time.Second, "the agent with the new secret", func() bool { _, ok := connected(); return ok }, p)
+		waitFor(t, 40*time.Second, "the expired secret's session to close", func() bool { _, ok := connected(); return !ok }, p, g.stub)
+		waitFor(t, 40*time.Second, "the agent refused with an expired secret", func() bool {
+			return strings.Contains(p.logText(), `join secret of cluster \"sec\" expired`) && strings.Contains(p.logText(), "--rotate")
+		}, p)
+
+		// Unregistered: a live session is closed and the secret refused.
+		p.stop()
+		g.stubCmd("register", "sec", "--rotate", "--disconnect", "--secret-out", secretFile)
+		p = g.startAgent(agentOpts{cluster: "sec", id: "s1", secretFile: secretFile, kubeconfig: c.AdminKubeconfig})
+		waitFor(t, 30*time.Second, "the agent back", func() bool { _, ok := connected(); return ok }, p)
+		g.stubCmd("unregister", "sec")
+		// The status endpoint lists registered clusters only; the metrics
+		// come from the live sessions themselves.
+		waitFor(t, 3*tunnel.SessionCheckInterval, "the unregistered cluster's session to close", func() bool {
+			resp, err := http.Get("http://" + g.metricsAddr + "/metrics")
+			return err == nil && !strings.Contains(readAll(resp), `keyhole_agents_connected{cluster="sec"}`)
+		}, p, g.stub)
+		waitFor(t, 40*time.Second, "the agent refused as unregistered", func() bool {
+			return strings.Contains(p.logText(), `cluster \"sec\" is not registered`)
+		}, p)
+		p.stop()
+	})
+
 	t.Run("rotated ServiceAccount token is re-read", func(t *testing.T) {
 		// A token bound to a Secret dies with the Secret. The agent starts
 		// with one; then the file gets a new token and the old one dies.
@@ -264,7 +274,7 @@ func TestFaults(t *testing.T) {
 		writeFile(t, rotFile, tr.Status.Token)
 		g.register("rot")
 		secretRot := filepath.Join(g.dir, "rot.secret")
-		direct := startForwarder(t, "127.0.0.1:"+apiPort)
+		direct := startTCPRelay(t, relayTo("127.0.0.1:"+apiPort))
 		p := g.startAgent(agentOpts{cluster: "rot", id: "r1", secretFile: secretRot, apiURL: "https://127.0.0.1:" + direct.port(), tokenFile: rotFile, c: c})
 		g.waitAgents(aliceTok, "rot", "r1")
 		kc := g.kubeconfig("alice2", "rot-admins")

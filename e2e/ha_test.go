@@ -344,7 +344,7 @@ func TestReplicasFailover(t *testing.T) {
 
 func hubCut(t *testing.T, s *haSet, token, kc string) {
 	r := s.replicas["r1"]
-	rl := startRelay(t, strings.TrimPrefix(s.c.URL, "https://"))
+	rl := startTCPRelay(t, relayTo(strings.TrimPrefix(s.c.URL, "https://")))
 	b, err := os.ReadFile(s.c.AdminKubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -365,7 +365,7 @@ func hubCut(t *testing.T, s *haSet, token, kc string) {
 		return resp.StatusCode, readAll(resp)
 	}
 
-	rl.cut(true)
+	rl.pause(true)
 	t0 := time.Now()
 	waitFor(t, 30*time.Second, "r1 to say the hub is unreachable", func() bool {
 		code, body := readyz()
@@ -380,71 +380,11 @@ func hubCut(t *testing.T, s *haSet, token, kc string) {
 	}
 	// A cluster registered meanwhile is unknown to r1 until the hub is back.
 	s.register("ha-c")
-	rl.cut(false)
+	rl.pause(false)
 	waitFor(t, 60*time.Second, "r1 to know ha-c after the hub came back", func() bool {
 		_, ok := g.status(token)["ha-c"]
 		return ok
 	}, r.p)
 	code, body := readyz()
 	t.Logf("hub back: r1 /readyz %d %q", code, body)
-}
-
-// cutRelay forwards TCP to target until cut; cut(true) closes every
-// connection and refuses new ones until cut(false).
-type cutRelay struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-func startRelay(t *testing.T, target string) *cutRelay {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &cutRelay{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r.mu.Lock()
-			if r.down {
-				r.mu.Unlock()
-				c.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				r.mu.Unlock()
-				c.Close()
-				continue
-			}
-			r.conns[c], r.conns[up] = true, true
-			r.mu.Unlock()
-			relay(c, up, &r.wg)
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); r.cut(true); r.wg.Wait() })
-	return r
-}
-
-func (r *cutRelay) addr() string { return r.ln.Addr().String() }
-
-func (r *cutRelay) cut(down bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.down = down
-	if down {
-		for c := range r.conns {
-			c.Close()
-		}
-		clear(r.conns)
-	}
 }

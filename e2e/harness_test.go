@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -424,6 +426,7 @@ func nextLine(t testing.TB, ch <-chan timedLine, timeout time.Duration, what str
 }
 
 func readAll(resp *http.Response) string {
+	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
@@ -467,6 +470,101 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: %s}]
 
 // relay copies between a and b until both directions end; wg tracks its
 // two goroutines.
+// tcpRelay forwards each TCP connection it accepts to the address pick
+// returns (pick is called from one goroutine only). It stands for a network
+// path or a load balancer that a test breaks: pause(true) closes every
+// connection and refuses new ones until pause(false); stop closes it for
+// good (new connections are then refused by the kernel).
+type tcpRelay struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn
+	routed []string // the backend of each connection
+	wg     sync.WaitGroup
+	once   sync.Once
+}
+
+func startTCPRelay(t testing.TB, pick func() string) *tcpRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &tcpRelay{ln: ln}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		for {
+			front, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			down := r.down
+			r.mu.Unlock()
+			if down {
+				front.Close()
+				continue
+			}
+			to := pick()
+			r.mu.Lock()
+			r.routed = append(r.routed, to)
+			r.mu.Unlock()
+			back, err := net.DialTimeout("tcp", to, 5*time.Second)
+			if err != nil {
+				front.Close()
+				continue
+			}
+			r.mu.Lock()
+			r.conns = append(r.conns, front, back)
+			r.mu.Unlock()
+			relay(front, back, &r.wg)
+		}
+	}()
+	t.Cleanup(r.stop)
+	return r
+}
+
+// relayTo is a pick for one backend.
+func relayTo(addr string) func() string { return func() string { return addr } }
+
+func (r *tcpRelay) addr() string { return r.ln.Addr().String() }
+func (r *tcpRelay) port() string { return strconv.Itoa(r.ln.Addr().(*net.TCPAddr).Port) }
+
+func (r *tcpRelay) closeConns() {
+	for _, c := range r.conns {
+		c.Close()
+	}
+	r.conns = nil
+}
+
+func (r *tcpRelay) pause(down bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.down = down
+	if down {
+		r.closeConns()
+	}
+}
+
+func (r *tcpRelay) stop() {
+	r.once.Do(func() {
+		r.ln.Close()
+		r.mu.Lock()
+		r.closeConns()
+		r.mu.Unlock()
+		r.wg.Wait()
+	})
+}
+
+// routedTo is the backend of each connection so far.
+func (r *tcpRelay) routedTo() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.routed)
+}
+
 func relay(a, b net.Conn, wg *sync.WaitGroup) {
 	wg.Add(2)
 	go func() { defer wg.Done(); _, _ = io.Copy(b, a); b.Close() }()
