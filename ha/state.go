@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -72,7 +73,15 @@ func (s *State) Run(ctx context.Context) {
 	lw := cache.NewListWatchFromClient(s.cs.CoreV1().RESTClient(), "secrets", s.ns,
 		fields.OneTermEqualSelector("metadata.name", StateSecret))
 	inf := cache.NewSharedIndexInformer(lw, &corev1.Secret{}, 0, cache.Indexers{})
-	_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { s.note(err) })
+	_ = inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		// An expired resource version or a closed watch is routine (the
+		// informer lists again); anything else means the hub is not
+		// answering as it should.
+		if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return
+		}
+		s.note(err)
+	})
 	write := func(obj any) {
 		if sec, ok := obj.(*corev1.Secret); ok {
 			if err := s.apply(sec); err != nil {
