@@ -244,8 +244,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.stableEnd {
 			retries, a.stableEnd = 0, false
 		}
-		a.mu.Unlock()
-		a.mu.Lock()
 		if a.wantChanged {
 			misses, a.wantChanged = 0, false // news of a replica: look for it at once
 		}
