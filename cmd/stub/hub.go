@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/config"
@@ -21,6 +22,7 @@ import (
 // serve context (SIGTERM), which also releases the leader Lease and
 // withdraws the replica's Lease at once; wait waits for them.
 type hub struct {
+	client   kubernetes.Interface // the hub's API server
 	replicas *ha.Replicas
 	elector  *ha.Elector
 	state    *ha.State
@@ -41,7 +43,7 @@ func startHub(ctx context.Context, cfg config.Stub, log *zap.Logger) (*hub, erro
 		return nil, err
 	}
 	ns, id := cfg.Hub.Namespace, cfg.Hub.ReplicaID
-	h := &hub{state: ha.NewState(cs, ns, stateFiles(cfg), log.Named("state"))}
+	h := &hub{client: cs, state: ha.NewState(cs, ns, stateFiles(cfg), log.Named("state"))}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = h.state.Pull(pctx)
 	cancel()

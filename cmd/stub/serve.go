@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/authn"
@@ -145,7 +146,11 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %q: %w (pick a free port in the config's listen key)", cfg.Listen, err)
 	}
-	tlsCfg, stopTLS, err := serverTLS(cfg, bundle, log.Named("tls")) // cmd/stub/tls.go
+	var hubClient kubernetes.Interface // ACME's store shares the replica's hub client
+	if hb != nil {
+		hubClient = hb.client
+	}
+	tlsCfg, stopTLS, err := serverTLS(cfg, bundle, hubClient, log.Named("tls")) // cmd/stub/tls.go
 	if err != nil {
 		ln.Close()
 		return err

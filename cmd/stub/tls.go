@@ -12,10 +12,10 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyhole-dev/keyhole/certs"
 	"github.com/keyhole-dev/keyhole/config"
-	"github.com/keyhole-dev/keyhole/ha"
 )
 
 // loadBundle returns the certificate material that kubeconfigs and agent
@@ -40,10 +40,10 @@ const acmeMinFree = 64 << 10
 // function that stops what it started (ACME maintenance, the http-01
 // listener). Call it once the listener is bound: tls-alpn-01 validation
 // may connect as soon as it returns.
-func serverTLS(cfg config.Stub, bundle *certs.Bundle, log *zap.Logger) (*tls.Config, func(), error) {
+func serverTLS(cfg config.Stub, bundle *certs.Bundle, hub kubernetes.Interface, log *zap.Logger) (*tls.Config, func(), error) {
 	switch {
 	case cfg.TLS.ACME != nil:
-		return acmeTLS(cfg, log)
+		return acmeTLS(cfg, hub, log)
 	case cfg.TLS.CertFile != "":
 		// An operator's certificate is picked up again when renewed.
 		rl, err := certs.NewReloading(cfg.TLS.CertFile, cfg.TLS.KeyFile)
@@ -67,14 +67,11 @@ func tlsNote(cfg config.Stub, bundle *certs.Bundle) string {
 }
 
 // acmeStorage is the certificate store: Secrets in the hub when replicas
-// share one, else a directory in the state directory.
-func acmeStorage(cfg config.Stub, log *zap.Logger) (*certs.GuardedStorage, func(), error) {
-	if cfg.Hub.Enabled {
-		cs, _, err := ha.Client(cfg.Hub)
-		if err != nil {
-			return nil, nil, err
-		}
-		ss := &certs.SecretStorage{Client: cs, Namespace: cfg.Hub.Namespace, Holder: cfg.Hub.ReplicaID, Logger: log.Named("storage")}
+// share one (hub is the replica's hub client), else a directory in the
+// state directory.
+func acmeStorage(cfg config.Stub, hub kubernetes.Interface, log *zap.Logger) (*certs.GuardedStorage, func(), error) {
+	if hub != nil {
+		ss := &certs.SecretStorage{Client: hub, Namespace: cfg.Hub.Namespace, Holder: cfg.Hub.ReplicaID, Logger: log.Named("storage")}
 		return &certs.GuardedStorage{Storage: ss, Logger: log,
 			Where: fmt.Sprintf("Secrets in hub namespace %q (hub.namespace)", cfg.Hub.Namespace),
 			Fix:   "check that the hub's API server and etcd accept writes (etcd quota, disk) and that the stub may create, update and delete Secrets there",
@@ -90,9 +87,9 @@ func acmeStorage(cfg config.Stub, log *zap.Logger) (*certs.GuardedStorage, func(
 	}, func() {}, nil
 }
 
-func acmeTLS(cfg config.Stub, log *zap.Logger) (*tls.Config, func(), error) {
+func acmeTLS(cfg config.Stub, hub kubernetes.Interface, log *zap.Logger) (*tls.Config, func(), error) {
 	a := cfg.TLS.ACME
-	store, closeStore, err := acmeStorage(cfg, log)
+	store, closeStore, err := acmeStorage(cfg, hub, log)
 	if err != nil {
 		return nil, nil, err
 	}
