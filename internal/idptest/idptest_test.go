@@ -334,34 +334,30 @@ func postToken(t *testing.T, d *Dex, form url.Values) TokenResponse {
 
 func postJSON(t *testing.T, d *Dex, target string, form url.Values, v any) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(form.Encode()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := d.HTTPClient().Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST %s: %s: %s", target, resp.Status, b)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		t.Fatalf("POST %s: %v", target, err)
-	}
+	doJSON(t, d, http.MethodPost, target, form, v)
 }
 
 func getJSON(t *testing.T, d *Dex, target string, v any) {
 	t.Helper()
+	doJSON(t, d, http.MethodGet, target, nil, v)
+}
+
+// doJSON sends a request to Dex (a form body when form is not nil) and
+// decodes a 200 answer's JSON into v.
+func doJSON(t *testing.T, d *Dex, method, target string, form url.Values, v any) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), RequestTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, body)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	}
 	resp, err := d.HTTPClient().Do(req)
 	if err != nil {
@@ -370,9 +366,9 @@ func getJSON(t *testing.T, d *Dex, target string, v any) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s: %s", target, resp.Status, b)
+		t.Fatalf("%s %s: %s: %s", method, target, resp.Status, b)
 	}
 	if err := json.Unmarshal(b, v); err != nil {
-		t.Fatalf("GET %s: %v", target, err)
+		t.Fatalf("%s %s: %v", method, target, err)
 	}
 }
