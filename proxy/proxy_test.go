@@ -377,11 +377,12 @@ func TestWatchIsNotBuffered(t *testing.T) {
 	}
 }
 
-func TestUpgradeHalfClose(t *testing.T) {
-	api := newFakeAPI(t)
-	c := newChain(t, restFor(api.Server), api)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool}} // HTTP/1.1: upgrades cannot ride h2
-	defer tr.CloseIdleConnections()
+// upgrade asks the stub as alice to upgrade a request to cluster c1 (over
+// HTTP/1.1: upgrades cannot ride h2) and returns the answer.
+func (c *chain) upgrade(t *testing.T) *http.Response {
+	t.Helper()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool}}
+	t.Cleanup(tr.CloseIdleConnections)
 	req, _ := http.NewRequest("GET", c.stubURL+"/clusters/c1/upgrade", nil)
 	req.Header.Set("Authorization", "Bearer alice-token")
 	req.Header.Set("Connection", "Upgrade")
@@ -390,6 +391,13 @@ func TestUpgradeHalfClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return resp
+}
+
+func TestUpgradeHalfClose(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChain(t, restFor(api.Server), api)
+	resp := c.upgrade(t)
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("status %s: %s", resp.Status, b)
@@ -575,16 +583,7 @@ func TestAuditRecords(t *testing.T) {
 	c.do(t, "GET", "/clusters/lonely/api/v1/pods", "alice-token", nil)
 
 	// An upgraded session: started and completed, with bytes each way.
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool}}
-	defer tr.CloseIdleConnections()
-	req, _ := http.NewRequest("GET", c.stubURL+"/clusters/c1/upgrade", nil)
-	req.Header.Set("Authorization", "Bearer alice-token")
-	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", "test-proto")
-	up, err := tr.RoundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	up := c.upgrade(t)
 	rwc := up.Body.(io.ReadWriteCloser)
 	_, _ = io.WriteString(rwc, "hello")
 	_ = rwc.(interface{ CloseWrite() error }).CloseWrite()
