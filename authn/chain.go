@@ -9,8 +9,8 @@ import (
 // the issuer it names, anything else as a static token. Static tokens
 // ("khu_…") never contain dots, so the two never compete for a token.
 type Chain struct {
-	Static *TokenFile // may be nil
-	JWT    *JWT       // may be nil
+	Static StaticTokens // may be nil
+	JWT    *JWT         // may be nil
 }
 
 // Authenticate maps token to a user or says why it cannot.

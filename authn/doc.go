@@ -1,12 +1,20 @@
 // Package authn decides who is calling the stub.
 //
-// Today a caller proves who it is with a static bearer token. The stub keeps
-// only the SHA-256 of each token, in a YAML file it re-reads when it changes
-// (so adding or revoking a token needs no restart), compares hashes in
-// constant time over every entry, and maps the token to a User: a name and
-// groups, exactly what the agent later turns into Impersonate-* headers.
-// Names and groups under the reserved "system:" prefix are refused at load,
-// so no static token can ever stand for a Kubernetes system identity.
+// A caller proves who it is with a bearer token, which Chain sends one of
+// two ways:
+//   - a JWT (three dot-separated parts) goes to the OIDC issuer it names
+//     (JWT: signature, issuer, audience, expiry, then claims to a User by the
+//     issuer's claim mappings, in the shape of Kubernetes'
+//     AuthenticationConfiguration jwt list);
+//   - anything else is a static token ("khu_…"), matched by MatchToken
+//     against a list of SHA-256 hashes in constant time over every entry.
+//     The list itself is the stub's state (package stub keeps it, re-reads
+//     it when it changes and mints the tokens).
+//
+// Either way the result is a User: a name and groups, exactly what the
+// agent later turns into Impersonate-* headers. Names and groups under the
+// reserved "system:" prefix are refused (ValidateIdentity), so no token can
+// ever stand for a Kubernetes system identity.
 //
 // Tokens are never logged; only their owner's name is.
 package authn

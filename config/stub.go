@@ -405,7 +405,6 @@ func checkLevel(p *problems, level string) {
 	}
 }
 
-// ClustersFile, TokensFile and TLSDir are the paths inside the state dir.
-func (c Stub) ClustersFile() string { return filepath.Join(c.StateDir, "clusters.yaml") }
-func (c Stub) TokensFile() string   { return filepath.Join(c.StateDir, "tokens.yaml") }
-func (c Stub) TLSDir() string       { return filepath.Join(c.StateDir, "tls") }
+// TLSDir is where the self-signed CA and certificate of a first run live,
+// inside the state directory (whose other files package stub owns).
+func (c Stub) TLSDir() string { return filepath.Join(c.StateDir, "tls") }

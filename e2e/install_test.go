@@ -384,7 +384,7 @@ func haAsStub(t *testing.T, c *kubetest.Cluster) {
 	}
 	dir := t.TempDir()
 	st := ha.NewState(cs, ns, map[string]string{"clusters.yaml": filepath.Join(dir, "clusters.yaml")}, nil)
-	write := func(path string) error { return os.WriteFile(path, []byte("clusters: {}\n"), 0o600) }
+	write := func([]byte) ([]byte, error) { return []byte("clusters: {}\n"), nil }
 	if err := st.Update(ctx, "clusters.yaml", write); err != nil {
 		t.Errorf("updating the shared state: %v", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -29,10 +28,10 @@ import (
 const StateSecret = "keyhole-state"
 
 // State mirrors the shared state Secret into files of the state directory,
-// where the stub's file-based readers (tunnel.ClustersFile,
-// authn.TokenFile) pick changes up as they always do. Writers (the
-// register and kubeconfig commands) change the Secret through Update; every
-// replica's mirror then writes the files. When the hub cannot be reached
+// where the stub's readers (stub.State) pick changes up as they do for a
+// single stub. Writers (the register and kubeconfig commands, the leader's
+// token pruning) change the Secret through Update; every replica's mirror
+// then writes the files. When the hub cannot be reached
 // the files stay as they were: the stub serves on what it knows.
 type State struct {
 	cs    kubernetes.Interface
@@ -142,24 +141,17 @@ func (s *State) note(err error) {
 	s.lastErr = err
 }
 
-// Update changes key of the shared state: fn gets a scratch file holding the
-// key's current value (absent if none), changes it in place with the same
-// code that edits a local state file, and the result is written back to the
-// Secret with optimistic concurrency (a concurrent writer makes it retry on
-// the new value). The local mirror file is written too.
-func (s *State) Update(ctx context.Context, key string, fn func(path string) error) error {
-	dir, err := os.MkdirTemp("", "keyhole-state-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	scratch := filepath.Join(dir, key)
+// Update changes key of the shared state: edit gets the key's current
+// value (nil if none) and returns the new one; the result is written to the
+// Secret with optimistic concurrency (a concurrent writer makes it retry,
+// calling edit again on the new value), then to the local mirror file. An
+// error from edit ends Update with that error and writes nothing.
+func (s *State) Update(ctx context.Context, key string, edit func(cur []byte) ([]byte, error)) error {
 	secrets := s.cs.CoreV1().Secrets(s.ns)
 	// Writers are people and CI jobs, rarely more than a few at once; give
 	// them room (about 20 tries over some seconds) before giving up.
 	backoff := wait.Backoff{Steps: 20, Duration: 10 * time.Millisecond, Factor: 1.5, Jitter: 1, Cap: time.Second}
-	err = retry.RetryOnConflict(backoff, func() error {
-		_ = os.Remove(scratch)
+	return retry.RetryOnConflict(backoff, func() error {
 		sec, err := secrets.Get(ctx, StateSecret, metav1.GetOptions{})
 		create := apierrors.IsNotFound(err)
 		if create {
@@ -169,15 +161,7 @@ func (s *State) Update(ctx context.Context, key string, fn func(path string) err
 		} else if err != nil {
 			return fmt.Errorf("read Secret %s/%s from the hub: %w", s.ns, StateSecret, err)
 		}
-		if cur, ok := sec.Data[key]; ok {
-			if err := os.WriteFile(scratch, cur, 0o600); err != nil {
-				return err
-			}
-		}
-		if err := fn(scratch); err != nil {
-			return err
-		}
-		next, err := os.ReadFile(scratch)
+		next, err := edit(sec.Data[key])
 		if err != nil {
 			return err
 		}
@@ -200,7 +184,6 @@ func (s *State) Update(ctx context.Context, key string, fn func(path string) err
 		}
 		return err
 	})
-	return err
 }
 
 // Health reports when the files last matched the Secret and the hub error

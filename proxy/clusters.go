@@ -20,11 +20,6 @@ type AgentLister interface {
 	Agents(cluster string) []tunnel.AgentInfo
 }
 
-// ClusterLister lists registered clusters (*tunnel.ClustersFile).
-type ClusterLister interface {
-	List() []tunnel.ClusterEntry
-}
-
 // ClusterStatus is one entry of the ClustersPath answer.
 type ClusterStatus struct {
 	ID     string            `json:"id"`
@@ -36,7 +31,7 @@ type ClusterStatus struct {
 }
 
 // ClustersHandler serves ClustersPath.
-func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterLister, agents AgentLister) http.Handler {
+func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterRegistry, agents AgentLister) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok {
@@ -49,7 +44,7 @@ func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterLister, age
 			return
 		}
 		out := []ClusterStatus{}
-		for _, c := range clusters.List() {
+		for _, c := range clusters.Clusters() {
 			if !pol.Allowed(user, c.ID, c.Labels) {
 				continue // callers see only the clusters they may reach
 			}

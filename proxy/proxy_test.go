@@ -49,10 +49,17 @@ func (t tokens) Authenticate(_ context.Context, tok string) (*authn.User, error)
 	return &u, nil
 }
 
+// registry is a fixed set of registered clusters.
 type registry map[string]bool
 
-func (r registry) Get(id string) (tunnel.ClusterEntry, bool) {
-	return tunnel.ClusterEntry{ID: id}, r[id]
+func (r registry) Cluster(id string) (Cluster, bool) { return Cluster{ID: id}, r[id] }
+
+func (r registry) Clusters() []Cluster {
+	var out []Cluster
+	for id := range r {
+		out = append(out, Cluster{ID: id})
+	}
+	return out
 }
 
 type agentAuth struct{}
@@ -722,7 +729,7 @@ func TestProber(t *testing.T) {
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest("GET", ClustersPath, nil)
 		req.Header.Set("Authorization", "Bearer alice-token")
-		ClustersHandler(tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, policy.Open(), registryList{"c1"}, c.tsrv).ServeHTTP(rec, req)
+		ClustersHandler(tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, policy.Open(), registry{"c1": true}, c.tsrv).ServeHTTP(rec, req)
 		var list []ClusterStatus
 		if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil || len(list) != 1 {
 			t.Fatalf("%s %v", rec.Body, err)
@@ -755,15 +762,6 @@ func TestProber(t *testing.T) {
 	})
 }
 
-type registryList []string
-
-func (r registryList) List() []tunnel.ClusterEntry {
-	var out []tunnel.ClusterEntry
-	for _, id := range r {
-		out = append(out, tunnel.ClusterEntry{ID: id})
-	}
-	return out
-}
 
 func TestMetrics(t *testing.T) {
 	api := newFakeAPI(t)

@@ -30,10 +30,18 @@ type ClusterDialer interface {
 	DialCluster(ctx context.Context, cluster string) (net.Conn, error)
 }
 
-// ClusterRegistry tells whether a cluster ID is registered
-// (*tunnel.ClustersFile).
+// Cluster is what the stub hop knows of a registered cluster.
+type Cluster struct {
+	ID string
+	// Labels are the cluster's labels, which policy rules may match.
+	Labels map[string]string
+}
+
+// ClusterRegistry tells whether a cluster ID is registered, and lists the
+// registered clusters (stub.State's Registry).
 type ClusterRegistry interface {
-	Get(id string) (tunnel.ClusterEntry, bool)
+	Cluster(id string) (Cluster, bool)
+	Clusters() []Cluster
 }
 
 // Authenticator maps a bearer token to a user (*authn.Chain). Its error
@@ -192,7 +200,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log = log.With(zap.String("cluster", cluster))
-	entry, ok := s.cfg.Clusters.Get(cluster)
+	entry, ok := s.cfg.Clusters.Cluster(cluster)
 	if !ok {
 		log.Info("request refused: unknown cluster")
 		refuse(kubestatus.NotFound(fmt.Sprintf("cluster %q is not registered at this gateway", cluster)))

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,7 +14,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -399,49 +399,6 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-func TestClustersFile(t *testing.T) {
-	path := t.TempDir() + "/clusters.yaml"
-	cf, err := OpenClustersFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cf.AuthenticateAgent("prod", "x"); !errors.Is(err, ErrUnknownCluster) {
-		t.Fatalf("got %v", err)
-	}
-	secret, err := Register(path, "prod", RegisterOptions{Labels: map[string]string{"env": "prod"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := Register(path, "prod", RegisterOptions{}); err == nil || !strings.Contains(err.Error(), "--rotate") {
-		t.Fatalf("double registration: %v", err)
-	}
-	if _, err := Register(path, "Not_A_Label", RegisterOptions{}); err == nil {
-		t.Fatal("bad ID registered")
-	}
-	data, _ := os.ReadFile(path)
-	if strings.Contains(string(data), secret) {
-		t.Fatal("join secret stored in clear")
-	}
-	cf, _ = OpenClustersFile(path)
-	if err := cf.AuthenticateAgent("prod", secret); err != nil {
-		t.Fatal(err)
-	}
-	if err := cf.AuthenticateAgent("prod", secret+"x"); !errors.Is(err, ErrBadSecret) {
-		t.Fatalf("got %v", err)
-	}
-	rotated, err := Register(path, "prod", RegisterOptions{Rotate: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ = OpenClustersFile(path)
-	if cf.AuthenticateAgent("prod", secret) == nil || cf.AuthenticateAgent("prod", rotated) != nil {
-		t.Fatal("rotation did not replace the secret")
-	}
-	if e, _ := cf.Get("prod"); e.Labels["env"] != "prod" {
-		t.Fatalf("rotation lost labels: %+v", e)
-	}
-}
-
 // Only agents that verify callers themselves make the stub forward tokens.
 func TestWantsCallerToken(t *testing.T) {
 	e := newEnv(t)
@@ -548,16 +505,64 @@ func TestGracefulDrain(t *testing.T) {
 	e.waitAgents("c1", func(n int) bool { return n == 1 })
 }
 
-// TestJoinSecretLifecycle: a rotation keeps the old secret's sessions (and
-// refuses its handshakes); --disconnect, expiry and unregistering close
-// them; an expired secret is refused with a message that says so.
-func TestJoinSecretLifecycle(t *testing.T) {
-	path := t.TempDir() + "/clusters.yaml"
-	cf, err := OpenClustersFile(path)
-	if err != nil {
-		t.Fatal(err)
+// joinSecrets is an in-memory AgentAuthenticator and SessionChecker for
+// one cluster, "prod": its current secret (with an optional end), the one
+// before the last rotation, or none (unregistered). The stub's own
+// implementation over its state files is stub.State.
+type joinSecrets struct {
+	mu         sync.Mutex
+	registered bool
+	cur, prev  [sha256.Size]byte
+	hasPrev    bool
+	curExpires time.Time
+}
+
+// set makes secret the current one; keepPrev keeps the replaced one for
+// open sessions (a plain rotation), else they are closed.
+func (j *joinSecrets) set(secret string, keepPrev bool, expires time.Time) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.prev, j.hasPrev = j.cur, keepPrev && j.registered
+	j.cur, j.curExpires, j.registered = sha256.Sum256([]byte(secret)), expires, true
+}
+
+func (j *joinSecrets) unregister() { j.mu.Lock(); j.registered = false; j.mu.Unlock() }
+
+func (j *joinSecrets) AuthenticateAgent(cluster, secret string) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	switch sum := sha256.Sum256([]byte(secret)); {
+	case cluster != "prod" || !j.registered:
+		return ErrUnknownCluster
+	case sum != j.cur:
+		return ErrBadSecret
+	case !j.curExpires.IsZero() && !time.Now().Before(j.curExpires):
+		return ErrSecretExpired
 	}
-	srv, err := NewServer(ServerConfig{Auth: cf, Logger: zaptest.NewLogger(t), SessionCheckInterval: 50 * time.Millisecond,
+	return nil
+}
+
+func (j *joinSecrets) CheckSession(cluster string, sum [sha256.Size]byte) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	switch {
+	case cluster != "prod" || !j.registered:
+		return ErrUnknownCluster
+	case sum == j.cur && !j.curExpires.IsZero() && !time.Now().Before(j.curExpires):
+		return ErrSecretExpired
+	case sum == j.cur, j.hasPrev && sum == j.prev:
+		return nil
+	}
+	return ErrBadSecret
+}
+
+// TestJoinSecretLifecycle: the server asks its SessionChecker about every
+// session: a rotation keeps the old secret's sessions (and refuses its
+// handshakes); a rotation that disconnects, expiry and unregistering
+// close them; an expired secret is refused with a message that says so.
+func TestJoinSecretLifecycle(t *testing.T) {
+	js := &joinSecrets{}
+	srv, err := NewServer(ServerConfig{Auth: js, Logger: zaptest.NewLogger(t), SessionCheckInterval: 50 * time.Millisecond,
 		KeepAliveInterval: 200 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -570,10 +575,8 @@ func TestJoinSecretLifecycle(t *testing.T) {
 	e := &env{t: t, srv: srv, ts: ts, pool: pool}
 
 	var mu sync.Mutex
-	secret, err := Register(path, "prod", RegisterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	secret := "khj_first"
+	js.set(secret, false, time.Time{})
 	connect := func() (*Agent, func()) {
 		cfg := e.agentConfig("prod", "a1", "fp", "", echoAgent("a1"))
 		cfg.Secret = func() (string, error) { mu.Lock(); defer mu.Unlock(); return secret, nil }
@@ -586,68 +589,44 @@ func TestJoinSecretLifecycle(t *testing.T) {
 		go func() { defer close(done); _ = a.Run(ctx) }()
 		return a, func() { cancel(); <-done }
 	}
-	a, stop := connect()
+	_, stop := connect()
 	defer stop()
 	e.waitAgents("prod", func(n int) bool { return n == 1 })
 	since := srv.Agents("prod")[0].Connected
 
 	// Rotate: the old session stays.
 	old := secret
-	mu.Lock()
-	rotated, err := Register(path, "prod", RegisterOptions{Rotate: true})
-	mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(1500 * time.Millisecond) // the file is re-read within a second; many checks pass
+	js.set("khj_second", true, time.Time{})
+	time.Sleep(300 * time.Millisecond) // several checks pass
 	if got := srv.Agents("prod"); len(got) != 1 || !got[0].Connected.Equal(since) {
-		t.Fatalf("rotation without --disconnect touched the session: %+v", got)
+		t.Fatalf("rotation that keeps sessions touched the session: %+v", got)
 	}
-	if err := cf.AuthenticateAgent("prod", old); !errors.Is(err, ErrBadSecret) {
+	if err := js.AuthenticateAgent("prod", old); !errors.Is(err, ErrBadSecret) {
 		t.Fatalf("old secret in a handshake: %v", err)
 	}
 
-	// Rotate with --disconnect: the session of the old secret is closed;
-	// the agent comes back only with the new secret.
-	if _, err := Register(path, "prod", RegisterOptions{Rotate: true, Disconnect: true}); err != nil {
-		t.Fatal(err)
-	}
+	// Rotate and disconnect: the session of the old secret is closed.
+	js.set("khj_third", false, time.Time{})
 	e.waitAgents("prod", func(n int) bool { return n == 0 })
-	_ = rotated
 	stop()
 
 	// An expired secret: refused with a message, sessions closed.
-	past := time.Now().Add(2 * time.Second)
 	mu.Lock()
-	secret, err = Register(path, "prod", RegisterOptions{Rotate: true, Disconnect: true, Expires: &past})
+	secret = "khj_fourth"
 	mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = a
+	js.set(secret, false, time.Now().Add(2*time.Second))
 	a, stop2 := connect()
 	defer stop2()
 	e.waitAgents("prod", func(n int) bool { return n == 1 })
 	e.waitAgents("prod", func(n int) bool { return n == 0 }) // expired after 2 s
 	_, err = a.Dial(context.Background())
-	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "--rotate") {
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("dial with an expired secret: %v", err)
 	}
 
 	// Unregistered: refused, and no session survives.
-	future := time.Now().Add(time.Hour)
-	mu.Lock()
-	secret, err = Register(path, "prod", RegisterOptions{Rotate: true, Expires: &future})
-	mu.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
+	js.set(secret, false, time.Now().Add(time.Hour))
 	e.waitAgents("prod", func(n int) bool { return n == 1 })
-	if err := Unregister(path, "prod"); err != nil {
-		t.Fatal(err)
-	}
+	js.unregister()
 	e.waitAgents("prod", func(n int) bool { return n == 0 })
-	if err := Unregister(path, "prod"); err == nil {
-		t.Fatal("unregistered twice")
-	}
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -8,17 +10,35 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/install"
+	"github.com/keyhole-dev/keyhole/stub"
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
 
 const defaultImage = "ghcr.io/keyhole-dev/keyhole-agent"
 
+// stateTimeout bounds a command's reads and writes of a hub's shared state.
+const stateTimeout = 30 * time.Second
+
+// adminFlags is the flag set of an admin command, with its --config.
+func adminFlags(name string) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("stub "+name, flag.ContinueOnError)
+	return fs, fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
+}
+
+// openState loads the config at cfgPath and opens the state it names.
+func openState(cfgPath string) (config.Stub, *stub.State, error) {
+	cfg, err := config.LoadStub(cfgPath)
+	if err != nil {
+		return cfg, nil, err
+	}
+	st, err := stub.StateFor(cfg, nil)
+	return cfg, st, err
+}
+
 func register(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("stub register", flag.ContinueOnError)
-	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
+	fs, cfgPath := adminFlags("register")
 	image := fs.String("image", defaultImage+":"+imageTag(), "agent container image")
 	rotate := fs.Bool("rotate", false, "issue a new join secret for an already registered cluster (sessions of the old one stay up)")
 	disconnect := fs.Bool("disconnect", false, "with --rotate: also close the sessions the old secret opened (a leaked secret)")
@@ -31,32 +51,24 @@ func register(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("usage: stub register CLUSTER-ID [--config FILE] [--image IMG] [--label k=v] [--rotate [--disconnect]] [--expires DURATION] [--secret-out FILE]")
+		return errors.New("usage: stub register CLUSTER-ID [--config FILE] [--image IMG] [--label k=v] [--rotate [--disconnect]] [--expires DURATION] [--secret-out FILE]")
 	}
-	cfg, err := config.LoadStub(*cfgPath)
+	if *disconnect && !*rotate {
+		return errors.New("--disconnect goes with --rotate")
+	}
+	lm, err := parseLabels(labels)
 	if err != nil {
 		return err
 	}
-	lm := map[string]string{}
-	for _, l := range labels {
-		k, v, ok := strings.Cut(l, "=")
-		if !ok || k == "" {
-			return fmt.Errorf("--label %q: want key=value", l)
-		}
-		lm[k] = v
-	}
-	if len(lm) == 0 {
-		lm = nil
-	}
-	bundle, err := loadBundle(cfg)
+	cfg, st, err := openState(*cfgPath)
 	if err != nil {
 		return err
 	}
-	var secret string
-	err = updateState(cfg, "clusters.yaml", func(path string) (err error) {
-		secret, err = tunnel.Register(path, pos[0], tunnel.RegisterOptions{Labels: lm, Rotate: *rotate, Disconnect: *disconnect, Expires: parseExpiry(*expires)})
+	bundle, err := stub.LoadBundle(cfg)
+	if err != nil {
 		return err
-	})
+	}
+	secret, err := registerOrRotate(st, pos[0], *rotate, *disconnect, lm, parseExpiry(*expires))
 	if err != nil {
 		return err
 	}
@@ -74,134 +86,67 @@ func register(args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
+// registerOrRotate does register's change of the state and words its
+// refusals for the command line.
+func registerOrRotate(st *stub.State, id string, rotate, disconnect bool, labels map[string]string, expires *time.Time) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
+	defer cancel()
+	if !rotate {
+		secret, err := st.Register(ctx, id, stub.RegisterOptions{Labels: labels, Expires: expires})
+		if errors.Is(err, stub.ErrClusterExists) {
+			return "", fmt.Errorf("cluster %q is already registered (use --rotate to issue a new join secret)", id)
+		}
+		return secret, err
+	}
+	if labels != nil {
+		return "", errors.New("--label cannot change the labels of a registered cluster with --rotate; unregister and register it again")
+	}
+	secret, err := st.Rotate(ctx, id, stub.RotateOptions{Disconnect: disconnect, Expires: expires})
+	if errors.Is(err, stub.ErrClusterNotFound) {
+		return "", fmt.Errorf("cluster %q is not registered: register it without --rotate", id)
+	}
+	return secret, err
+}
+
+func parseLabels(labels []string) (map[string]string, error) {
+	if len(labels) == 0 {
+		return nil, nil
+	}
+	lm := map[string]string{}
+	for _, l := range labels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--label %q: want key=value", l)
+		}
+		lm[k] = v
+	}
+	return lm, nil
+}
+
 // unregister removes a cluster: its join secret stops working and its
 // agents' sessions are closed within tunnel.SessionCheckInterval.
 func unregister(args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("stub unregister", flag.ContinueOnError)
-	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
+	fs, cfgPath := adminFlags("unregister")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
-		return fmt.Errorf("usage: stub unregister CLUSTER-ID [--config FILE]")
+		return errors.New("usage: stub unregister CLUSTER-ID [--config FILE]")
 	}
-	cfg, err := config.LoadStub(*cfgPath)
+	_, st, err := openState(*cfgPath)
 	if err != nil {
 		return err
 	}
-	if err := updateState(cfg, "clusters.yaml", func(path string) error { return tunnel.Unregister(path, pos[0]) }); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
+	defer cancel()
+	if err := st.Unregister(ctx, pos[0]); errors.Is(err, stub.ErrClusterNotFound) {
+		return fmt.Errorf("cluster %q is not registered", pos[0])
+	} else if err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "unregistered cluster %q: its agents are disconnected within %v; delete the agent from that cluster.\n", pos[0], tunnel.SessionCheckInterval)
 	return nil
-}
-
-func kubeconfig(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("stub kubeconfig", flag.ContinueOnError)
-	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
-	user := fs.String("user", "", "user name the clusters' RBAC will see (required for a static token)")
-	oidcLogin := fs.Bool("oidc", false, "log in through an OIDC issuer of the config with kubelogin instead of a static token")
-	issuerURL := fs.String("issuer", "", "with --oidc: which issuer (default: the only one with a login section)")
-	var loginArgs stringList
-	fs.Var(&loginArgs, "login-arg", "with --oidc: extra kubelogin argument, e.g. --grant-type=device-code (repeatable)")
-	expires := fs.Duration("expires", 0, "token lifetime, e.g. 720h (default: no expiry)")
-	var groups, only stringList
-	fs.Var(&groups, "group", "group of the user (repeatable)")
-	fs.Var(&only, "cluster", "only this cluster (repeatable; default: every registered cluster)")
-	if _, err := parseInterspersed(fs, args); err != nil {
-		return err
-	}
-	if *user == "" && !*oidcLogin {
-		return fmt.Errorf("usage: stub kubeconfig --user NAME [--group G]... [--cluster ID]... [--expires 720h] [--config FILE]\n   or: stub kubeconfig --oidc [--issuer URL] [--login-arg ARG]... [--cluster ID]... [--config FILE]")
-	}
-	cfg, err := config.LoadStub(*cfgPath)
-	if err != nil {
-		return err
-	}
-	bundle, err := loadBundle(cfg)
-	if err != nil {
-		return err
-	}
-	if err := readState(cfg); err != nil {
-		return err
-	}
-	cf, err := tunnel.OpenClustersFile(cfg.ClustersFile())
-	if err != nil {
-		return err
-	}
-	ids := []string(only)
-	if len(ids) == 0 {
-		for _, c := range cf.List() {
-			ids = append(ids, c.ID)
-		}
-	}
-	for _, id := range ids {
-		if _, ok := cf.Get(id); !ok {
-			return fmt.Errorf("--cluster %q is not registered (see `stub register`)", id)
-		}
-	}
-	if len(ids) == 0 {
-		return fmt.Errorf("no cluster is registered yet: run `stub register CLUSTER-ID` first")
-	}
-	params := install.KubeconfigParams{PublicURL: cfg.PublicURL, CAPEM: bundle.CAPEM, Clusters: ids, User: *user}
-	note := fmt.Sprintf("kubeconfig for %q with contexts %s; its token is stored only as a hash.", *user, strings.Join(ids, ", "))
-	if *oidcLogin {
-		is, err := loginIssuer(cfg, *issuerURL)
-		if err != nil {
-			return err
-		}
-		ca, err := issuerCA(is.Issuer)
-		if err != nil {
-			return err
-		}
-		params.User = "oidc"
-		params.Exec = install.Kubelogin(install.KubeloginParams{IssuerURL: is.Issuer.URL, ClientID: is.Login.ClientID,
-			ClientSecret: is.Login.ClientSecret, ExtraScopes: is.Login.ExtraScopes, CAPEM: ca, ExtraArgs: loginArgs})
-		note = fmt.Sprintf("kubeconfig logging in through %s with kubelogin, contexts %s.", is.Issuer.URL, strings.Join(ids, ", "))
-	} else {
-		err = updateState(cfg, "tokens.yaml", func(path string) (err error) {
-			params.Token, err = authn.AddToken(path, *user, groups, parseExpiry(*expires), "kubeconfig "+time.Now().UTC().Format(time.RFC3339))
-			return err
-		})
-		if err != nil {
-			return err
-		}
-	}
-	kc, err := install.Kubeconfig(params)
-	if err != nil {
-		return err
-	}
-	_, err = stdout.Write(kc)
-	fmt.Fprintln(stderr, note)
-	return err
-}
-
-// loginIssuer picks the issuer a --oidc kubeconfig logs in with.
-func loginIssuer(cfg config.Stub, want string) (authn.JWTAuthenticatorConfig, error) {
-	var found []authn.JWTAuthenticatorConfig
-	for _, j := range cfg.Authentication.JWT {
-		if j.Login != nil && (want == "" || j.Issuer.URL == want) {
-			found = append(found, j)
-		}
-	}
-	switch {
-	case len(found) == 1:
-		return found[0], nil
-	case len(found) == 0 && want != "":
-		return authn.JWTAuthenticatorConfig{}, fmt.Errorf("--issuer %q: no authentication.jwt entry with that issuer.url and a login section", want)
-	case len(found) == 0:
-		return authn.JWTAuthenticatorConfig{}, fmt.Errorf("--oidc: no authentication.jwt entry of the config has a login section (login.clientID)")
-	default:
-		return authn.JWTAuthenticatorConfig{}, fmt.Errorf("--oidc: several issuers have a login section; pick one with --issuer")
-	}
-}
-
-func issuerCA(is authn.Issuer) ([]byte, error) {
-	if is.CertificateAuthorityFile != "" {
-		return os.ReadFile(is.CertificateAuthorityFile)
-	}
-	return []byte(is.CertificateAuthority), nil
 }
 
 func imageTag() string {

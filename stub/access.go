@@ -1,4 +1,4 @@
-package main
+package stub
 
 import (
 	"context"
@@ -13,13 +13,14 @@ import (
 )
 
 // access is what a config reload replaces: who callers are, and where they
-// may go. Listeners, TLS and the state directory need a restart.
+// may go. Listeners, TLS, the hub and the state directory need a restart.
 type access struct {
 	auth *authn.Chain
 	pol  *policy.Policy
 }
 
-func buildAccess(cfg config.Stub, tokens *authn.TokenFile) (*access, error) {
+// buildAccess makes the access of cfg; static tokens come from the state.
+func buildAccess(cfg config.Stub, tokens authn.StaticTokens) (*access, error) {
 	a := &access{auth: &authn.Chain{Static: tokens}, pol: cfg.BuildPolicy()}
 	if len(cfg.Authentication.JWT) > 0 {
 		j, err := authn.NewJWT(cfg.Authentication.JWT)
@@ -31,10 +32,12 @@ func buildAccess(cfg config.Stub, tokens *authn.TokenFile) (*access, error) {
 	return a, nil
 }
 
-// live serves the current access, re-reading the config file (at most once
-// a second) so that issuers and policy change without dropping tunnels or
-// open streams. A broken edit keeps the previous access and is logged once.
-type live struct {
+// liveAccess serves the current access, re-reading the config file (at
+// most once a second, on use) so that issuers and policy change without
+// dropping tunnels or open streams. A broken edit keeps the previous access
+// and is logged once; the fix is logged once too. It implements
+// proxy.Authenticator and proxy.Policy.
+type liveAccess struct {
 	file   *statefile.File[*access] // nil without a config file
 	static *access
 	log    *zap.Logger
@@ -43,13 +46,15 @@ type live struct {
 	lastErr string
 }
 
-func newLive(cfgPath string, first *access, tokens *authn.TokenFile, log *zap.Logger) (*live, error) {
-	l := &live{static: first, log: log}
-	if cfgPath == "" {
+// newLiveAccess starts from first; with a config file (path), parse turns
+// the file's new contents into the config whose access replaces it.
+func newLiveAccess(path string, parse func(data []byte) (config.Stub, error), first *access, tokens authn.StaticTokens, log *zap.Logger) (*liveAccess, error) {
+	l := &liveAccess{static: first, log: log}
+	if path == "" {
 		return l, nil
 	}
-	f, err := statefile.Open(cfgPath, func(data []byte) (*access, error) {
-		cfg, err := config.ParseStub(cfgPath, data)
+	f, err := statefile.Open(path, func(data []byte) (*access, error) {
+		cfg, err := parse(data)
 		if err != nil {
 			return nil, err
 		}
@@ -62,7 +67,7 @@ func newLive(cfgPath string, first *access, tokens *authn.TokenFile, log *zap.Lo
 	return l, nil
 }
 
-func (l *live) current() *access {
+func (l *liveAccess) current() *access {
 	if l.file == nil {
 		return l.static
 	}
@@ -84,10 +89,12 @@ func (l *live) current() *access {
 	return a
 }
 
-func (l *live) Authenticate(ctx context.Context, token string) (*authn.User, error) {
+// Authenticate implements proxy.Authenticator.
+func (l *liveAccess) Authenticate(ctx context.Context, token string) (*authn.User, error) {
 	return l.current().auth.Authenticate(ctx, token)
 }
 
-func (l *live) Allowed(u *authn.User, cluster string, labels map[string]string) bool {
+// Allowed implements proxy.Policy.
+func (l *liveAccess) Allowed(u *authn.User, cluster string, labels map[string]string) bool {
 	return l.current().pol.Allowed(u, cluster, labels)
 }

@@ -1,4 +1,4 @@
-package main
+package stub
 
 import (
 	"crypto/tls"
@@ -18,10 +18,10 @@ import (
 	"github.com/keyhole-dev/keyhole/config"
 )
 
-// loadBundle returns the certificate material that kubeconfigs and agent
+// LoadBundle returns the certificate material that kubeconfigs and agent
 // manifests need: the self-signed CA, or nothing (a certificate from an
 // operator or from ACME chains to roots the clients already trust).
-func loadBundle(cfg config.Stub) (*certs.Bundle, error) {
+func LoadBundle(cfg config.Stub) (*certs.Bundle, error) {
 	switch {
 	case cfg.TLS.ACME != nil:
 		return &certs.Bundle{}, nil
