@@ -272,9 +272,8 @@ func sharedState(t *testing.T, cs kubernetes.Interface, ns string, c *kubetest.C
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- s1.Update(context.Background(), "clusters.yaml", func(path string) error {
-				b, _ := os.ReadFile(path)
-				return os.WriteFile(path, append(b, fmt.Sprintf("line %d\n", i)...), 0o600)
+			errs <- s1.Update(context.Background(), "clusters.yaml", func(cur []byte) ([]byte, error) {
+				return append(cur, fmt.Sprintf("line %d\n", i)...), nil
 			})
 		}()
 	}
@@ -308,7 +307,7 @@ func sharedState(t *testing.T, cs kubernetes.Interface, ns string, c *kubetest.C
 
 	// The hub unreachable: Pull fails with a message naming the Secret and
 	// the files are kept.
-	if err := s1.Update(context.Background(), "clusters.yaml", func(path string) error { return os.WriteFile(path, []byte("kept\n"), 0o600) }); err != nil {
+	if err := s1.Update(context.Background(), "clusters.yaml", func([]byte) ([]byte, error) { return []byte("kept\n"), nil }); err != nil {
 		t.Fatal(err)
 	}
 	dead := rest.CopyConfig(c.RESTConfig())

@@ -762,7 +762,6 @@ func TestProber(t *testing.T) {
 	})
 }
 
-
 func TestMetrics(t *testing.T) {
 	api := newFakeAPI(t)
 	c := newChainWith(t, restFor(api.Server), api, chainOpts{metrics: true})
