@@ -16,10 +16,11 @@ import (
 // hub is a replica's part in a set of stub replicas (config hub.enabled):
 // the shared state's mirror, its own replica Lease, and leader election
 // with the leader-only housekeeping. Its goroutines are started by start
-// and ended in two steps of the stop sequence: leave withdraws the
-// replica's Lease (with readiness, so agents and the other replicas stop
-// counting on this one), stop ends the mirror and the election (releasing
-// the leader Lease) and waits for all of them.
+// and ended in two steps of the stop sequence: leave (with readiness)
+// withdraws the replica's Lease and releases the leader Lease, so agents
+// and the other replicas stop counting on this one and another leads
+// within the retry period; stop (last) ends the state mirror, which serves
+// until then, and waits for all of them.
 type hub struct {
 	client   kubernetes.Interface // the hub's API server
 	ns, id   string
@@ -47,13 +48,13 @@ func newHub(cfg config.Stub, cs kubernetes.Interface, state *State, log *zap.Log
 // start runs the mirror of state, the replica Lease and the election until
 // leave and stop.
 func (h *hub) start(state *State) {
-	replicasCtx, leave := context.WithCancel(context.Background())
-	hubCtx, stop := context.WithCancel(context.Background())
+	leaveCtx, leave := context.WithCancel(context.Background())
+	mirrorCtx, stop := context.WithCancel(context.Background())
 	h.leave, h.stop = leave, func() { leave(); stop(); h.wg.Wait() }
 	for _, run := range []func(){
-		func() { state.mirror.Run(hubCtx) },
-		func() { h.replicas.Run(replicasCtx) },
-		func() { h.elector.Run(hubCtx) },
+		func() { state.mirror.Run(mirrorCtx) },
+		func() { h.replicas.Run(leaveCtx) },
+		func() { h.elector.Run(leaveCtx) },
 	} {
 		h.wg.Add(1)
 		go func() {
