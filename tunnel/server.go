@@ -22,14 +22,14 @@ import (
 	"go.uber.org/zap"
 )
 
-// Authenticator checks an agent's join secret for a cluster. It returns nil,
-// ErrUnknownCluster or ErrBadSecret (possibly wrapped). Implementations must
-// compare secrets in constant time.
-type Authenticator interface {
+// AgentAuthenticator checks an agent's join secret for a cluster. It returns
+// nil, ErrUnknownCluster, ErrSecretExpired or ErrBadSecret (possibly
+// wrapped). Implementations must compare secrets in constant time.
+type AgentAuthenticator interface {
 	AuthenticateAgent(cluster, secret string) error
 }
 
-// SessionChecker, when the Authenticator implements it, is asked every
+// SessionChecker, when the AgentAuthenticator implements it, is asked every
 // SessionCheckInterval whether each session may stay: nil, or why not
 // (the cluster unregistered, the secret revoked by a rotation with
 // --disconnect, or expired). Sessions it refuses are closed.
@@ -43,7 +43,7 @@ const SessionCheckInterval = 5 * time.Second
 
 // ServerConfig configures the stub side of the tunnel.
 type ServerConfig struct {
-	Auth              Authenticator
+	Auth              AgentAuthenticator
 	Logger            *zap.Logger
 	KeepAliveInterval time.Duration // default DefaultKeepAliveInterval
 	KeepAliveTimeout  time.Duration // default DefaultKeepAliveTimeout
@@ -75,7 +75,7 @@ type ReplicaSet interface {
 // Server accepts agent sessions (it is the http.Handler for ConnectPath),
 // keeps the registry of live sessions by cluster and opens streams to them.
 type Server struct {
-	auth       Authenticator
+	auth       AgentAuthenticator
 	log        *zap.Logger
 	mux        *yamux.Config
 	handshakes chan struct{} // a slot per handshake in progress
