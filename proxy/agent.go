@@ -27,7 +27,7 @@ import (
 type AgentConfig struct {
 	// Cluster is this cluster's ID, used in messages.
 	Cluster string
-	// AgentID names this agent on every response (Keyhole-Agent), for the
+	// AgentID names this agent on every response (HeaderServedBy), for the
 	// stub's audit records.
 	AgentID string
 	// Rest reaches the local API server with the agent's own credentials
@@ -105,7 +105,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 // ServeHTTP impersonates the caller named by the stub and forwards.
 func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.AgentID != "" {
-		w.Header().Set(HeaderAgent, a.cfg.AgentID)
+		w.Header().Set(HeaderServedBy, a.cfg.AgentID)
 	}
 	if r.Header.Get(HeaderProbe) != "" { // only the stub can send it
 		a.serveProbe(w, r)

@@ -17,10 +17,6 @@ import (
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
 
-// HeaderProbe marks the stub's health probe. Callers can never send it: the
-// stub deletes every Keyhole-* header a caller sends.
-const HeaderProbe = "Keyhole-Probe"
-
 // Probe timing: each agent is probed about a second after it connects and
 // then every ProbeInterval; a cluster is ready while one of its agents had a
 // successful round trip within ReadyWindow.

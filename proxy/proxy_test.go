@@ -576,7 +576,7 @@ func TestAuditRecords(t *testing.T) {
 	c := newChain(t, restFor(api.Server), api)
 	resp, _ := c.do(t, "GET", "/clusters/c1/api/v1/namespaces/default/pods?limit=5", "alice-token", nil)
 	id := resp.Header.Get(HeaderRequestID)
-	if resp.Header.Get(HeaderAgent) != "" {
+	if resp.Header.Get(HeaderServedBy) != "" {
 		t.Error("the agent's name reached the caller")
 	}
 	c.do(t, "GET", "/clusters/c1/api/v1/pods", "wrong-token", nil)

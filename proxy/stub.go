@@ -148,7 +148,7 @@ func newRequestID() string {
 // ModifyResponse and the error handler learn, for the audit record.
 type reqState struct {
 	cluster string
-	agent   string                 // from the agent's Keyhole-Agent header
+	agent   string                 // from the agent's HeaderServedBy
 	failure *apierrors.StatusError // set by proxyError
 	long    *longReq               // a long-running request (drain.go), else nil
 }
@@ -300,12 +300,12 @@ func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
 // modifyResponse notes which agent answered and keeps that to the stub.
 func (s *Stub) modifyResponse(resp *http.Response) error {
 	if st, ok := resp.Request.Context().Value(stateKey).(*reqState); ok {
-		st.agent = resp.Header.Get(HeaderAgent)
+		st.agent = resp.Header.Get(HeaderServedBy)
 		if st.long != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			resp.Body = &endBody{ReadCloser: resp.Body, lr: st.long} // a graceful stop ends it cleanly
 		}
 	}
-	resp.Header.Del(HeaderAgent)
+	resp.Header.Del(HeaderServedBy)
 	return nil
 }
 
