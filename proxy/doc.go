@@ -8,7 +8,7 @@
 // streams to an agent of that cluster. Connections are kept alive, so a
 // client's keep-alive connection rides one long-lived stream.
 //
-// The agent hop (Agent) serves those streams. It turns the identity headers
+// The agent hop (AgentHop) serves those streams. It turns the identity headers
 // into Impersonate-User / Impersonate-Group, lets client-go's transport add
 // the agent's own ServiceAccount token (re-read as it rotates), and forwards
 // to the API server: over HTTP/2 for plain requests, over HTTP/1.1 for

@@ -160,7 +160,7 @@ func (p *Prober) roundTrip(ctx context.Context, a tunnel.AgentInfo) (string, err
 
 // serveProbe answers the stub's probe with the API server's version, asked
 // with the agent's own credentials.
-func (a *Agent) serveProbe(w http.ResponseWriter, r *http.Request) {
+func (a *AgentHop) serveProbe(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), ProbeTimeout)
 	defer cancel()
 	w.Header().Set("Content-Type", "application/json")

@@ -208,7 +208,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	pool := x509.NewCertPool()
 	pool.AddCert(ts.Certificate())
 
-	ah, err := NewAgent(AgentConfig{Cluster: "c1", AgentID: "a1", Rest: apiRest, Verifier: o.verifier, Logger: log})
+	ah, err := NewAgentHop(AgentHopConfig{Cluster: "c1", AgentID: "a1", Rest: apiRest, Verifier: o.verifier, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +438,7 @@ func TestAPIServerDown(t *testing.T) {
 
 func TestAgentFailsClosed(t *testing.T) {
 	api := newFakeAPI(t)
-	ah, err := NewAgent(AgentConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t)})
+	ah, err := NewAgentHop(AgentHopConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -684,7 +684,7 @@ func TestAgentVerifiesCallers(t *testing.T) {
 // The cluster owner's identity rules bind callers and --as targets alike.
 func TestAgentIdentityRules(t *testing.T) {
 	api := newFakeAPI(t)
-	ah, err := NewAgent(AgentConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t),
+	ah, err := NewAgentHop(AgentHopConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t),
 		Identities: authn.IdentityRules{UserPrefixes: []string{"oidc:"}}})
 	if err != nil {
 		t.Fatal(err)

@@ -84,7 +84,7 @@ func run(args []string) error {
 		}
 		log.Info("verifying callers' OIDC tokens at the agent", zap.Int("issuers", len(cfg.CallerVerification.JWT)))
 	}
-	handler, err := proxy.NewAgent(proxy.AgentConfig{Cluster: cfg.Cluster, AgentID: cfg.AgentID, Rest: rc, Verifier: verifier, Identities: cfg.Identities, Logger: log.Named("proxy")})
+	handler, err := proxy.NewAgentHop(proxy.AgentHopConfig{Cluster: cfg.Cluster, AgentID: cfg.AgentID, Rest: rc, Verifier: verifier, Identities: cfg.Identities, Logger: log.Named("proxy")})
 	if err != nil {
 		return err
 	}
