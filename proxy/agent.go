@@ -101,6 +101,16 @@ func NewAgentHop(cfg AgentHopConfig) (*AgentHop, error) {
 	return a, nil
 }
 
+// Attributes are what the agent states on its tunnel handshake
+// (tunnel.AgentConfig.Attributes) for the stub: AttrVerifiesCallers when
+// the hop verifies callers (Verifier set), else none.
+func (a *AgentHop) Attributes() map[string]string {
+	if a.cfg.Verifier == nil {
+		return nil
+	}
+	return map[string]string{AttrVerifiesCallers: verifiesCallersJWT}
+}
+
 // ServeHTTP impersonates the caller named by the stub and forwards.
 func (a *AgentHop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.AgentID != "" {

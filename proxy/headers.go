@@ -24,13 +24,21 @@ const (
 	HeaderAsUser  = "Keyhole-As-User"
 	HeaderAsGroup = "Keyhole-As-Group"
 	// HeaderCallerToken carries the caller's OIDC token, only to clusters
-	// whose agents verify callers themselves (tunnel.HeaderVerifiesCallers).
+	// whose agents verify callers themselves (AttrVerifiesCallers).
 	HeaderCallerToken = "Keyhole-Caller-Token"
 	// HeaderProbe marks the stub's health probe (probe.go). Callers can never
 	// send it: the stub deletes every Keyhole-* header a caller sends.
 	HeaderProbe    = "Keyhole-Probe"
 	identityPrefix = "Keyhole-"
 )
+
+// AttrVerifiesCallers is the agent attribute (tunnel.AgentConfig.Attributes)
+// by which an agent hop that verifies callers itself asks the stub for their
+// OIDC tokens: set by AgentHop.Attributes, read by AgentsVerifyCallers. Its
+// value is the kind of token verified, today only "jwt".
+const AttrVerifiesCallers = "verifies-callers"
+
+const verifiesCallersJWT = "jwt"
 
 // hasPrefixHeader reports whether h has a header whose canonical name starts
 // with prefix (also canonical).

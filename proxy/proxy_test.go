@@ -194,7 +194,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	}
 	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true}, Audit: audit.NewWriterSink(auditBuf),
 		Auth:   auth,
-		Policy: pol, Metrics: metrics, Logger: log})
+		Policy: pol, Metrics: metrics, Logger: log, WantsCallerToken: AgentsVerifyCallers(tsrv)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +213,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 		t.Fatal(err)
 	}
 	ag, err := tunnel.NewAgent(tunnel.AgentConfig{StubURL: ts.URL, Cluster: "c1", AgentID: "a1", Fingerprint: "fp",
-		Secret: func() (string, error) { return "join", nil }, TLS: &tls.Config{RootCAs: pool}, VerifiesCallers: o.verifier != nil,
+		Secret: func() (string, error) { return "join", nil }, TLS: &tls.Config{RootCAs: pool}, Attributes: ah.Attributes(),
 		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }, Handler: ah, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -795,5 +795,33 @@ func TestMetrics(t *testing.T) {
 	}
 	if strings.Contains(out, "made-up-1") {
 		t.Error("a made-up cluster ID became a label")
+	}
+}
+
+type agentList []tunnel.AgentInfo
+
+func (l agentList) Agents(cluster string) []tunnel.AgentInfo {
+	var out []tunnel.AgentInfo
+	for _, a := range l {
+		if cluster == "" || a.Cluster == cluster {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Callers' tokens go only to clusters with an agent that stated the
+// attribute, with the value this package sets.
+func TestAgentsVerifyCallers(t *testing.T) {
+	wants := AgentsVerifyCallers(agentList{
+		{Cluster: "plain", ID: "a"},
+		{Cluster: "mixed", ID: "a"},
+		{Cluster: "mixed", ID: "b", Attributes: map[string]string{AttrVerifiesCallers: "jwt"}},
+		{Cluster: "other-kind", ID: "a", Attributes: map[string]string{AttrVerifiesCallers: "saml"}},
+	})
+	for cluster, want := range map[string]bool{"plain": false, "mixed": true, "other-kind": false, "absent": false} {
+		if got := wants(cluster); got != want {
+			t.Errorf("cluster %s: %v, want %v", cluster, got, want)
+		}
 	}
 }

@@ -60,6 +60,26 @@ type StubConfig struct {
 	// Metrics, if set, count requests, latency, bytes and open streams.
 	Metrics *Metrics
 	Logger  *zap.Logger
+	// WantsCallerToken, if set, is asked on every request whether the
+	// caller's OIDC token goes to the agents of cluster (HeaderCallerToken)
+	// because they verify callers themselves. Nil: a caller's token never
+	// leaves the stub. AgentsVerifyCallers answers from the agents'
+	// handshake attributes.
+	WantsCallerToken func(cluster string) bool
+}
+
+// AgentsVerifyCallers returns a StubConfig.WantsCallerToken that says yes
+// for a cluster while one of its connected agents stated AttrVerifiesCallers
+// (see AgentHop.Attributes).
+func AgentsVerifyCallers(agents AgentLister) func(cluster string) bool {
+	return func(cluster string) bool {
+		for _, a := range agents.Agents(cluster) {
+			if a.Attributes[AttrVerifiesCallers] == verifiesCallersJWT {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 // Stub is the http.Handler for /clusters/{id}/….
@@ -237,7 +257,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, g := range user.Groups {
 		h.Add(HeaderGroup, g)
 	}
-	if wt, ok := s.cfg.Dialer.(interface{ WantsCallerToken(string) bool }); ok && authn.LooksLikeJWT(token) && wt.WantsCallerToken(cluster) {
+	if s.cfg.WantsCallerToken != nil && authn.LooksLikeJWT(token) && s.cfg.WantsCallerToken(cluster) {
 		h.Set(HeaderCallerToken, token) // that cluster's agents check the caller themselves
 	}
 	if asUser != "" { // the agent decides, with the cluster's RBAC

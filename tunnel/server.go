@@ -104,7 +104,7 @@ type clusterAgents struct {
 
 type agentSession struct {
 	cluster, id, fingerprint, version, remote string
-	verifiesCallers                           bool
+	attributes                                map[string]string // as the handshake stated them; never changed
 	connected                                 time.Time
 	health                                    Health // guarded by Server.mu
 	sess                                      *yamux.Session
@@ -118,12 +118,13 @@ type AgentInfo struct {
 	ID          string `json:"id"`
 	Fingerprint string `json:"fingerprint"`
 	Version     string `json:"version,omitempty"`
-	// VerifiesCallers: the agent checks callers' OIDC tokens itself.
-	VerifiesCallers bool      `json:"verifiesCallers,omitempty"`
-	Remote          string    `json:"remote"`
-	Connected       time.Time `json:"connected"`
-	Streams         int64     `json:"streams"`
-	Health          Health    `json:"health"`
+	// Attributes are what the agent stated on its handshake
+	// (AgentConfig.Attributes), within the bounds; a copy.
+	Attributes map[string]string `json:"attributes,omitempty"`
+	Remote     string            `json:"remote"`
+	Connected  time.Time         `json:"connected"`
+	Streams    int64             `json:"streams"`
+	Health     Health            `json:"health"`
 }
 
 // NewServer validates cfg and returns a Server.
@@ -214,6 +215,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusBadRequest, "handshake needs "+HeaderCluster+" (a DNS label), "+HeaderAgent+" and "+HeaderFingerprint)
 		return
 	}
+	attrs, err := parseAttributes(r.Header.Get(HeaderAttributes))
+	if err != nil {
+		log.Info("agent refused: attributes out of bounds", zap.Error(err))
+		refuse(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || secret == "" {
 		log.Info("agent refused: no join secret")
@@ -278,9 +285,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log.Error("start session", zap.Error(err))
 		return
 	}
-	a := &agentSession{cluster: cluster, id: agentID, fingerprint: fp, version: r.Header.Get(HeaderVersion),
-		verifiesCallers: r.Header.Get(HeaderVerifiesCallers) == "jwt",
-		remote:          r.RemoteAddr, connected: time.Now(), sess: sess, secretSHA256: sha256.Sum256([]byte(secret))}
+	a := &agentSession{cluster: cluster, id: agentID, fingerprint: fp, version: r.Header.Get(HeaderVersion), attributes: attrs,
+		remote: r.RemoteAddr, connected: time.Now(), sess: sess, secretSHA256: sha256.Sum256([]byte(secret))}
 	replaced, err := s.add(a)
 	if err != nil {
 		sess.Close()
@@ -439,7 +445,7 @@ func (s *Server) Agents(cluster string) []AgentInfo {
 			continue
 		}
 		for _, a := range ca.agents {
-			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version, VerifiesCallers: a.verifiesCallers, Health: a.health,
+			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version, Attributes: cloneAttributes(a.attributes), Health: a.health,
 				Remote: a.remote, Connected: a.connected, Streams: a.streams.Load()})
 		}
 	}
@@ -470,22 +476,6 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	return nil
-}
-
-// WantsCallerToken reports whether any connected agent of cluster verifies
-// callers' tokens itself, so the stub must forward them. Clusters that do not
-// ask never see a caller's token.
-func (s *Server) WantsCallerToken(cluster string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ca := s.clusters[cluster]; ca != nil {
-		for _, a := range ca.agents {
-			if a.verifiesCallers {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // Health is what the stub last learned about an agent by sending a request

@@ -96,7 +96,7 @@ func run(args []string) error {
 		return err
 	}
 	agent, err := tunnel.NewAgent(tunnel.AgentConfig{
-		StubURL: cfg.StubURL, Cluster: cfg.Cluster, AgentID: cfg.AgentID, Fingerprint: fp, Version: version, VerifiesCallers: verifier != nil,
+		StubURL: cfg.StubURL, Cluster: cfg.Cluster, AgentID: cfg.AgentID, Fingerprint: fp, Version: version, Attributes: handler.Attributes(),
 		Secret: func() (string, error) {
 			b, err := os.ReadFile(cfg.JoinSecretFile)
 			return strings.TrimSpace(string(b)), err

@@ -99,7 +99,8 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 		defer msrv.Close()
 		log.Info("metrics listening", zap.String("addr", mln.Addr().String()))
 	}
-	stub, err := proxy.NewStub(proxy.StubConfig{Dialer: tsrv, Clusters: clusters, Auth: acc, Policy: acc, Audit: sink, Metrics: metrics, Logger: log.Named("proxy")})
+	stub, err := proxy.NewStub(proxy.StubConfig{Dialer: tsrv, Clusters: clusters, Auth: acc, Policy: acc, Audit: sink, Metrics: metrics, Logger: log.Named("proxy"),
+		WantsCallerToken: proxy.AgentsVerifyCallers(tsrv)})
 	if err != nil {
 		return err
 	}
