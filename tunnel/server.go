@@ -31,8 +31,8 @@ type AgentAuthenticator interface {
 
 // SessionChecker, when the AgentAuthenticator implements it, is asked every
 // SessionCheckInterval whether each session may stay: nil, or why not
-// (the cluster unregistered, the secret revoked by a rotation with
-// --disconnect, or expired). Sessions it refuses are closed.
+// (the cluster unregistered, the secret revoked by a rotation that
+// disconnects, or expired). Sessions it refuses are closed.
 type SessionChecker interface {
 	CheckSession(cluster string, secretSHA256 [sha256.Size]byte) error
 }
@@ -234,7 +234,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			refuse(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not registered at this stub", cluster))
 		case errors.Is(err, ErrSecretExpired):
 			log.Warn("agent refused: join secret expired", zap.Error(err))
-			refuse(w, http.StatusUnauthorized, fmt.Sprintf("the join secret of cluster %q expired (%v): issue a new one with `stub register %s --rotate` and give it to the agent", cluster, err, cluster))
+			// CLI-neutral on purpose: the command that issues a secret
+			// belongs to the stub's CLI (docs/operations.md names it).
+			refuse(w, http.StatusUnauthorized, fmt.Sprintf("the join secret of cluster %q expired (%v): issue a new one for this cluster at the stub and give it to the agent", cluster, err))
 		case errors.Is(err, ErrBadSecret):
 			log.Warn("agent refused: join secret does not match")
 			refuse(w, http.StatusUnauthorized, fmt.Sprintf("join secret is not valid for cluster %q", cluster))

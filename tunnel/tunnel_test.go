@@ -702,7 +702,7 @@ func TestJoinSecretLifecycle(t *testing.T) {
 	e.waitAgents("prod", func(n int) bool { return n == 1 })
 	e.waitAgents("prod", func(n int) bool { return n == 0 }) // expired after 2 s
 	_, err = a.Dial(context.Background())
-	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "--rotate") {
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "issue a new one") {
 		t.Fatalf("dial with an expired secret: %v", err)
 	}
 
