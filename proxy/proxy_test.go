@@ -149,6 +149,7 @@ func restFor(api *httptest.Server) *rest.Config {
 // chain is stub (TLS, h2 + http/1.1) → tunnel → agent handler → api.
 type chain struct {
 	metrics *Metrics
+	prober  *Prober // not running: TestProber runs it
 	tsrv    *tunnel.Server
 	audit   *lockedBuffer // audit records, JSON lines
 	stubURL string
@@ -180,9 +181,13 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 		t.Fatal(err)
 	}
 	auditBuf := &lockedBuffer{}
+	prober, err := NewProber(ProberConfig{Target: tsrv, Logger: log, Interval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var metrics *Metrics
 	if o.metrics {
-		metrics = NewMetrics(tsrv)
+		metrics = NewMetrics(tsrv, prober)
 	}
 	var auth Authenticator = tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}, "eve-token": {Name: "eve"}}
 	if o.auth != nil {
@@ -235,7 +240,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 			t.Fatal("agent did not connect")
 		}
 	}
-	return &chain{metrics: metrics, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api, stub: stub}
+	return &chain{metrics: metrics, prober: prober, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api, stub: stub}
 }
 
 func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {
@@ -716,13 +721,13 @@ func TestProber(t *testing.T) {
 	c := newChain(t, restFor(api.Server), api)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); (&Prober{Target: c.tsrv, Interval: 200 * time.Millisecond}).Run(ctx) }()
+	go func() { defer close(done); c.prober.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	status := func() ClusterStatus {
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest("GET", ClustersPath, nil)
 		req.Header.Set("Authorization", "Bearer alice-token")
-		ClustersHandler(tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, policy.Open(), registryList{"c1"}, c.tsrv).ServeHTTP(rec, req)
+		ClustersHandler(tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, policy.Open(), registryList{"c1"}, c.tsrv, c.prober).ServeHTTP(rec, req)
 		var list []ClusterStatus
 		if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil || len(list) != 1 {
 			t.Fatalf("%s %v", rec.Body, err)
@@ -753,7 +758,50 @@ func TestProber(t *testing.T) {
 	waitFor("not ready with the reason", func(st ClusterStatus) bool {
 		return !st.Ready && len(st.Agents) == 1 && strings.Contains(st.Agents[0].Health.Error, "etcd is sad")
 	})
+	if h, ok := c.prober.Health("c1", "a1"); !ok || h.APIServerVersion != "v1.33.99-fake" || h.LastRoundTrip.IsZero() {
+		t.Fatalf("a failed probe should keep the last good round trip: %+v %v", h, ok)
+	}
+
+	// The agent's session ends: the prober forgets its health.
+	c.tsrv.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, ok := c.prober.Health("c1", "a1"); !ok && !c.prober.Ready("c1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the prober kept the health of a disconnected agent")
+		}
+	}
 }
+
+func TestNewProber(t *testing.T) {
+	for name, tc := range map[string]struct {
+		cfg ProberConfig
+		msg string
+	}{
+		"no target":         {ProberConfig{}, "Target is required"},
+		"negative interval": {ProberConfig{Target: agentTarget{}, Interval: -time.Second}, "must not be negative"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := NewProber(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("got %v, want %q", err, tc.msg)
+			}
+		})
+	}
+	p, err := NewProber(ProberConfig{Target: agentTarget{agentList{{Cluster: "c1", ID: "a1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.Health("c1", "a1"); ok || p.Ready("c1") {
+		t.Fatal("health before any probe")
+	}
+}
+
+// agentTarget is a ProbeTarget whose agents never answer.
+type agentTarget struct{ agentList }
+
+func (agentTarget) DialAgent(string, string) (net.Conn, error)      { return nil, tunnel.ErrNoAgent }
+func (agentTarget) PingAgent(string, string) (time.Duration, error) { return 0, tunnel.ErrNoAgent }
 
 type registryList []string
 

@@ -106,7 +106,6 @@ type agentSession struct {
 	cluster, id, fingerprint, version, remote string
 	attributes                                map[string]string // as the handshake stated them; never changed
 	connected                                 time.Time
-	health                                    Health // guarded by Server.mu
 	sess                                      *yamux.Session
 	streams                                   atomic.Int64
 	secretSHA256                              [sha256.Size]byte // of the join secret it presented
@@ -124,7 +123,6 @@ type AgentInfo struct {
 	Remote     string            `json:"remote"`
 	Connected  time.Time         `json:"connected"`
 	Streams    int64             `json:"streams"`
-	Health     Health            `json:"health"`
 }
 
 // NewServer validates cfg and returns a Server.
@@ -447,7 +445,7 @@ func (s *Server) Agents(cluster string) []AgentInfo {
 			continue
 		}
 		for _, a := range ca.agents {
-			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version, Attributes: cloneAttributes(a.attributes), Health: a.health,
+			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version, Attributes: cloneAttributes(a.attributes),
 				Remote: a.remote, Connected: a.connected, Streams: a.streams.Load()})
 		}
 	}
@@ -478,20 +476,6 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	return nil
-}
-
-// Health is what the stub last learned about an agent by sending a request
-// through its tunnel (see proxy.Prober).
-type Health struct {
-	// LastRoundTrip is when a probe last went through the tunnel to the
-	// API server and back.
-	LastRoundTrip time.Time `json:"lastRoundTrip,omitzero"`
-	// TunnelRTT is the round trip of a yamux ping on the session.
-	TunnelRTT time.Duration `json:"tunnelRTT"`
-	// APIServerVersion is the gitVersion the API server reported.
-	APIServerVersion string `json:"apiServerVersion,omitempty"`
-	// Error is why the last probe failed ("" when it succeeded).
-	Error string `json:"error,omitempty"`
 }
 
 func (s *Server) find(cluster, id string) *agentSession {
@@ -530,15 +514,6 @@ func (s *Server) PingAgent(cluster, id string) (time.Duration, error) {
 		return 0, ErrNoAgent
 	}
 	return a.sess.Ping()
-}
-
-// SetHealth records a probe's result for an agent still connected.
-func (s *Server) SetHealth(cluster, id string, h Health) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if a := s.find(cluster, id); a != nil {
-		a.health = h
-	}
 }
 
 // checkSessions closes the sessions whose join secret is no longer good.

@@ -84,9 +84,19 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	} else {
 		log.Warn("no audit.path configured: requests are not audited")
 	}
+	// Health from the data path: metrics and the clusters list read it; it
+	// runs below.
+	pcfg := proxy.ProberConfig{Target: tsrv, Logger: log.Named("probe")}
+	if hb != nil {
+		pcfg.Replicas = hb.replicas.Live
+	}
+	prober, err := proxy.NewProber(pcfg)
+	if err != nil {
+		return err
+	}
 	var metrics *proxy.Metrics
 	if cfg.Metrics.Listen != "" {
-		metrics = proxy.NewMetrics(tsrv)
+		metrics = proxy.NewMetrics(tsrv, prober)
 		if hb != nil {
 			metrics.Register(ha.Collectors(hb.elector, hb.replicas)...)
 		}
@@ -112,18 +122,14 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	probeDone := make(chan struct{})
 	go func() {
 		defer close(probeDone)
-		p := &proxy.Prober{Target: tsrv, Logger: log.Named("probe")}
-		if hb != nil {
-			p.Replicas = hb.replicas.Live
-		}
-		p.Run(probeCtx)
+		prober.Run(probeCtx)
 	}()
 	defer func() { stopProbe(); <-probeDone }()
 
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.ConnectPath, tsrv)
 	mux.Handle(proxy.ClustersPrefix, stub)
-	mux.Handle(proxy.ClustersPath, proxy.ClustersHandler(acc, acc, clusters, tsrv))
+	mux.Handle(proxy.ClustersPath, proxy.ClustersHandler(acc, acc, clusters, tsrv, prober))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	stopping := make(chan struct{}) // closed on SIGTERM: not ready from then on
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
