@@ -234,7 +234,7 @@ func TestFaults(t *testing.T) {
 		waitFor(t, 30*time.Second, "the agent with the new secret", func() bool { _, ok := connected(); return ok }, p)
 		waitFor(t, 40*time.Second, "the expired secret's session to close", func() bool { _, ok := connected(); return !ok }, p, g.stub)
 		waitFor(t, 40*time.Second, "the agent refused with an expired secret", func() bool {
-			return strings.Contains(p.logText(), `join secret of cluster \"sec\" expired`) && strings.Contains(p.logText(), "--rotate")
+			return strings.Contains(p.logText(), `join secret of cluster \"sec\" expired`) && strings.Contains(p.logText(), "issue a new one") && strings.Contains(p.logText(), "--rotate")
 		}, p)
 
 		// Unregistered: a live session is closed and the secret refused.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keyhole-dev/keyhole/internal/idptest"
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
+	"github.com/keyhole-dev/keyhole/proxy"
 )
 
 // TestOIDCLoginWithKubelogin: a person logs in through a real IdP (Dex)
@@ -111,7 +112,7 @@ policy:
       groups: {claim: groups, prefix: "oidc:"}
 `, dex.Issuer, dex.CAFile)})
 	g.waitAgents(adminTok, "verified", "v1")
-	if st := g.status(adminTok)["verified"]; !st.Agents[0].VerifiesCallers {
+	if st := g.status(adminTok)["verified"]; st.Agents[0].Attributes[proxy.AttrVerifiesCallers] == "" {
 		t.Fatalf("agent did not announce caller verification: %+v", st)
 	}
 	aliceV := kubeconfigFor("alice@example.com", "alice-pw-1")

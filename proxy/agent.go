@@ -23,11 +23,11 @@ import (
 	"github.com/keyhole-dev/keyhole/internal/kubestatus"
 )
 
-// AgentConfig configures the agent hop.
-type AgentConfig struct {
+// AgentHopConfig configures the agent hop.
+type AgentHopConfig struct {
 	// Cluster is this cluster's ID, used in messages.
 	Cluster string
-	// AgentID names this agent on every response (Keyhole-Agent), for the
+	// AgentID names this agent on every response (HeaderServedBy), for the
 	// stub's audit records.
 	AgentID string
 	// Rest reaches the local API server with the agent's own credentials
@@ -44,9 +44,9 @@ type AgentConfig struct {
 	Logger     *zap.Logger
 }
 
-// Agent is the http.Handler the agent serves on tunnel streams.
-type Agent struct {
-	cfg     AgentConfig
+// AgentHop is the http.Handler the agent serves on tunnel streams.
+type AgentHop struct {
+	cfg     AgentHopConfig
 	authz   kubernetes.Interface // SubjectAccessReviews for kubectl --as
 	log     *zap.Logger
 	plain   *httputil.ReverseProxy // HTTP/2 when the API server offers it
@@ -54,10 +54,10 @@ type Agent struct {
 	target  *url.URL
 }
 
-// NewAgent builds the two transports from cfg.Rest.
-func NewAgent(cfg AgentConfig) (*Agent, error) {
+// NewAgentHop builds the two transports from cfg.Rest.
+func NewAgentHop(cfg AgentHopConfig) (*AgentHop, error) {
 	if cfg.Rest == nil {
-		return nil, errors.New("proxy: AgentConfig.Rest is required")
+		return nil, errors.New("proxy: AgentHopConfig.Rest is required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -83,15 +83,14 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("API server client: %w", err)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, target: target, authz: cs}
+	a := &AgentHop{cfg: cfg, log: cfg.Logger, target: target, authz: cs}
 	mk := func(rt http.RoundTripper) *httputil.ReverseProxy {
 		return &httputil.ReverseProxy{
 			Rewrite:   a.rewrite,
 			Transport: rt,
-			// Streaming responses (no Content-Length: watch, logs -f, chunked
-			// lists) are flushed on every write by ReverseProxy whatever this
-			// says; 0 spares fixed-length responses a flush per write (-13%
-			// CPU per small request in BenchmarkChain).
+			// 0 for the reason given in NewStub: the API server's watch and
+			// logs -f answers, which have no Content-Length, still reach the
+			// stub on every write.
 			FlushInterval: 0,
 			BufferPool:    newBufferPool(),
 			ErrorHandler:  a.proxyError,
@@ -102,10 +101,20 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	return a, nil
 }
 
+// Attributes are what the agent states on its tunnel handshake
+// (tunnel.AgentConfig.Attributes) for the stub: AttrVerifiesCallers when
+// the hop verifies callers (Verifier set), else none.
+func (a *AgentHop) Attributes() map[string]string {
+	if a.cfg.Verifier == nil {
+		return nil
+	}
+	return map[string]string{AttrVerifiesCallers: verifiesCallersJWT}
+}
+
 // ServeHTTP impersonates the caller named by the stub and forwards.
-func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (a *AgentHop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.AgentID != "" {
-		w.Header().Set(HeaderAgent, a.cfg.AgentID)
+		w.Header().Set(HeaderServedBy, a.cfg.AgentID)
 	}
 	if r.Header.Get(HeaderProbe) != "" { // only the stub can send it
 		a.serveProbe(w, r)
@@ -169,7 +178,7 @@ func (a *Agent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (a *Agent) rewrite(pr *httputil.ProxyRequest) {
+func (a *AgentHop) rewrite(pr *httputil.ProxyRequest) {
 	pr.SetURL(a.target)
 	// The stub set X-Forwarded-For from the real client; keep it so the API
 	// server's audit log shows the caller's address.
@@ -178,7 +187,7 @@ func (a *Agent) rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
-func (a *Agent) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+func (a *AgentHop) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
 		return // the stub or its client went away
 	}
@@ -204,7 +213,7 @@ func Fingerprint(ctx context.Context, cfg *rest.Config) (string, error) {
 // target, whether the caller may impersonate asUser and each of asGroups,
 // as the API server itself would for kubectl --as. It returns the Status to
 // answer with, or nil when every review allows.
-func (a *Agent) mayImpersonate(ctx context.Context, user string, groups []string, asUser string, asGroups []string) *apierrors.StatusError {
+func (a *AgentHop) mayImpersonate(ctx context.Context, user string, groups []string, asUser string, asGroups []string) *apierrors.StatusError {
 	type target struct{ resource, name string }
 	targets := []target{{"users", asUser}}
 	for _, g := range asGroups {
@@ -230,7 +239,7 @@ func (a *Agent) mayImpersonate(ctx context.Context, user string, groups []string
 
 // verifyCaller checks the caller's token itself and that the stub's
 // statement of identity is exactly what the token maps to.
-func (a *Agent) verifyCaller(r *http.Request, user string, groups []string) *apierrors.StatusError {
+func (a *AgentHop) verifyCaller(r *http.Request, user string, groups []string) *apierrors.StatusError {
 	token := r.Header.Get(HeaderCallerToken)
 	if token == "" {
 		return kubestatus.Forbidden(fmt.Sprintf("cluster %q verifies callers itself and accepts only OIDC tokens from issuers it trusts", a.cfg.Cluster))

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/keyhole-dev/keyhole/internal/kubestatus"
 	"github.com/keyhole-dev/keyhole/tunnel"
@@ -25,13 +24,21 @@ type ClusterStatus struct {
 	ID     string            `json:"id"`
 	Labels map[string]string `json:"labels,omitempty"`
 	// Ready: an agent had a successful round trip through the tunnel to
-	// the API server within ReadyWindow.
-	Ready  bool               `json:"ready"`
-	Agents []tunnel.AgentInfo `json:"agents"`
+	// the API server within ReadyWindow (Prober.Ready).
+	Ready  bool          `json:"ready"`
+	Agents []AgentStatus `json:"agents"`
 }
 
-// ClustersHandler serves ClustersPath.
-func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterRegistry, agents AgentLister) http.Handler {
+// AgentStatus is a connected agent as the tunnel lists it, with what the
+// prober learned of it.
+type AgentStatus struct {
+	tunnel.AgentInfo
+	Health Health `json:"health"`
+}
+
+// ClustersHandler serves ClustersPath: the clusters in clusters that the
+// caller may reach, their agents and the prober's view of them.
+func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterRegistry, agents AgentLister, prober *Prober) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok {
@@ -48,17 +55,12 @@ func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterRegistry, a
 			if !pol.Allowed(user, c.ID, c.Labels) {
 				continue // callers see only the clusters they may reach
 			}
-			a := agents.Agents(c.ID)
-			if a == nil {
-				a = []tunnel.AgentInfo{}
+			list := []AgentStatus{}
+			for _, a := range agents.Agents(c.ID) {
+				h, _ := prober.Health(a.Cluster, a.ID)
+				list = append(list, AgentStatus{AgentInfo: a, Health: h})
 			}
-			ready := false
-			for _, ag := range a {
-				if h := ag.Health; h.Error == "" && !h.LastRoundTrip.IsZero() && time.Since(h.LastRoundTrip) < ReadyWindow {
-					ready = true
-				}
-			}
-			out = append(out, ClusterStatus{ID: c.ID, Labels: c.Labels, Ready: ready, Agents: a})
+			out = append(out, ClusterStatus{ID: c.ID, Labels: c.Labels, Ready: prober.Ready(c.ID), Agents: list})
 		}
 		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 		w.Header().Set("Content-Type", "application/json")

@@ -8,7 +8,7 @@
 // streams to an agent of that cluster. Connections are kept alive, so a
 // client's keep-alive connection rides one long-lived stream.
 //
-// The agent hop (Agent) serves those streams. It turns the identity headers
+// The agent hop (AgentHop) serves those streams. It turns the identity headers
 // into Impersonate-User / Impersonate-Group, lets client-go's transport add
 // the agent's own ServiceAccount token (re-read as it rotates), and forwards
 // to the API server: over HTTP/2 for plain requests, over HTTP/1.1 for
@@ -24,24 +24,3 @@
 // Every failure the caller can see is a Kubernetes Status with the right code
 // (401, 403, 404, 502, 503), so kubectl prints it readably.
 package proxy
-
-// Headers that carry the caller's identity from the stub to the agent. The
-// stub deletes any a caller sends before setting its own; the agent deletes
-// them before calling the API server.
-const (
-	HeaderUser      = "Keyhole-User"
-	HeaderGroup     = "Keyhole-Group"
-	HeaderRequestID = "Keyhole-Request-Id"
-	// HeaderAgent, on a response from an agent, names the agent; the stub
-	// records it and removes it.
-	HeaderAgent = "Keyhole-Agent"
-	// HeaderAsUser and HeaderAsGroup carry kubectl --as / --as-group: the
-	// agent honours them only if a SubjectAccessReview says the caller may
-	// impersonate them.
-	HeaderAsUser  = "Keyhole-As-User"
-	HeaderAsGroup = "Keyhole-As-Group"
-	// HeaderCallerToken carries the caller's OIDC token, only to clusters
-	// whose agents verify callers themselves (tunnel.HeaderVerifiesCallers).
-	HeaderCallerToken = "Keyhole-Caller-Token"
-	identityPrefix    = "Keyhole-"
-)

@@ -12,8 +12,8 @@ import (
 )
 
 // Metrics are the stub's Prometheus metrics. Per-request series are
-// labelled by cluster (and code); agent series are read from the tunnel at
-// scrape time.
+// labelled by cluster (and code); agent series are read from the tunnel and
+// the prober at scrape time.
 type Metrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.CounterVec
@@ -23,8 +23,8 @@ type Metrics struct {
 }
 
 // NewMetrics registers the stub's metrics, with agent gauges read from
-// agents when scraped.
-func NewMetrics(agents AgentLister) *Metrics {
+// agents and their health from prober when scraped.
+func NewMetrics(agents AgentLister, prober *Prober) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyhole_requests_total",
 		Help: "Requests through the stub by cluster and response code (refusals included)."}, []string{"cluster", "code"})
@@ -34,7 +34,7 @@ func NewMetrics(agents AgentLister) *Metrics {
 		Help: "Body bytes through the stub by cluster and direction (in: from callers, out: to callers), sessions included."}, []string{"cluster", "direction"})
 	m.open = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "keyhole_open_streams",
 		Help: "Requests in flight and upgraded sessions (exec, attach, port-forward) open now."}, []string{"kind"})
-	m.reg.MustRegister(m.requests, m.latency, m.bytes, m.open, agentCollector{agents},
+	m.reg.MustRegister(m.requests, m.latency, m.bytes, m.open, agentCollector{agents, prober},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -80,8 +80,11 @@ type sessionCounter interface {
 	Refused() int64
 }
 
-// agentCollector reads the tunnel's registry at scrape time.
-type agentCollector struct{ agents AgentLister }
+// agentCollector reads the tunnel's registry and the prober at scrape time.
+type agentCollector struct {
+	agents AgentLister
+	prober *Prober
+}
 
 func (c agentCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descAgents
@@ -100,18 +103,18 @@ func (c agentCollector) Collect(ch chan<- prometheus.Metric) {
 		per[a.Cluster] = append(per[a.Cluster], a)
 	}
 	for cluster, list := range per {
-		ready := 0.0
 		for _, a := range list {
-			h := a.Health
-			if h.Error == "" && !h.LastRoundTrip.IsZero() && time.Since(h.LastRoundTrip) < ReadyWindow {
-				ready = 1
-			}
+			h, _ := c.prober.Health(cluster, a.ID)
 			ch <- prometheus.MustNewConstMetric(descRTT, prometheus.GaugeValue, h.TunnelRTT.Seconds(), cluster, a.ID)
 			if !h.LastRoundTrip.IsZero() {
 				ch <- prometheus.MustNewConstMetric(descRound, prometheus.GaugeValue, float64(h.LastRoundTrip.Unix()), cluster, a.ID)
 			}
 		}
 		ch <- prometheus.MustNewConstMetric(descAgents, prometheus.GaugeValue, float64(len(list)), cluster)
+		ready := 0.0
+		if c.prober.Ready(cluster) {
+			ready = 1
+		}
 		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready, cluster)
 	}
 	if sc, ok := c.agents.(sessionCounter); ok {

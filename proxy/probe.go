@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,10 +17,6 @@ import (
 
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
-
-// HeaderProbe marks the stub's health probe. Callers can never send it: the
-// stub deletes every Keyhole-* header a caller sends.
-const HeaderProbe = "Keyhole-Probe"
 
 // Probe timing: each agent is probed about a second after it connects and
 // then every ProbeInterval; a cluster is ready while one of its agents had a
@@ -35,13 +32,31 @@ type ProbeTarget interface {
 	Agents(cluster string) []tunnel.AgentInfo
 	DialAgent(cluster, id string) (net.Conn, error)
 	PingAgent(cluster, id string) (time.Duration, error)
-	SetHealth(cluster, id string, h tunnel.Health)
 }
 
-// Prober measures health from the data path: for every connected agent, a
-// yamux ping (tunnel RTT) and a request through the tunnel that the agent
-// answers by asking its API server for its version.
-type Prober struct {
+// Health is what the prober last learned about an agent by sending a
+// request through its tunnel.
+type Health struct {
+	// LastRoundTrip is when a probe last went through the tunnel to the
+	// API server and back.
+	LastRoundTrip time.Time `json:"lastRoundTrip,omitzero"`
+	// TunnelRTT is the round trip of a yamux ping on the session.
+	TunnelRTT time.Duration `json:"tunnelRTT"`
+	// APIServerVersion is the gitVersion the API server reported.
+	APIServerVersion string `json:"apiServerVersion,omitempty"`
+	// Error is why the last probe failed ("" when it succeeded).
+	Error string `json:"error,omitempty"`
+}
+
+// ready is the one readiness predicate: the last probe succeeded, within
+// ReadyWindow of now.
+func (h Health) ready(now time.Time) bool {
+	return h.Error == "" && !h.LastRoundTrip.IsZero() && now.Sub(h.LastRoundTrip) < ReadyWindow
+}
+
+// ProberConfig configures a Prober.
+type ProberConfig struct {
+	// Target is the tunnel whose agents are probed (required).
 	Target ProbeTarget
 	Logger *zap.Logger
 	// Interval between probes of one agent; default ProbeInterval.
@@ -49,53 +64,117 @@ type Prober struct {
 	// Replicas, when set, lists the live stub replicas; probes carry the
 	// list so that agents open sessions to replicas added later.
 	Replicas func() []string
+}
 
-	mu   sync.Mutex
-	last map[string]time.Time // cluster/agent → last probe start
+// Prober measures health from the data path: for every connected agent, a
+// yamux ping (tunnel RTT) and a request through the tunnel that the agent
+// answers by asking its API server for its version. It keeps what it
+// learned, by cluster and agent, for as long as that agent's session lasts;
+// Health and Ready read it, and may be called before Run.
+type Prober struct {
+	cfg ProberConfig
+
+	mu     sync.Mutex
+	agents map[agentKey]*probed
+}
+
+type agentKey struct{ cluster, id string }
+
+// probed is the prober's record of one agent session.
+type probed struct {
+	connected time.Time // the session's start: a reconnect is a new record
+	last      time.Time // last probe start
+	health    Health
+	measured  bool // a probe of this session finished
+}
+
+// NewProber validates cfg and returns a Prober; Run starts probing.
+func NewProber(cfg ProberConfig) (*Prober, error) {
+	if cfg.Target == nil {
+		return nil, errors.New("proxy: ProberConfig.Target is required")
+	}
+	if cfg.Interval < 0 {
+		return nil, fmt.Errorf("proxy: ProberConfig.Interval %v must not be negative", cfg.Interval)
+	}
+	if cfg.Interval == 0 {
+		cfg.Interval = ProbeInterval
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	return &Prober{cfg: cfg, agents: map[agentKey]*probed{}}, nil
+}
+
+// Health returns what the last probe of agent id of cluster found, and
+// false until a probe of its current session finished (or once it left).
+func (p *Prober) Health(cluster, id string) (Health, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.agents[agentKey{cluster, id}]
+	if e == nil || !e.measured {
+		return Health{}, false
+	}
+	return e.health, true
+}
+
+// Ready reports whether cluster is ready: one of its connected agents had
+// a successful round trip through the tunnel to the API server within
+// ReadyWindow.
+func (p *Prober) Ready(cluster string) bool {
+	now := time.Now()
+	for _, a := range p.cfg.Target.Agents(cluster) {
+		if h, ok := p.Health(a.Cluster, a.ID); ok && h.ready(now) {
+			return true
+		}
+	}
+	return false
 }
 
 // Run probes until ctx ends. It owns one goroutine per probe in flight and
-// waits for them before returning.
+// waits for them before returning. Call it once.
 func (p *Prober) Run(ctx context.Context) {
-	if p.Logger == nil {
-		p.Logger = zap.NewNop()
-	}
-	if p.Interval <= 0 {
-		p.Interval = ProbeInterval
-	}
-	p.last = map[string]time.Time{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	tick := time.NewTicker(min(time.Second, p.Interval))
+	tick := time.NewTicker(min(time.Second, p.cfg.Interval))
 	defer tick.Stop()
 	for {
 		now := time.Now()
-		seen := map[string]bool{}
-		for _, a := range p.Target.Agents("") {
-			key := a.Cluster + "/" + a.ID
+		seen := map[agentKey]bool{}
+		for _, a := range p.cfg.Target.Agents("") {
+			key := agentKey{a.Cluster, a.ID}
 			seen[key] = true
 			p.mu.Lock()
-			due := now.Sub(p.last[key]) >= p.Interval
-			if due {
-				p.last[key] = now
+			e := p.agents[key]
+			if e == nil || !e.connected.Equal(a.Connected) {
+				e = &probed{connected: a.Connected} // a new agent, or one that reconnected: probe it at once
+				p.agents[key] = e
 			}
+			due := now.Sub(e.last) >= p.cfg.Interval
+			if due {
+				e.last = now
+			}
+			prev := e.health
 			p.mu.Unlock()
 			if due {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					h := p.probe(ctx, a)
-					p.Target.SetHealth(a.Cluster, a.ID, h)
+					h := p.probe(ctx, a, prev)
+					p.mu.Lock()
+					if p.agents[key] == e { // not gone or replaced meanwhile
+						e.health, e.measured = h, true
+					}
+					p.mu.Unlock()
 					if h.Error != "" {
-						p.Logger.Warn("probe through the tunnel failed", zap.String("cluster", a.Cluster), zap.String("agent", a.ID), zap.String("error", h.Error))
+						p.cfg.Logger.Warn("probe through the tunnel failed", zap.String("cluster", a.Cluster), zap.String("agent", a.ID), zap.String("error", h.Error))
 					}
 				}()
 			}
 		}
 		p.mu.Lock()
-		for k := range p.last {
+		for k := range p.agents {
 			if !seen[k] {
-				delete(p.last, k) // a reconnecting agent is probed again at once
+				delete(p.agents, k) // the agent disconnected: its health goes with it
 			}
 		}
 		p.mu.Unlock()
@@ -107,9 +186,10 @@ func (p *Prober) Run(ctx context.Context) {
 	}
 }
 
-func (p *Prober) probe(ctx context.Context, a tunnel.AgentInfo) tunnel.Health {
-	h := a.Health
-	rtt, err := p.Target.PingAgent(a.Cluster, a.ID)
+// probe measures a, starting from what the previous probe found (so a
+// failure keeps the last good round trip's time and version).
+func (p *Prober) probe(ctx context.Context, a tunnel.AgentInfo, h Health) Health {
+	rtt, err := p.cfg.Target.PingAgent(a.Cluster, a.ID)
 	if err != nil {
 		h.Error = "tunnel ping: " + err.Error()
 		return h
@@ -125,7 +205,7 @@ func (p *Prober) probe(ctx context.Context, a tunnel.AgentInfo) tunnel.Health {
 }
 
 func (p *Prober) roundTrip(ctx context.Context, a tunnel.AgentInfo) (string, error) {
-	conn, err := p.Target.DialAgent(a.Cluster, a.ID)
+	conn, err := p.cfg.Target.DialAgent(a.Cluster, a.ID)
 	if err != nil {
 		return "", fmt.Errorf("open stream: %w", err)
 	}
@@ -138,8 +218,8 @@ func (p *Prober) roundTrip(ctx context.Context, a tunnel.AgentInfo) (string, err
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
 	replicas := ""
-	if p.Replicas != nil {
-		replicas = tunnel.HeaderReplicas + ": " + strings.Join(p.Replicas(), ",") + "\r\n"
+	if p.cfg.Replicas != nil {
+		replicas = tunnel.HeaderReplicas + ": " + strings.Join(p.cfg.Replicas(), ",") + "\r\n"
 	}
 	if _, err := io.WriteString(conn, "GET /keyhole/v1/probe HTTP/1.1\r\nHost: agent\r\n"+HeaderProbe+": 1\r\n"+replicas+"Connection: close\r\n\r\n"); err != nil {
 		return "", fmt.Errorf("probe: %w", err)
@@ -164,7 +244,7 @@ func (p *Prober) roundTrip(ctx context.Context, a tunnel.AgentInfo) (string, err
 
 // serveProbe answers the stub's probe with the API server's version, asked
 // with the agent's own credentials.
-func (a *Agent) serveProbe(w http.ResponseWriter, r *http.Request) {
+func (a *AgentHop) serveProbe(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), ProbeTimeout)
 	defer cancel()
 	w.Header().Set("Content-Type", "application/json")

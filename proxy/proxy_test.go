@@ -156,6 +156,7 @@ func restFor(api *httptest.Server) *rest.Config {
 // chain is stub (TLS, h2 + http/1.1) → tunnel → agent handler → api.
 type chain struct {
 	metrics *Metrics
+	prober  *Prober // not running: TestProber runs it
 	tsrv    *tunnel.Server
 	audit   *lockedBuffer // audit records, JSON lines
 	stubURL string
@@ -187,9 +188,13 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 		t.Fatal(err)
 	}
 	auditBuf := &lockedBuffer{}
+	prober, err := NewProber(ProberConfig{Target: tsrv, Logger: log, Interval: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var metrics *Metrics
 	if o.metrics {
-		metrics = NewMetrics(tsrv)
+		metrics = NewMetrics(tsrv, prober)
 	}
 	var auth Authenticator = tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}, "eve-token": {Name: "eve"}}
 	if o.auth != nil {
@@ -201,7 +206,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	}
 	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true}, Audit: audit.NewWriterSink(auditBuf),
 		Auth:   auth,
-		Policy: pol, Metrics: metrics, Logger: log})
+		Policy: pol, Metrics: metrics, Logger: log, WantsCallerToken: AgentsVerifyCallers(tsrv)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,12 +220,12 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	pool := x509.NewCertPool()
 	pool.AddCert(ts.Certificate())
 
-	ah, err := NewAgent(AgentConfig{Cluster: "c1", AgentID: "a1", Rest: apiRest, Verifier: o.verifier, Logger: log})
+	ah, err := NewAgentHop(AgentHopConfig{Cluster: "c1", AgentID: "a1", Rest: apiRest, Verifier: o.verifier, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ag, err := tunnel.NewAgent(tunnel.AgentConfig{StubURL: ts.URL, Cluster: "c1", AgentID: "a1", Fingerprint: "fp",
-		Secret: func() (string, error) { return "join", nil }, TLS: &tls.Config{RootCAs: pool}, VerifiesCallers: o.verifier != nil,
+		Secret: func() (string, error) { return "join", nil }, TLS: &tls.Config{RootCAs: pool}, Attributes: ah.Attributes(),
 		Proxy: func(*http.Request) (*url.URL, error) { return nil, nil }, Handler: ah, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -242,7 +247,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 			t.Fatal("agent did not connect")
 		}
 	}
-	return &chain{metrics: metrics, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api, stub: stub}
+	return &chain{metrics: metrics, prober: prober, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api, stub: stub}
 }
 
 func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {
@@ -445,7 +450,7 @@ func TestAPIServerDown(t *testing.T) {
 
 func TestAgentFailsClosed(t *testing.T) {
 	api := newFakeAPI(t)
-	ah, err := NewAgent(AgentConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t)})
+	ah, err := NewAgentHop(AgentHopConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -583,7 +588,7 @@ func TestAuditRecords(t *testing.T) {
 	c := newChain(t, restFor(api.Server), api)
 	resp, _ := c.do(t, "GET", "/clusters/c1/api/v1/namespaces/default/pods?limit=5", "alice-token", nil)
 	id := resp.Header.Get(HeaderRequestID)
-	if resp.Header.Get(HeaderAgent) != "" {
+	if resp.Header.Get(HeaderServedBy) != "" {
 		t.Error("the agent's name reached the caller")
 	}
 	c.do(t, "GET", "/clusters/c1/api/v1/pods", "wrong-token", nil)
@@ -691,7 +696,7 @@ func TestAgentVerifiesCallers(t *testing.T) {
 // The cluster owner's identity rules bind callers and --as targets alike.
 func TestAgentIdentityRules(t *testing.T) {
 	api := newFakeAPI(t)
-	ah, err := NewAgent(AgentConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t),
+	ah, err := NewAgentHop(AgentHopConfig{Cluster: "c1", Rest: restFor(api.Server), Logger: zaptest.NewLogger(t),
 		Identities: authn.IdentityRules{UserPrefixes: []string{"oidc:"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -723,13 +728,13 @@ func TestProber(t *testing.T) {
 	c := newChain(t, restFor(api.Server), api)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); (&Prober{Target: c.tsrv, Interval: 200 * time.Millisecond}).Run(ctx) }()
+	go func() { defer close(done); c.prober.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	status := func() ClusterStatus {
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest("GET", ClustersPath, nil)
 		req.Header.Set("Authorization", "Bearer alice-token")
-		ClustersHandler(tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, policy.Open(), registry{"c1": true}, c.tsrv).ServeHTTP(rec, req)
+		ClustersHandler(tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, policy.Open(), registry{"c1": true}, c.tsrv, c.prober).ServeHTTP(rec, req)
 		var list []ClusterStatus
 		if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil || len(list) != 1 {
 			t.Fatalf("%s %v", rec.Body, err)
@@ -760,7 +765,51 @@ func TestProber(t *testing.T) {
 	waitFor("not ready with the reason", func(st ClusterStatus) bool {
 		return !st.Ready && len(st.Agents) == 1 && strings.Contains(st.Agents[0].Health.Error, "etcd is sad")
 	})
+	if h, ok := c.prober.Health("c1", "a1"); !ok || h.APIServerVersion != "v1.33.99-fake" || h.LastRoundTrip.IsZero() {
+		t.Fatalf("a failed probe should keep the last good round trip: %+v %v", h, ok)
+	}
+
+	// The agent's session ends: the prober forgets its health.
+	c.tsrv.Close()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, ok := c.prober.Health("c1", "a1"); !ok && !c.prober.Ready("c1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the prober kept the health of a disconnected agent")
+		}
+	}
 }
+
+func TestNewProber(t *testing.T) {
+	for name, tc := range map[string]struct {
+		cfg ProberConfig
+		msg string
+	}{
+		"no target":         {ProberConfig{}, "Target is required"},
+		"negative interval": {ProberConfig{Target: agentTarget{}, Interval: -time.Second}, "must not be negative"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := NewProber(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("got %v, want %q", err, tc.msg)
+			}
+		})
+	}
+	p, err := NewProber(ProberConfig{Target: agentTarget{agentList{{Cluster: "c1", ID: "a1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := p.Health("c1", "a1"); ok || p.Ready("c1") {
+		t.Fatal("health before any probe")
+	}
+}
+
+// agentTarget is a ProbeTarget whose agents never answer.
+type agentTarget struct{ agentList }
+
+func (agentTarget) DialAgent(string, string) (net.Conn, error)      { return nil, tunnel.ErrNoAgent }
+func (agentTarget) PingAgent(string, string) (time.Duration, error) { return 0, tunnel.ErrNoAgent }
+
 
 func TestMetrics(t *testing.T) {
 	api := newFakeAPI(t)
@@ -792,5 +841,33 @@ func TestMetrics(t *testing.T) {
 	}
 	if strings.Contains(out, "made-up-1") {
 		t.Error("a made-up cluster ID became a label")
+	}
+}
+
+type agentList []tunnel.AgentInfo
+
+func (l agentList) Agents(cluster string) []tunnel.AgentInfo {
+	var out []tunnel.AgentInfo
+	for _, a := range l {
+		if cluster == "" || a.Cluster == cluster {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Callers' tokens go only to clusters with an agent that stated the
+// attribute, with the value this package sets.
+func TestAgentsVerifyCallers(t *testing.T) {
+	wants := AgentsVerifyCallers(agentList{
+		{Cluster: "plain", ID: "a"},
+		{Cluster: "mixed", ID: "a"},
+		{Cluster: "mixed", ID: "b", Attributes: map[string]string{AttrVerifiesCallers: "jwt"}},
+		{Cluster: "other-kind", ID: "a", Attributes: map[string]string{AttrVerifiesCallers: "saml"}},
+	})
+	for cluster, want := range map[string]bool{"plain": false, "mixed": true, "other-kind": false, "absent": false} {
+		if got := wants(cluster); got != want {
+			t.Errorf("cluster %s: %v, want %v", cluster, got, want)
+		}
 	}
 }

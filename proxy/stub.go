@@ -68,6 +68,26 @@ type StubConfig struct {
 	// Metrics, if set, count requests, latency, bytes and open streams.
 	Metrics *Metrics
 	Logger  *zap.Logger
+	// WantsCallerToken, if set, is asked on every request whether the
+	// caller's OIDC token goes to the agents of cluster (HeaderCallerToken)
+	// because they verify callers themselves. Nil: a caller's token never
+	// leaves the stub. AgentsVerifyCallers answers from the agents'
+	// handshake attributes.
+	WantsCallerToken func(cluster string) bool
+}
+
+// AgentsVerifyCallers returns a StubConfig.WantsCallerToken that says yes
+// for a cluster while one of its connected agents stated AttrVerifiesCallers
+// (see AgentHop.Attributes).
+func AgentsVerifyCallers(agents AgentLister) func(cluster string) bool {
+	return func(cluster string) bool {
+		for _, a := range agents.Agents(cluster) {
+			if a.Attributes[AttrVerifiesCallers] == verifiesCallersJWT {
+				return true
+			}
+		}
+		return false
+	}
 }
 
 // Stub is the http.Handler for /clusters/{id}/….
@@ -156,7 +176,7 @@ func newRequestID() string {
 // ModifyResponse and the error handler learn, for the audit record.
 type reqState struct {
 	cluster string
-	agent   string                 // from the agent's Keyhole-Agent header
+	agent   string                 // from the agent's HeaderServedBy
 	failure *apierrors.StatusError // set by proxyError
 	long    *longReq               // a long-running request (drain.go), else nil
 }
@@ -245,7 +265,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, g := range user.Groups {
 		h.Add(HeaderGroup, g)
 	}
-	if wt, ok := s.cfg.Dialer.(interface{ WantsCallerToken(string) bool }); ok && authn.LooksLikeJWT(token) && wt.WantsCallerToken(cluster) {
+	if s.cfg.WantsCallerToken != nil && authn.LooksLikeJWT(token) && s.cfg.WantsCallerToken(cluster) {
 		h.Set(HeaderCallerToken, token) // that cluster's agents check the caller themselves
 	}
 	if asUser != "" { // the agent decides, with the cluster's RBAC
@@ -308,12 +328,12 @@ func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
 // modifyResponse notes which agent answered and keeps that to the stub.
 func (s *Stub) modifyResponse(resp *http.Response) error {
 	if st, ok := resp.Request.Context().Value(stateKey).(*reqState); ok {
-		st.agent = resp.Header.Get(HeaderAgent)
+		st.agent = resp.Header.Get(HeaderServedBy)
 		if st.long != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 			resp.Body = &endBody{ReadCloser: resp.Body, lr: st.long} // a graceful stop ends it cleanly
 		}
 	}
-	resp.Header.Del(HeaderAgent)
+	resp.Header.Del(HeaderServedBy)
 	return nil
 }
 

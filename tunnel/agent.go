@@ -28,9 +28,11 @@ type AgentConfig struct {
 	AgentID     string
 	Fingerprint string
 	Version     string
-	// VerifiesCallers asks the stub to forward callers' OIDC tokens, which
-	// this agent verifies itself.
-	VerifiesCallers bool
+	// Attributes are sent on every handshake and listed by the stub in
+	// AgentInfo.Attributes. The tunnel gives them no meaning (package proxy
+	// does); NewAgent refuses more than MaxAttributes, keys that are not DNS
+	// labels and values over MaxAttributeValueLen bytes or not printable.
+	Attributes map[string]string
 	// Secret returns the join secret; it is called before every dial so a
 	// rotated secret file is picked up without a restart.
 	Secret func() (string, error)
@@ -122,6 +124,9 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.Secret == nil || cfg.Handler == nil {
 		errs = append(errs, errors.New("Secret and Handler are required"))
 	}
+	if err := checkAttributes(cfg.Attributes); err != nil {
+		errs = append(errs, err)
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -142,6 +147,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 		b.StableAfter = DefaultBackoff.StableAfter
 	}
 	cfg.StubURL = strings.TrimRight(cfg.StubURL, "/")
+	cfg.Attributes = cloneAttributes(cfg.Attributes) // the caller may change its map later
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
@@ -433,8 +439,8 @@ func (a *Agent) dial(ctx context.Context, held []string) (*yamux.Session, handsh
 	if a.cfg.Version != "" {
 		req.Header.Set(HeaderVersion, a.cfg.Version)
 	}
-	if a.cfg.VerifiesCallers {
-		req.Header.Set(HeaderVerifiesCallers, "jwt")
+	if len(a.cfg.Attributes) > 0 {
+		req.Header.Set(HeaderAttributes, encodeAttributes(a.cfg.Attributes))
 	}
 	if len(held) > 0 {
 		req.Header.Set(HeaderHeldReplicas, strings.Join(held, ","))

@@ -16,9 +16,10 @@ const (
 	HeaderAgent       = "Keyhole-Agent"
 	HeaderFingerprint = "Keyhole-Fingerprint"
 	HeaderVersion     = "Keyhole-Agent-Version"
-	// HeaderVerifiesCallers ("jwt") says the agent verifies callers' OIDC
-	// tokens itself and wants them forwarded.
-	HeaderVerifiesCallers = "Keyhole-Verifies-Callers"
+	// HeaderAttributes carries the agent's attributes (AgentConfig.Attributes),
+	// form-encoded: "k=v&k2=v2". The tunnel bounds them and keeps them; it
+	// gives them no meaning.
+	HeaderAttributes = "Keyhole-Agent-Attributes"
 	// Stub replicas: the agent lists the replicas it holds sessions to
 	// (HeaderHeldReplicas); the stub names itself (HeaderReplica) and the
 	// live replicas (HeaderReplicas) in its answer, and answers 421 when

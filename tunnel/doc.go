@@ -10,6 +10,7 @@
 //	Keyhole-Cluster: prod-eu
 //	Keyhole-Agent: agent-7d9c-x2
 //	Keyhole-Fingerprint: <UID of the kube-system namespace>
+//	Keyhole-Agent-Attributes: <k=v&k2=v2, optional>
 //
 // and, once the stub has checked the join secret against the hash it stores
 // for that cluster, receives "101 Switching Protocols". From then on the
@@ -38,5 +39,7 @@
 //     on it frees the peer even when the peer is blocked writing to us.
 //
 // What it does not do: it knows nothing of Kubernetes, of users or of HTTP
-// beyond the handshake; package proxy builds on it.
+// beyond the handshake; package proxy builds on it. An agent's attributes
+// (a bounded map of strings on the handshake) are carried and listed, never
+// interpreted: their meaning belongs to the package that sets them.
 package tunnel

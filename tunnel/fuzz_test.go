@@ -92,6 +92,10 @@ func FuzzHandshake(f *testing.F) {
 	seeds := [][]byte{
 		valid,
 		handshakeRequest("c1", "agent-7d9c-x2.zone_b", strings.Repeat("f", 128), "s3cret", "Keyhole-Agent-Version: v1.2.3"),
+		handshakeRequest("c1", "a1", "fp", "s3cret", HeaderAttributes+": verifies-callers=jwt&zone=eu+west%2F1"),
+		handshakeRequest("c1", "a1", "fp", "s3cret", HeaderAttributes+": k=1&k=2"),
+		handshakeRequest("c1", "a1", "fp", "s3cret", HeaderAttributes+": k=%ff%00"),
+		handshakeRequest("c1", "a1", "fp", "s3cret", HeaderAttributes+": "+strings.Repeat("k=v&", 40)),
 		append(bytes.Clone(valid), yamuxFrame(2, 1, 0, 7, nil)...),                           // then a yamux ping
 		append(bytes.Clone(valid), yamuxFrame(0, 1, 1, 5, []byte("hello"))...),               // then a stream SYN with data
 		append(bytes.Clone(valid), yamuxFrame(0, 0, 9, 1<<30, nil)...),                       // then a huge data frame length
@@ -219,6 +223,9 @@ func FuzzHandshake(f *testing.F) {
 		for _, a := range agents {
 			if a.Cluster != "c1" {
 				t.Fatalf("input %q registered an agent of cluster %q", clip(data), a.Cluster)
+			}
+			if err := checkAttributes(a.Attributes); err != nil {
+				t.Fatalf("input %q registered an agent with attributes out of bounds: %v", clip(data), err)
 			}
 		}
 		if bytes.Equal(data, valid) && (!upgraded || !connected) {

@@ -22,17 +22,17 @@ import (
 	"go.uber.org/zap"
 )
 
-// Authenticator checks an agent's join secret for a cluster. It returns nil,
-// ErrUnknownCluster or ErrBadSecret (possibly wrapped). Implementations must
-// compare secrets in constant time.
-type Authenticator interface {
+// AgentAuthenticator checks an agent's join secret for a cluster. It returns
+// nil, ErrUnknownCluster, ErrSecretExpired or ErrBadSecret (possibly
+// wrapped). Implementations must compare secrets in constant time.
+type AgentAuthenticator interface {
 	AuthenticateAgent(cluster, secret string) error
 }
 
-// SessionChecker, when the Authenticator implements it, is asked every
+// SessionChecker, when the AgentAuthenticator implements it, is asked every
 // SessionCheckInterval whether each session may stay: nil, or why not
-// (the cluster unregistered, the secret revoked by a rotation with
-// --disconnect, or expired). Sessions it refuses are closed.
+// (the cluster unregistered, the secret revoked by a rotation that
+// disconnects, or expired). Sessions it refuses are closed.
 type SessionChecker interface {
 	CheckSession(cluster string, secretSHA256 [sha256.Size]byte) error
 }
@@ -43,7 +43,7 @@ const SessionCheckInterval = 5 * time.Second
 
 // ServerConfig configures the stub side of the tunnel.
 type ServerConfig struct {
-	Auth              Authenticator
+	Auth              AgentAuthenticator
 	Logger            *zap.Logger
 	KeepAliveInterval time.Duration // default DefaultKeepAliveInterval
 	KeepAliveTimeout  time.Duration // default DefaultKeepAliveTimeout
@@ -75,7 +75,7 @@ type ReplicaSet interface {
 // Server accepts agent sessions (it is the http.Handler for ConnectPath),
 // keeps the registry of live sessions by cluster and opens streams to them.
 type Server struct {
-	auth       Authenticator
+	auth       AgentAuthenticator
 	log        *zap.Logger
 	mux        *yamux.Config
 	handshakes chan struct{} // a slot per handshake in progress
@@ -104,9 +104,8 @@ type clusterAgents struct {
 
 type agentSession struct {
 	cluster, id, fingerprint, version, remote string
-	verifiesCallers                           bool
+	attributes                                map[string]string // as the handshake stated them; never changed
 	connected                                 time.Time
-	health                                    Health // guarded by Server.mu
 	sess                                      *yamux.Session
 	streams                                   atomic.Int64
 	secretSHA256                              [sha256.Size]byte // of the join secret it presented
@@ -118,12 +117,12 @@ type AgentInfo struct {
 	ID          string `json:"id"`
 	Fingerprint string `json:"fingerprint"`
 	Version     string `json:"version,omitempty"`
-	// VerifiesCallers: the agent checks callers' OIDC tokens itself.
-	VerifiesCallers bool      `json:"verifiesCallers,omitempty"`
-	Remote          string    `json:"remote"`
-	Connected       time.Time `json:"connected"`
-	Streams         int64     `json:"streams"`
-	Health          Health    `json:"health"`
+	// Attributes are what the agent stated on its handshake
+	// (AgentConfig.Attributes), within the bounds; a copy.
+	Attributes map[string]string `json:"attributes,omitempty"`
+	Remote     string            `json:"remote"`
+	Connected  time.Time         `json:"connected"`
+	Streams    int64             `json:"streams"`
 }
 
 // NewServer validates cfg and returns a Server.
@@ -214,6 +213,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusBadRequest, "handshake needs "+HeaderCluster+" (a DNS label), "+HeaderAgent+" and "+HeaderFingerprint)
 		return
 	}
+	attrs, err := parseAttributes(r.Header.Get(HeaderAttributes))
+	if err != nil {
+		log.Info("agent refused: attributes out of bounds", zap.Error(err))
+		refuse(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || secret == "" {
 		log.Info("agent refused: no join secret")
@@ -227,7 +232,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			refuse(w, http.StatusNotFound, fmt.Sprintf("cluster %q is not registered at this stub", cluster))
 		case errors.Is(err, ErrSecretExpired):
 			log.Warn("agent refused: join secret expired", zap.Error(err))
-			refuse(w, http.StatusUnauthorized, fmt.Sprintf("the join secret of cluster %q expired (%v): issue a new one with `stub register %s --rotate` and give it to the agent", cluster, err, cluster))
+			// CLI-neutral on purpose: the command that issues a secret
+			// belongs to the stub's CLI (docs/operations.md names it).
+			refuse(w, http.StatusUnauthorized, fmt.Sprintf("the join secret of cluster %q expired (%v): issue a new one for this cluster at the stub and give it to the agent", cluster, err))
 		case errors.Is(err, ErrBadSecret):
 			log.Warn("agent refused: join secret does not match")
 			refuse(w, http.StatusUnauthorized, fmt.Sprintf("join secret is not valid for cluster %q", cluster))
@@ -278,9 +285,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log.Error("start session", zap.Error(err))
 		return
 	}
-	a := &agentSession{cluster: cluster, id: agentID, fingerprint: fp, version: r.Header.Get(HeaderVersion),
-		verifiesCallers: r.Header.Get(HeaderVerifiesCallers) == "jwt",
-		remote:          r.RemoteAddr, connected: time.Now(), sess: sess, secretSHA256: sha256.Sum256([]byte(secret))}
+	a := &agentSession{cluster: cluster, id: agentID, fingerprint: fp, version: r.Header.Get(HeaderVersion), attributes: attrs,
+		remote: r.RemoteAddr, connected: time.Now(), sess: sess, secretSHA256: sha256.Sum256([]byte(secret))}
 	replaced, err := s.add(a)
 	if err != nil {
 		sess.Close()
@@ -439,7 +445,7 @@ func (s *Server) Agents(cluster string) []AgentInfo {
 			continue
 		}
 		for _, a := range ca.agents {
-			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version, VerifiesCallers: a.verifiesCallers, Health: a.health,
+			out = append(out, AgentInfo{Cluster: a.cluster, ID: a.id, Fingerprint: a.fingerprint, Version: a.version, Attributes: cloneAttributes(a.attributes),
 				Remote: a.remote, Connected: a.connected, Streams: a.streams.Load()})
 		}
 	}
@@ -470,36 +476,6 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	return nil
-}
-
-// WantsCallerToken reports whether any connected agent of cluster verifies
-// callers' tokens itself, so the stub must forward them. Clusters that do not
-// ask never see a caller's token.
-func (s *Server) WantsCallerToken(cluster string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ca := s.clusters[cluster]; ca != nil {
-		for _, a := range ca.agents {
-			if a.verifiesCallers {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// Health is what the stub last learned about an agent by sending a request
-// through its tunnel (see proxy.Prober).
-type Health struct {
-	// LastRoundTrip is when a probe last went through the tunnel to the
-	// API server and back.
-	LastRoundTrip time.Time `json:"lastRoundTrip,omitzero"`
-	// TunnelRTT is the round trip of a yamux ping on the session.
-	TunnelRTT time.Duration `json:"tunnelRTT"`
-	// APIServerVersion is the gitVersion the API server reported.
-	APIServerVersion string `json:"apiServerVersion,omitempty"`
-	// Error is why the last probe failed ("" when it succeeded).
-	Error string `json:"error,omitempty"`
 }
 
 func (s *Server) find(cluster, id string) *agentSession {
@@ -538,15 +514,6 @@ func (s *Server) PingAgent(cluster, id string) (time.Duration, error) {
 		return 0, ErrNoAgent
 	}
 	return a.sess.Ping()
-}
-
-// SetHealth records a probe's result for an agent still connected.
-func (s *Server) SetHealth(cluster, id string, h Health) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if a := s.find(cluster, id); a != nil {
-		a.health = h
-	}
 }
 
 // checkSessions closes the sessions whose join secret is no longer good.

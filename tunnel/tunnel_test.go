@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -399,26 +400,97 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
-// Only agents that verify callers themselves make the stub forward tokens.
-func TestWantsCallerToken(t *testing.T) {
+// An agent's attributes travel on the handshake and are listed as stated,
+// for its cluster only; the tunnel gives them no meaning.
+func TestAttributes(t *testing.T) {
 	e := newEnv(t)
 	e.startAgent("c1", "plain", "fp", echoAgent("plain"))
-	if e.srv.WantsCallerToken("c1") || e.srv.WantsCallerToken("c2") {
-		t.Fatal("tokens wanted without an agent asking")
-	}
-	cfg := e.agentConfig("c2", "verifier", "fp2", "other", echoAgent("v"))
-	cfg.VerifiesCallers = true
+	cfg := e.agentConfig("c2", "tagged", "fp2", "other", echoAgent("v"))
+	want := map[string]string{"verifies-callers": "jwt", "zone": "eu west/1 ü&=%"}
+	cfg.Attributes = maps.Clone(want)
 	a, err := NewAgent(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.Attributes["zone"] = "changed after NewAgent"
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = a.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	e.waitAgents("c2", func(n int) bool { return n == 1 })
-	if !e.srv.WantsCallerToken("c2") || e.srv.WantsCallerToken("c1") || !e.srv.Agents("c2")[0].VerifiesCallers {
-		t.Fatal("capability not recorded for the right cluster only")
+	if got := e.srv.Agents("c1")[0].Attributes; got != nil {
+		t.Fatalf("an agent without attributes lists %v", got)
+	}
+	got := e.srv.Agents("c2")[0].Attributes
+	if !maps.Equal(got, want) {
+		t.Fatalf("attributes %v, want %v", got, want)
+	}
+	got["zone"] = "changed by a caller"
+	if again := e.srv.Agents("c2")[0].Attributes; !maps.Equal(again, want) {
+		t.Fatalf("a caller changed the session's attributes: %v", again)
+	}
+}
+
+// Attributes out of bounds are refused with the reason: by NewAgent on the
+// agent, and with a 400 by the stub.
+func TestAttributesBounds(t *testing.T) {
+	many := map[string]string{}
+	for i := range MaxAttributes + 1 {
+		many[fmt.Sprintf("k%d", i)] = "v"
+	}
+	for name, tc := range map[string]struct {
+		attrs  map[string]string
+		header string // sent by hand, when not from attrs
+		msg    string
+	}{
+		"too many":        {attrs: many, msg: "17 attributes, at most 16"},
+		"key not a label": {attrs: map[string]string{"Zone_A": "x"}, msg: `key "Zone_A" must be a DNS label`},
+		"empty key":       {attrs: map[string]string{"": "x"}, msg: `key "" must be a DNS label`},
+		"value too long":  {attrs: map[string]string{"k": strings.Repeat("v", MaxAttributeValueLen+1)}, msg: "257 bytes, at most 256"},
+		"control byte":    {attrs: map[string]string{"k": "a\nb"}, msg: "printable UTF-8"},
+		"not UTF-8":       {attrs: map[string]string{"k": "\xff"}, msg: "printable UTF-8"},
+		"key twice":       {header: "k=1&k=2", msg: `key "k" given 2 times`},
+		"bad escape":      {header: "k=%zz", msg: "not form-encoded"},
+		"header too long": {header: "k=" + strings.Repeat("v", maxAttributesHeader), msg: "at most 16384"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t)
+			header := tc.header
+			if tc.attrs != nil {
+				cfg := e.agentConfig("c1", "a1", "fp", "s3cret", echoAgent("a1"))
+				cfg.Attributes = tc.attrs
+				if _, err := NewAgent(cfg); !errors.Is(err, ErrAttributes) || !strings.Contains(err.Error(), tc.msg) {
+					t.Fatalf("NewAgent: %v, want %q", err, tc.msg)
+				}
+				v := url.Values{}
+				for k, x := range tc.attrs {
+					v.Set(k, x)
+				}
+				header = v.Encode()
+			}
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.pool}, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}
+			defer tr.CloseIdleConnections()
+			req, _ := http.NewRequest("GET", e.ts.URL+ConnectPath, nil)
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", UpgradeProtocol)
+			req.Header.Set("Authorization", "Bearer s3cret")
+			req.Header.Set(HeaderCluster, "c1")
+			req.Header.Set(HeaderAgent, "a1")
+			req.Header.Set(HeaderFingerprint, "fp")
+			req.Header.Set(HeaderAttributes, header)
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), tc.msg) {
+				t.Fatalf("stub answered %s %q, want 400 with %q", resp.Status, body, tc.msg)
+			}
+			if n := len(e.srv.Agents("")); n != 0 {
+				t.Fatalf("%d agents registered", n)
+			}
+		})
 	}
 }
 
@@ -620,7 +692,7 @@ func TestJoinSecretLifecycle(t *testing.T) {
 	e.waitAgents("prod", func(n int) bool { return n == 1 })
 	e.waitAgents("prod", func(n int) bool { return n == 0 }) // expired after 2 s
 	_, err = a.Dial(context.Background())
-	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "expired") {
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "expired") || !strings.Contains(err.Error(), "issue a new one") {
 		t.Fatalf("dial with an expired secret: %v", err)
 	}
 

@@ -84,7 +84,7 @@ func run(args []string) error {
 		}
 		log.Info("verifying callers' OIDC tokens at the agent", zap.Int("issuers", len(cfg.CallerVerification.JWT)))
 	}
-	handler, err := proxy.NewAgent(proxy.AgentConfig{Cluster: cfg.Cluster, AgentID: cfg.AgentID, Rest: rc, Verifier: verifier, Identities: cfg.Identities, Logger: log.Named("proxy")})
+	handler, err := proxy.NewAgentHop(proxy.AgentHopConfig{Cluster: cfg.Cluster, AgentID: cfg.AgentID, Rest: rc, Verifier: verifier, Identities: cfg.Identities, Logger: log.Named("proxy")})
 	if err != nil {
 		return err
 	}
@@ -96,7 +96,7 @@ func run(args []string) error {
 		return err
 	}
 	agent, err := tunnel.NewAgent(tunnel.AgentConfig{
-		StubURL: cfg.StubURL, Cluster: cfg.Cluster, AgentID: cfg.AgentID, Fingerprint: fp, Version: version, VerifiesCallers: verifier != nil,
+		StubURL: cfg.StubURL, Cluster: cfg.Cluster, AgentID: cfg.AgentID, Fingerprint: fp, Version: version, Attributes: handler.Attributes(),
 		Secret: func() (string, error) {
 			b, err := os.ReadFile(cfg.JoinSecretFile)
 			return strings.TrimSpace(string(b)), err
