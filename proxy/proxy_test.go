@@ -810,7 +810,6 @@ type agentTarget struct{ agentList }
 func (agentTarget) DialAgent(string, string) (net.Conn, error)      { return nil, tunnel.ErrNoAgent }
 func (agentTarget) PingAgent(string, string) (time.Duration, error) { return 0, tunnel.ErrNoAgent }
 
-
 func TestMetrics(t *testing.T) {
 	api := newFakeAPI(t)
 	c := newChainWith(t, restFor(api.Server), api, chainOpts{metrics: true})
