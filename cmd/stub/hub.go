@@ -38,7 +38,7 @@ func stateFiles(cfg config.Stub) map[string]string {
 // not fatal: the stub starts on the state files it has (none on a first
 // start: every agent and token is refused until the hub answers).
 func startHub(ctx context.Context, cfg config.Stub, log *zap.Logger) (*hub, error) {
-	cs, _, err := ha.Client(cfg.Hub)
+	cs, err := ha.NewClient(ha.ClientConfig{Kubeconfig: cfg.Hub.Kubeconfig, ReplicaID: cfg.Hub.ReplicaID})
 	if err != nil {
 		return nil, err
 	}
@@ -50,9 +50,12 @@ func startHub(ctx context.Context, cfg config.Stub, log *zap.Logger) (*hub, erro
 	if err != nil {
 		log.Warn("starting on the state files already here; they are kept in step once the hub answers", zap.Error(err))
 	}
-	h.replicas = ha.NewReplicas(cs, ns, id, cfg.Hub.LeaseDuration.Duration, log.Named("replicas"))
-	h.elector = ha.NewElector(cs, ns, id, ha.Timing{LeaseDuration: cfg.Hub.LeaseDuration.Duration,
-		RenewDeadline: cfg.Hub.RenewDeadline.Duration, RetryPeriod: cfg.Hub.RetryPeriod.Duration}, log.Named("leader"),
+	h.replicas, err = ha.NewReplicas(ha.ReplicasConfig{Client: cs, Namespace: ns, Self: id, LeaseDuration: cfg.Hub.LeaseDuration.Duration, Logger: log.Named("replicas")})
+	if err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
+	h.elector, err = ha.NewElector(ha.ElectorConfig{Client: cs, Namespace: ns, ID: id, Timing: ha.Timing{LeaseDuration: cfg.Hub.LeaseDuration.Duration,
+		RenewDeadline: cfg.Hub.RenewDeadline.Duration, RetryPeriod: cfg.Hub.RetryPeriod.Duration}, Logger: log.Named("leader"), Jobs: []ha.Job{
 		// Leader-only housekeeping: one replica does it, not every one.
 		ha.Every(time.Minute, func(ctx context.Context) {
 			if n, err := h.replicas.CollectGarbage(ctx); err != nil {
@@ -78,7 +81,10 @@ func startHub(ctx context.Context, cfg config.Stub, log *zap.Logger) (*hub, erro
 				log.Info("pruned expired static tokens", zap.Int("removed", n))
 			}
 		}),
-	)
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
 	for _, run := range []func(context.Context){h.state.Run, h.replicas.Run, h.elector.Run} {
 		h.wg.Add(1)
 		go func() {
@@ -110,7 +116,7 @@ func updateState(cfg config.Stub, key string, edit func(path string) error) erro
 	if !cfg.Hub.Enabled {
 		return edit(stateFiles(cfg)[key])
 	}
-	cs, _, err := ha.Client(cfg.Hub)
+	cs, err := ha.NewClient(ha.ClientConfig{Kubeconfig: cfg.Hub.Kubeconfig, ReplicaID: cfg.Hub.ReplicaID})
 	if err != nil {
 		return err
 	}
@@ -129,7 +135,7 @@ func readState(cfg config.Stub) error {
 	if !cfg.Hub.Enabled {
 		return nil
 	}
-	cs, _, err := ha.Client(cfg.Hub)
+	cs, err := ha.NewClient(ha.ClientConfig{Kubeconfig: cfg.Hub.Kubeconfig, ReplicaID: cfg.Hub.ReplicaID})
 	if err != nil {
 		return err
 	}

@@ -19,7 +19,8 @@ var banned = map[string]map[string]string{
 	},
 	"authn":  {mod + "tunnel": "identity is independent of transport", mod + "proxy": "proxy builds on authn"},
 	"proxy":  {mod + "cmd/": "nothing imports cmd"},
-	"config": {mod + "tunnel": "the schema is plain data", mod + "proxy": "the schema is plain data"},
+	"config": {mod + "tunnel": "the schema is plain data", mod + "proxy": "the schema is plain data", mod + "ha": "the schema is plain data"},
+	"ha":     {mod + "config": "ha takes plain values; the file schema is the caller's"},
 }
 
 func deps(t *testing.T, pkg string) []string {
