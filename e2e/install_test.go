@@ -339,11 +339,10 @@ func agentConfig(t *testing.T, cm *corev1.ConfigMap, partial bool) config.Agent 
 	if err := os.WriteFile(f, []byte(data), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ac, err := config.LoadAgent(f)
+	ac, err := config.LoadAgent(f, config.Env{})
 	if err != nil {
 		t.Fatalf("%s/%s agent.yaml: %v", cm.Namespace, cm.Name, err)
 	}
-	ac.AgentID = "" // defaulted from the host name at random
 	return ac
 }
 

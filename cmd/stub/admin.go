@@ -33,7 +33,7 @@ func register(args []string, stdout, stderr io.Writer) error {
 	if len(pos) != 1 {
 		return fmt.Errorf("usage: stub register CLUSTER-ID [--config FILE] [--image IMG] [--label k=v] [--rotate [--disconnect]] [--expires DURATION] [--secret-out FILE]")
 	}
-	cfg, err := config.LoadStub(*cfgPath)
+	cfg, err := config.LoadStub(*cfgPath, config.DiscoverEnv())
 	if err != nil {
 		return err
 	}
@@ -86,7 +86,7 @@ func unregister(args []string, stderr io.Writer) error {
 	if len(pos) != 1 {
 		return fmt.Errorf("usage: stub unregister CLUSTER-ID [--config FILE]")
 	}
-	cfg, err := config.LoadStub(*cfgPath)
+	cfg, err := config.LoadStub(*cfgPath, config.DiscoverEnv())
 	if err != nil {
 		return err
 	}
@@ -115,7 +115,7 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	if *user == "" && !*oidcLogin {
 		return fmt.Errorf("usage: stub kubeconfig --user NAME [--group G]... [--cluster ID]... [--expires 720h] [--config FILE]\n   or: stub kubeconfig --oidc [--issuer URL] [--login-arg ARG]... [--cluster ID]... [--config FILE]")
 	}
-	cfg, err := config.LoadStub(*cfgPath)
+	cfg, err := config.LoadStub(*cfgPath, config.DiscoverEnv())
 	if err != nil {
 		return err
 	}

@@ -20,7 +20,11 @@ type access struct {
 }
 
 func buildAccess(cfg config.Stub, tokens *authn.TokenFile) (*access, error) {
-	a := &access{auth: &authn.Chain{Static: tokens}, pol: cfg.BuildPolicy()}
+	pol, err := cfg.BuildPolicy()
+	if err != nil {
+		return nil, err
+	}
+	a := &access{auth: &authn.Chain{Static: tokens}, pol: pol}
 	if len(cfg.Authentication.JWT) > 0 {
 		j, err := authn.NewJWT(cfg.Authentication.JWT)
 		if err != nil {
@@ -43,13 +47,13 @@ type live struct {
 	lastErr string
 }
 
-func newLive(cfgPath string, first *access, tokens *authn.TokenFile, log *zap.Logger) (*live, error) {
+func newLive(cfgPath string, env config.Env, first *access, tokens *authn.TokenFile, log *zap.Logger) (*live, error) {
 	l := &live{static: first, log: log}
 	if cfgPath == "" {
 		return l, nil
 	}
 	f, err := statefile.Open(cfgPath, func(data []byte) (*access, error) {
-		cfg, err := config.ParseStub(cfgPath, data)
+		cfg, err := config.ParseStub(cfgPath, data, env)
 		if err != nil {
 			return nil, err
 		}

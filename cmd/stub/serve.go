@@ -22,7 +22,8 @@ import (
 )
 
 func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
-	cfg, err := config.LoadStub(cfgPath)
+	env := config.DiscoverEnv()
+	cfg, err := config.LoadStub(cfgPath, env)
 	if err != nil {
 		return err
 	}
@@ -57,7 +58,7 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	acc, err := newLive(cfgPath, first, tokens, log.Named("config"))
+	acc, err := newLive(cfgPath, env, first, tokens, log.Named("config"))
 	if err != nil {
 		return err
 	}
