@@ -2,13 +2,9 @@ package config
 
 import (
 	"cmp"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
-	"time"
 
 	"github.com/keyhole-dev/keyhole/authn"
 )
@@ -21,9 +17,10 @@ type Agent struct {
 	StubURL string `json:"stubURL"`
 	// Cluster is the ID this cluster was registered under.
 	Cluster string `json:"cluster"`
-	// AgentID names this replica; default $POD_NAME, else the host name
-	// with a random suffix. An agent that reconnects under the same ID
-	// replaces its previous session at the stub.
+	// AgentID names this replica; default $POD_NAME (Env.PodName), else
+	// the host name with a random suffix (Env.Hostname, Env.Nonce). An
+	// agent that reconnects under the same ID replaces its previous
+	// session at the stub.
 	AgentID string `json:"agentID"`
 	// JoinSecretFile holds the join secret `stub register` printed.
 	JoinSecretFile string `json:"joinSecretFile"`
@@ -36,7 +33,7 @@ type Agent struct {
 	// APIServer overrides the in-cluster defaults (used by tests and by
 	// agents that run beside, not inside, a cluster).
 	APIServer APIServer `json:"apiServer"`
-	Tunnel    TunnelCfg `json:"tunnel"`
+	Tunnel    Tunnel    `json:"tunnel"`
 	Log       Log       `json:"log"`
 	// CallerVerification makes the agent verify every caller's OIDC token
 	// against issuers the cluster owner trusts (same shape as the stub's
@@ -48,7 +45,9 @@ type Agent struct {
 	Identities authn.IdentityRules `json:"identities"`
 	// DrainTimeout bounds a graceful stop (SIGTERM): requests and streams
 	// in flight get this long to finish; new ones go to other agents.
-	DrainTimeout Duration `json:"drainTimeout"`
+	// Zero or unset: tunnel.DefaultDrainTimeout (25s, inside Kubernetes'
+	// default 30 s grace period).
+	DrainTimeout Duration `json:"drainTimeout,omitzero"`
 	// HealthListen serves /healthz (the process answers) and /readyz (the
 	// tunnel to the stub is up) for the pod's probes; off when empty.
 	HealthListen string `json:"healthListen"`
@@ -62,51 +61,65 @@ type APIServer struct {
 	CAFile    string `json:"caFile"`
 }
 
-// DefaultAgent returns the agent defaults.
+// DefaultAgent returns the defaults this package owns. Tunnel keepalive
+// and drainTimeout stay zero: the tunnel package's defaults.
 func DefaultAgent() Agent {
 	return Agent{
 		APIVersion: APIVersion, Kind: "AgentConfig",
 		JoinSecretFile: "/etc/keyhole/join-secret",
-		DrainTimeout:   Duration{25 * time.Second},
-		Tunnel:         TunnelCfg{KeepAliveInterval: Duration{5 * time.Second}, KeepAliveTimeout: Duration{5 * time.Second}},
 		Log:            Log{Level: "info"},
 	}
 }
 
-// LoadAgent reads path (required), applies defaults and validates.
-func LoadAgent(path string) (Agent, error) {
-	c := DefaultAgent()
+// LoadAgent reads path (required) and parses it as ParseAgent does.
+func LoadAgent(path string, env Env) (Agent, error) {
 	if path == "" {
-		return c, errorf("config: the agent needs --config: a %s AgentConfig file (`stub register` prints one)", APIVersion)
+		return DefaultAgent(), errorf("config: the agent needs --config: a %s AgentConfig file (`stub register` prints one)", APIVersion)
 	}
 	data, err := readFile(path)
 	if err != nil {
-		return c, err
+		return DefaultAgent(), err
 	}
+	return ParseAgent(path, data, env)
+}
+
+// ParseAgent decodes data read from path over DefaultAgent, completes it
+// with env and validates it. The result depends only on its arguments.
+func ParseAgent(path string, data []byte, env Env) (Agent, error) {
+	c := DefaultAgent()
 	if err := decode(path, data, "AgentConfig", &c); err != nil {
 		return c, err
 	}
-	return c, c.validate(path)
+	c.Complete(env)
+	return c, invalid(path, c.Validate())
 }
 
-func (c *Agent) validate(path string) error {
+// Complete fills agentID when it is empty: Env.PodName in a pod, else the
+// host name plus Env.Nonce, so that two agents on one host do not replace
+// each other's session at the stub.
+func (c *Agent) Complete(env Env) {
+	if c.AgentID != "" {
+		return
+	}
+	if env.PodName != "" {
+		c.AgentID = env.PodName
+		return
+	}
+	c.AgentID = cmp.Or(env.Hostname, "agent")
+	if env.Nonce != "" {
+		c.AgentID += "-" + env.Nonce
+	}
+}
+
+// Validate checks a completed config (see Complete) and returns every
+// problem found, joined; it changes nothing.
+func (c Agent) Validate() error {
 	var p problems
 	if u, err := url.Parse(c.StubURL); err != nil || u.Scheme != "https" || u.Host == "" {
 		p.addf("stubURL: %q must be the stub's https:// URL, e.g. \"https://keyhole.example.com\"", c.StubURL)
 	}
 	if c.Cluster == "" {
 		p.addf("cluster: must be the ID the cluster was registered under (`stub register <id>`)")
-	}
-	if c.AgentID == "" {
-		c.AgentID = os.Getenv("POD_NAME")
-	}
-	if c.AgentID == "" {
-		// Outside a pod: the host name plus a random suffix, so two agents
-		// on one host do not replace each other's session at the stub.
-		host, _ := os.Hostname()
-		b := make([]byte, 3)
-		_, _ = rand.Read(b)
-		c.AgentID = cmp.Or(host, "agent") + "-" + hex.EncodeToString(b)
 	}
 	if c.JoinSecretFile == "" {
 		p.addf("joinSecretFile: must name the file holding the join secret")
@@ -129,13 +142,13 @@ func (c *Agent) validate(path string) error {
 			p.addf("healthListen: %q is not host:port; write e.g. \":8081\", or leave it empty", c.HealthListen)
 		}
 	}
-	if c.DrainTimeout.Duration <= 0 {
-		p.addf("drainTimeout: %v must be positive, e.g. 25s (below the pod's terminationGracePeriodSeconds)", c.DrainTimeout.Duration)
+	if c.DrainTimeout.Duration < 0 {
+		p.addf("drainTimeout: %v must be positive, e.g. 25s (below the pod's terminationGracePeriodSeconds), or left out for the default (25s)", c.DrainTimeout.Duration)
 	}
 	for i := range c.CallerVerification.JWT {
 		for _, err := range c.CallerVerification.JWT[i].Validate(fmt.Sprintf("callerVerification.jwt[%d]", i)) {
 			p = append(p, err)
 		}
 	}
-	return p.err(path)
+	return p.err()
 }

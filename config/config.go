@@ -1,8 +1,18 @@
 // Package config is the schema of the stub's and the agent's configuration
-// files: one versioned YAML document each, decoded strictly (an unknown or
-// misspelt key is an error), defaulted, and validated with messages that
-// name the key, the value and the fix. Secrets are never values here, only
-// paths of files that hold them.
+// files: one versioned YAML document each, read in four steps:
+//
+//  1. defaults (DefaultStub, DefaultAgent): the values this package owns;
+//  2. a strict decode over them (an unknown or misspelt key is an error);
+//  3. Complete(env): values derived from other keys or from the process's
+//     surroundings, which it is given as an Env value (only cmd/* calls
+//     DiscoverEnv; tests write an Env literal);
+//  4. Validate: pure, and reports every problem at once, each naming the
+//     key, the value and the fix.
+//
+// Parsing is thus a function of the file and the Env. A zero tunnel or hub
+// timing value means the default of the package that owns it (tunnel, ha),
+// applied by that package's constructor; Validate checks only the values
+// given. Secrets are never values here, only paths of files that hold them.
 package config
 
 import (
@@ -83,10 +93,14 @@ func jsonKeys(t reflect.Type, prefix string) []string {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		ft := f.Type
+		if f.Anonymous && name == "" && ft.Kind() == reflect.Struct {
+			out = append(out, jsonKeys(ft, prefix)...) // promoted, as encoding/json does
+			continue
+		}
 		if name == "" || name == "-" {
 			continue
 		}
-		ft := f.Type
 		if ft.Kind() == reflect.Struct && ft != reflect.TypeOf(Duration{}) {
 			out = append(out, jsonKeys(ft, prefix+name+".")...)
 			continue
@@ -116,15 +130,18 @@ func readFile(path string) ([]byte, error) {
 type problems []error
 
 func (p *problems) addf(format string, a ...any) { *p = append(*p, fmt.Errorf(format, a...)) }
-func (p problems) err(path string) error {
-	if len(p) == 0 {
+func (p problems) err() error                    { return errors.Join(p...) }
+
+// invalid names the file (or the defaults) in front of Validate's problems.
+func invalid(path string, err error) error {
+	if err == nil {
 		return nil
 	}
 	where := "defaults"
 	if path != "" {
 		where = path
 	}
-	return fmt.Errorf("config %s is not valid:\n%w", where, errors.Join(p...))
+	return fmt.Errorf("config %s is not valid:\n%w", where, err)
 }
 
 func errorf(format string, a ...any) error { return fmt.Errorf(format, a...) }

@@ -3,9 +3,15 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/keyhole-dev/keyhole/policy"
 )
 
 func write(t *testing.T, body string) string {
@@ -18,6 +24,10 @@ func write(t *testing.T, body string) string {
 }
 
 const head = "apiVersion: keyhole.dev/v1alpha1\nkind: StubConfig\n"
+
+// noEnv is a process outside a pod with no host name and no home: what a
+// test sees does not depend on the machine it runs on.
+var noEnv = Env{}
 
 func TestLoadStub(t *testing.T) {
 	cases := map[string]struct {
@@ -38,20 +48,26 @@ func TestLoadStub(t *testing.T) {
 		"half a pair":     {body: head + "tls: {certFile: /c.pem}\n", want: []string{"tls.keyFile", "give both"}},
 		"hosts with cert": {body: head + "tls: {certFile: a, keyFile: b, hosts: [x]}\n", want: []string{"tls.hosts"}},
 		"bad level":       {body: head + "log: {level: loud}\n", want: []string{`log.level: "loud"`}},
-		"tiny keepalive":  {body: head + "tunnel: {keepAliveInterval: 1ms}\n", want: []string{"tunnel.keepAliveInterval"}},
+		"tiny keepalive":  {body: head + "tunnel: {keepAliveInterval: 1ms}\n", want: []string{"tunnel.keepAliveInterval", "default (5s)"}},
+		"zero keepalive":  {body: head + "tunnel: {keepAliveInterval: 0s, keepAliveTimeout: 0s, maxSessions: 0}\n"},
+		"tunnel limits":   {body: head + "tunnel: {maxSessions: -1, maxHandshakesPerSecond: -1}\n", want: []string{"tunnel.maxSessions: -1", "default (10000)", "tunnel.maxHandshakesPerSecond: -1"}},
+		"tunnel unknown":  {body: head + "tunnel: {keepAlive: 1s}\n", want: []string{`unknown key "keepAlive"`, "tunnel.keepAliveInterval", "tunnel.keepAliveTimeout", "tunnel.maxSessions"}},
 		"two problems":    {body: head + "listen: nope\nlog: {level: loud}\n", want: []string{"listen", "log.level"}},
 		"not yaml":        {body: "\t: :", want: []string{"not valid YAML"}},
 		"hub":             {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: stub-7d9c-x2}\n"},
 		"hub self-signed": {body: head + "hub: {enabled: true, namespace: keyhole, replicaID: r0}\n", want: []string{"hub.enabled", "tls.certFile/keyFile", "tls.acme"}},
 		"hub bad replica": {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: Stub_0}\n", want: []string{`hub.replicaID: "Stub_0"`, "pod name"}},
 		"hub namespace":   {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, replicaID: r0}\n", want: []string{"hub.namespace", `"keyhole"`}},
-		"hub timing":      {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, leaseDuration: 5s, renewDeadline: 10s}\n", want: []string{"leaseDuration 5s > renewDeadline 10s", "defaults 15s, 10s, 2s"}},
+		"hub timing":      {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, leaseDuration: 5s, renewDeadline: 10s}\n", want: []string{"leaseDuration 5s > renewDeadline 10s", "default: 15s, 10s, 2s"}},
+		"hub timing 3":    {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, leaseDuration: 15s, renewDeadline: 10s, retryPeriod: 10s}\n", want: []string{"leaseDuration 15s > renewDeadline 10s > retryPeriod 10s"}},
+		"hub timing some": {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, leaseDuration: 30s, retryPeriod: 1s}\n"},
+		"hub timing sign": {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, renewDeadline: -1s, leaseDuration: 500ms, retryPeriod: 10ms}\n", want: []string{"hub.renewDeadline: -1s must not be negative", "hub.leaseDuration: 500ms is under 1s", "hub.retryPeriod: 10ms is under 100ms"}},
+		"hub no host":     {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole}\n", want: []string{`hub.replicaID: ""`, "host name"}},
 	}
-	t.Setenv("POD_NAMESPACE", "")
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			path := write(t, tc.body)
-			_, err := LoadStub(path)
+			_, err := LoadStub(path, noEnv)
 			if len(tc.want) == 0 {
 				if err != nil {
 					t.Fatal(err)
@@ -74,24 +90,127 @@ func TestLoadStub(t *testing.T) {
 }
 
 func TestStubDefaults(t *testing.T) {
-	c, err := LoadStub("")
+	c, err := LoadStub("", noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != ":8443" || c.PublicURL != "https://localhost:8443" || c.StateDir == "" || c.Tunnel.KeepAliveInterval.Duration != 5*time.Second {
+	if c.Listen != ":8443" || c.PublicURL != "https://localhost:8443" || c.StateDir != "keyhole-state" || c.ShutdownTimeout.Duration != 25*time.Second {
 		t.Fatalf("defaults: %+v", c)
 	}
-	if c, err := LoadStub(write(t, head+"publicURL: https://kh.example.com/\n")); err != nil || c.PublicURL != "https://kh.example.com" {
-		t.Fatalf("trailing slash: %q %v", c.PublicURL, err)
+	// Tunnel and hub timing are their owners' defaults (tunnel, ha).
+	if c.Tunnel != (StubTunnel{}) || c.Hub.LeaseDuration.Duration != 0 || c.Hub.RenewDeadline.Duration != 0 || c.Hub.RetryPeriod.Duration != 0 {
+		t.Fatalf("defaults owned elsewhere are set here: %+v %+v", c.Tunnel, c.Hub)
 	}
-	if _, err := LoadStub(filepath.Join(t.TempDir(), "missing.yaml")); err == nil || !strings.Contains(err.Error(), "--config") {
+	if !slices.Equal(c.TLS.Hosts, []string{"localhost", "127.0.0.1", "::1"}) {
+		t.Fatalf("self-signed hosts: %v", c.TLS.Hosts)
+	}
+	if c, err := LoadStub(write(t, head+"publicURL: https://kh.example.com/\n"), noEnv); err != nil || c.PublicURL != "https://kh.example.com" ||
+		!slices.Equal(c.TLS.Hosts, []string{"localhost", "127.0.0.1", "::1", "kh.example.com"}) {
+		t.Fatalf("trailing slash, hosts: %q %v %v", c.PublicURL, c.TLS.Hosts, err)
+	}
+	if c, err := LoadStub(write(t, head+"listen: 127.0.0.1:9443\ntls: {certFile: a, keyFile: b}\n"), noEnv); err != nil || c.PublicURL != "https://127.0.0.1:9443" || c.TLS.Hosts != nil {
+		t.Fatalf("publicURL from listen, no hosts with a certificate: %q %v %v", c.PublicURL, c.TLS.Hosts, err)
+	}
+	if _, err := LoadStub(filepath.Join(t.TempDir(), "missing.yaml"), noEnv); err == nil || !strings.Contains(err.Error(), "--config") {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+// Complete takes what it needs from the Env it is given, and only fills
+// what the file left empty.
+func TestStubEnv(t *testing.T) {
+	hub := head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true}\n"
+	cases := map[string]struct {
+		body                         string
+		env                          Env
+		stateDir, replica, namespace string
+	}{
+		"state home":     {head, Env{StateHome: "/s", Home: "/h"}, "/s/keyhole", "", ""},
+		"home":           {head, Env{Home: "/h"}, "/h/.local/state/keyhole", "", ""},
+		"file wins":      {head + "stateDir: /x\n", Env{StateHome: "/s"}, "/x", "", ""},
+		"no hub":         {head, Env{Hostname: "h", PodNamespace: "ns"}, "keyhole-state", "", ""},
+		"pod":            {hub, Env{Hostname: "stub-0", PodNamespace: "ns", ServiceAccountNamespace: "sa"}, "keyhole-state", "stub-0", "ns"},
+		"service acct":   {hub, Env{Hostname: "stub-0", ServiceAccountNamespace: "sa"}, "keyhole-state", "stub-0", "sa"},
+		"file wins, hub": {strings.Replace(hub, "enabled: true", "enabled: true, replicaID: r1, namespace: k", 1), Env{Hostname: "stub-0", PodNamespace: "ns"}, "keyhole-state", "r1", "k"},
+	}
+	for name, tc := range cases {
+		c, err := ParseStub("c.yaml", []byte(tc.body), tc.env)
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		if c.StateDir != tc.stateDir || c.Hub.ReplicaID != tc.replica || c.Hub.Namespace != tc.namespace {
+			t.Errorf("%s: stateDir %q replicaID %q namespace %q, want %q %q %q", name, c.StateDir, c.Hub.ReplicaID, c.Hub.Namespace, tc.stateDir, tc.replica, tc.namespace)
+		}
+	}
+}
+
+// Parsing is a function of the file and the Env, and Validate changes
+// nothing.
+func TestStubPure(t *testing.T) {
+	body := []byte(head + "publicURL: https://kh.example.com\ntls: {acme: {agreeTOS: true}}\nhub: {enabled: true}\npolicy: [{clusters: [\"*\"], groups: [ops]}]\n")
+	env := Env{Hostname: "stub-0", PodNamespace: "keyhole", Home: "/h", Nonce: "abcdef"}
+	a, err := ParseStub("c.yaml", body, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := ParseStub("c.yaml", body, env)
+	if !reflect.DeepEqual(a, b) {
+		t.Fatalf("two parses differ:\n%+v\n%+v", a, b)
+	}
+	a.TLS.ACME.RenewCheckInterval.Duration = 0 // invalid once completed
+	a.StateDir = ""
+	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "renewCheckInterval") || !strings.Contains(err.Error(), "stateDir") {
+		t.Fatalf("Validate of an incomplete config: %v", err)
+	}
+	if a.TLS.ACME.RenewCheckInterval.Duration != 0 || a.StateDir != "" {
+		t.Fatalf("Validate changed the config: %+v", a)
+	}
+	if pol, err := b.BuildPolicy(); err != nil || pol.IsOpen() {
+		t.Fatalf("BuildPolicy: %v %v", pol, err)
+	}
+	b.Policy = &[]policy.Rule{{}}
+	if _, err := b.BuildPolicy(); err == nil {
+		t.Fatal("BuildPolicy accepted a rule that selects nothing")
+	}
+}
+
+// The stub's tunnel section embeds the agent's: the keys are the same
+// flat ones, decoded strictly, listed on a typo, and written back flat.
+func TestStubTunnelKeys(t *testing.T) {
+	c, err := ParseStub("c.yaml", []byte(head+"tunnel: {keepAliveInterval: 2s, keepAliveTimeout: 3s, maxSessions: 7, maxHandshakesPerSecond: 9}\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := StubTunnel{Tunnel: Tunnel{KeepAliveInterval: Duration{2 * time.Second}, KeepAliveTimeout: Duration{3 * time.Second}}, MaxSessions: 7, MaxHandshakesPerSecond: 9}
+	if c.Tunnel != want {
+		t.Fatalf("tunnel %+v, want %+v", c.Tunnel, want)
+	}
+	out, err := yaml.Marshal(c.Tunnel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(out); s != "keepAliveInterval: 2s\nkeepAliveTimeout: 3s\nmaxHandshakesPerSecond: 9\nmaxSessions: 7\n" {
+		t.Fatalf("written as:\n%s", s)
+	}
+	_, err = ParseStub("c.yaml", []byte(head+"tunnel: {Tunnel: {keepAliveInterval: 2s}}\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), `unknown key "Tunnel"`) {
+		t.Fatalf("the embedded struct's name as a key: %v", err)
+	}
+	for _, k := range []string{"tunnel.keepAliveInterval", "tunnel.keepAliveTimeout", "tunnel.maxHandshakesPerSecond", "tunnel.maxSessions"} {
+		if !strings.Contains(err.Error(), k) {
+			t.Errorf("error %q does not list %s", err, k)
+		}
+	}
+	// Zero values are the owners' defaults and are not written out.
+	if out, _ := yaml.Marshal(DefaultAgent()); strings.Contains(string(out), "keepAlive") || strings.Contains(string(out), "drainTimeout") {
+		t.Fatalf("the agent's defaults write zero values:\n%s", out)
 	}
 }
 
 func TestStubACME(t *testing.T) {
 	acme := head + "publicURL: https://kh.example.com\ntls:\n  acme: {agreeTOS: true%s}\n"
-	c, err := LoadStub(write(t, strings.Replace(acme, "%s", "", 1)))
+	c, err := LoadStub(write(t, strings.Replace(acme, "%s", "", 1)), noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,12 +219,12 @@ func TestStubACME(t *testing.T) {
 		a.RenewCheckInterval.Duration != 10*time.Minute || len(a.Domains) != 1 || a.Domains[0] != "kh.example.com" {
 		t.Fatalf("acme defaults: %+v", a)
 	}
-	c, err = LoadStub(write(t, strings.Replace(acme, "%s", ", challenge: http-01", 1)))
+	c, err = LoadStub(write(t, strings.Replace(acme, "%s", ", challenge: http-01", 1)), noEnv)
 	if err != nil || c.TLS.ACME.HTTPListen != ":80" {
 		t.Fatalf("http-01 default listen: %+v %v", c.TLS.ACME, err)
 	}
 	hosts := head + "tls:\n  hosts: [a.example.com, b.example.com]\n  acme: {agreeTOS: true}\n"
-	if c, err = LoadStub(write(t, hosts)); err != nil || len(c.TLS.ACME.Domains) != 2 {
+	if c, err = LoadStub(write(t, hosts), noEnv); err != nil || len(c.TLS.ACME.Domains) != 2 {
 		t.Fatalf("hosts as domains: %+v %v", c.TLS.ACME, err)
 	}
 	bad := map[string][]string{
@@ -120,7 +239,7 @@ func TestStubACME(t *testing.T) {
 		"fast renewals": {strings.Replace(acme, "%s", ", renewCheckInterval: 10ms", 1), "tls.acme.renewCheckInterval: 10ms"},
 	}
 	for name, tc := range bad {
-		_, err := LoadStub(write(t, tc[0]))
+		_, err := LoadStub(write(t, tc[0]), noEnv)
 		for _, w := range tc[1:] {
 			if err == nil || !strings.Contains(err.Error(), w) {
 				t.Errorf("%s: error %v lacks %q", name, err, w)
@@ -132,7 +251,7 @@ func TestStubACME(t *testing.T) {
 func TestLoadAgent(t *testing.T) {
 	ah := "apiVersion: keyhole.dev/v1alpha1\nkind: AgentConfig\n"
 	ok := ah + "stubURL: https://kh.example.com\ncluster: prod\nagentID: a1\n"
-	if c, err := LoadAgent(write(t, ok)); err != nil || c.JoinSecretFile == "" {
+	if c, err := LoadAgent(write(t, ok), noEnv); err != nil || c.JoinSecretFile == "" || c.AgentID != "a1" {
 		t.Fatalf("%+v %v", c, err)
 	}
 	cases := map[string][]string{
@@ -141,16 +260,53 @@ func TestLoadAgent(t *testing.T) {
 		ok + "kubeconfig: /k\napiServer: {url: https://a}\n": {"give one of them", "apiServer.tokenFile"},
 		ok + "apiServer: {url: http://a, tokenFile: /t}\n":   {`apiServer.url: "http://a"`},
 		ok + "joinSecret: abc\n":                             {`unknown key "joinSecret"`, "joinSecretFile"},
+		ok + "drainTimeout: -1s\n":                           {"drainTimeout: -1s", "default (25s)"},
+		ok + "tunnel: {keepAliveTimeout: 1ms}\n":             {"tunnel.keepAliveTimeout: 1ms"},
 	}
 	for body, want := range cases {
-		_, err := LoadAgent(write(t, body))
+		_, err := LoadAgent(write(t, body), noEnv)
 		for _, w := range want {
 			if err == nil || !strings.Contains(err.Error(), w) {
 				t.Errorf("%q: error %v lacks %q", body, err, w)
 			}
 		}
 	}
-	if _, err := LoadAgent(""); err == nil || !strings.Contains(err.Error(), "--config") {
+	if _, err := LoadAgent("", noEnv); err == nil || !strings.Contains(err.Error(), "--config") {
 		t.Fatalf("no config: %v", err)
+	}
+}
+
+// The agent ID: the file's, else the pod's name, else the host name with
+// the process's nonce.
+func TestAgentID(t *testing.T) {
+	body := []byte("apiVersion: keyhole.dev/v1alpha1\nkind: AgentConfig\nstubURL: https://kh.example.com\ncluster: prod\n")
+	for env, want := range map[Env]string{
+		{PodName: "agent-7d9c-x2", Hostname: "h", Nonce: "abcdef"}: "agent-7d9c-x2",
+		{Hostname: "laptop", Nonce: "abcdef"}:                      "laptop-abcdef",
+		{Nonce: "abcdef"}:                                          "agent-abcdef",
+		{}:                                                         "agent",
+	} {
+		c, err := ParseAgent("a.yaml", body, env)
+		if err != nil || c.AgentID != want {
+			t.Errorf("%+v: agentID %q (%v), want %q", env, c.AgentID, err, want)
+		}
+	}
+	c, err := ParseAgent("a.yaml", append(body, "agentID: mine\n"...), Env{PodName: "p"})
+	if err != nil || c.AgentID != "mine" {
+		t.Errorf("agentID from the file: %q %v", c.AgentID, err)
+	}
+}
+
+// DiscoverEnv is the one reader of the process's surroundings.
+func TestDiscoverEnv(t *testing.T) {
+	t.Setenv("POD_NAME", "p-1")
+	t.Setenv("POD_NAMESPACE", "ns-1")
+	t.Setenv("XDG_STATE_HOME", "/state")
+	a, b := DiscoverEnv(), DiscoverEnv()
+	if a.PodName != "p-1" || a.PodNamespace != "ns-1" || a.StateHome != "/state" {
+		t.Fatalf("%+v", a)
+	}
+	if len(a.Nonce) != 6 || a.Nonce == b.Nonce {
+		t.Fatalf("nonces %q %q: want 6 hex digits, new each time", a.Nonce, b.Nonce)
 	}
 }

@@ -1,12 +1,13 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,11 +28,12 @@ type Stub struct {
 	// generated kubeconfigs and agent manifests.
 	PublicURL string `json:"publicURL"`
 	// StateDir holds registered clusters, token hashes and the self-signed
-	// CA of a first run.
-	StateDir string    `json:"stateDir"`
-	TLS      StubTLS   `json:"tls"`
-	Tunnel   TunnelSrv `json:"tunnel"`
-	Log      Log       `json:"log"`
+	// CA of a first run. Default: keyhole under the user's state directory
+	// (Env.StateHome, Env.Home).
+	StateDir string     `json:"stateDir"`
+	TLS      StubTLS    `json:"tls"`
+	Tunnel   StubTunnel `json:"tunnel"`
+	Log      Log        `json:"log"`
 	// Authentication adds OIDC issuers to the static tokens of the state
 	// directory. It and Policy are re-read when the file changes.
 	Authentication Authentication `json:"authentication"`
@@ -68,15 +70,17 @@ type Hub struct {
 	// pod's ServiceAccount).
 	Kubeconfig string `json:"kubeconfig"`
 	// Namespace holds the Leases and Secrets; empty means the pod's own
-	// namespace (POD_NAMESPACE, else the ServiceAccount's namespace file).
+	// namespace (Env.PodNamespace, else Env.ServiceAccountNamespace).
 	Namespace string `json:"namespace"`
 	// ReplicaID names this replica; empty means the host name (the pod name).
 	ReplicaID string `json:"replicaID"`
 	// Leader election timing (client-go leaderelection). A crashed leader is
-	// replaced within LeaseDuration + RetryPeriod.
-	LeaseDuration Duration `json:"leaseDuration"`
-	RenewDeadline Duration `json:"renewDeadline"`
-	RetryPeriod   Duration `json:"retryPeriod"`
+	// replaced within LeaseDuration + RetryPeriod. Zero or unset: ha's
+	// defaults (ha.DefaultLeaseDuration 15s, DefaultRenewDeadline 10s,
+	// DefaultRetryPeriod 2s); ha.NewElector checks the completed timing.
+	LeaseDuration Duration `json:"leaseDuration,omitzero"`
+	RenewDeadline Duration `json:"renewDeadline,omitzero"`
+	RetryPeriod   Duration `json:"retryPeriod,omitzero"`
 }
 
 // Metrics says where /metrics is served, e.g. "127.0.0.1:9090" or ":9090".
@@ -132,30 +136,40 @@ type ACME struct {
 	// RenewCheckInterval is how often certificates are checked for
 	// renewal (default 10m).
 	RenewCheckInterval Duration `json:"renewCheckInterval"`
-	// Domains are the names the certificate is for (set by validation from
+	// Domains are the names the certificate is for (set by Complete from
 	// tls.hosts or publicURL; not a config key).
 	Domains []string `json:"-"`
 }
 
-// LetsEncryptDirectory is the default tls.acme.directoryURL.
-const LetsEncryptDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+// ACME defaults, applied by Complete (certs.StartACME takes every value
+// explicitly, so this package owns them).
+const (
+	// LetsEncryptDirectory is the default tls.acme.directoryURL.
+	LetsEncryptDirectory      = "https://acme-v02.api.letsencrypt.org/directory"
+	DefaultACMEChallenge      = "tls-alpn-01"
+	DefaultACMEHTTPListen     = ":80" // with challenge http-01
+	DefaultRenewCheckInterval = 10 * time.Minute
+)
 
-// TunnelCfg tunes keepalive on agent sessions.
-type TunnelCfg struct {
-	KeepAliveInterval Duration `json:"keepAliveInterval"`
-	KeepAliveTimeout  Duration `json:"keepAliveTimeout"`
+// Tunnel tunes keepalive on agent sessions (the agent's tunnel section,
+// and part of the stub's). A session whose peer vanished closes within
+// KeepAliveInterval + KeepAliveTimeout. Zero or unset: the tunnel
+// package's defaults (tunnel.DefaultKeepAliveInterval and
+// DefaultKeepAliveTimeout, 5s each).
+type Tunnel struct {
+	KeepAliveInterval Duration `json:"keepAliveInterval,omitzero"`
+	KeepAliveTimeout  Duration `json:"keepAliveTimeout,omitzero"`
 }
 
-// TunnelSrv is the stub's tunnel section: keepalive as TunnelCfg, plus the
+// StubTunnel is the stub's tunnel section: keepalive as Tunnel, plus the
 // stub's overload limits. An agent over a limit is told to come back later
 // (503 with a random Retry-After of 5-30 s), so a refused fleet returns
 // spread out.
-type TunnelSrv struct {
-	KeepAliveInterval Duration `json:"keepAliveInterval"`
-	KeepAliveTimeout  Duration `json:"keepAliveTimeout"`
+type StubTunnel struct {
+	Tunnel
 	// MaxSessions is how many agent sessions this stub holds at most.
-	// Default 10000.
-	MaxSessions int `json:"maxSessions"`
+	// Zero or unset: tunnel.DefaultMaxSessions (10000).
+	MaxSessions int `json:"maxSessions,omitzero"`
 	// MaxHandshakesPerSecond bounds new agent sessions a second (a
 	// token bucket with a burst of one second's worth); 0, the default,
 	// means no bound beyond 64 handshakes in progress at once.
@@ -167,67 +181,108 @@ type Log struct {
 	Level string `json:"level"`
 }
 
-// DefaultStub returns the embedded defaults: a single stub on :8443 with a
-// self-signed certificate and its state under the user's state directory.
+// DefaultStub returns the defaults this package owns: a single stub on
+// :8443 with a self-signed certificate. Values that depend on the machine
+// (stateDir) or on other keys (publicURL, tls.hosts) are filled by
+// Complete; tunnel and hub timing stay zero, which their owners (tunnel,
+// ha) read as their own defaults.
 func DefaultStub() Stub {
 	return Stub{
 		APIVersion: APIVersion, Kind: "StubConfig",
-		Listen:   ":8443",
-		StateDir: defaultStateDir(),
-		Tunnel:   TunnelSrv{KeepAliveInterval: Duration{5 * time.Second}, KeepAliveTimeout: Duration{5 * time.Second}, MaxSessions: 10000},
-		Log:      Log{Level: "info"},
-		Hub: Hub{LeaseDuration: Duration{15 * time.Second}, RenewDeadline: Duration{10 * time.Second},
-			RetryPeriod: Duration{2 * time.Second}},
+		Listen:          ":8443",
+		Log:             Log{Level: "info"},
 		ShutdownTimeout: Duration{25 * time.Second},
 	}
 }
 
-func defaultStateDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "keyhole")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".local", "state", "keyhole")
-	}
-	return "keyhole-state"
-}
-
-// LoadStub reads path ("" = defaults only), applies defaults and validates.
-func LoadStub(path string) (Stub, error) {
+// LoadStub reads path ("" = defaults only) and parses it as ParseStub does.
+func LoadStub(path string, env Env) (Stub, error) {
 	data, err := readFile(path)
 	if err != nil {
 		return DefaultStub(), err
 	}
-	return ParseStub(path, data)
+	return ParseStub(path, data, env)
 }
 
-// ParseStub decodes and validates data read from path (nil data: the
-// defaults).
-func ParseStub(path string, data []byte) (Stub, error) {
+// ParseStub decodes data read from path (nil data: the defaults) over
+// DefaultStub, completes it with env and validates it. The result depends
+// only on its arguments.
+func ParseStub(path string, data []byte, env Env) (Stub, error) {
 	c := DefaultStub()
 	if data != nil {
 		if err := decode(path, data, "StubConfig", &c); err != nil {
 			return c, err
 		}
 	}
-	return c, c.validate(path)
+	c.Complete(env)
+	return c, invalid(path, c.Validate())
 }
 
-func (c *Stub) validate(path string) error {
-	var p problems
-	host, port, err := net.SplitHostPort(c.Listen)
-	if err != nil {
-		p.addf("listen: %q is not host:port; write e.g. \":8443\" or \"127.0.0.1:8443\"", c.Listen)
-	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-		p.addf("listen: port %q of %q is not a number from 0 to 65535", port, c.Listen)
+// Complete fills the values derived from other keys and from env: stateDir,
+// publicURL (from listen; a trailing slash trimmed), the self-signed
+// certificate's tls.hosts, tls.acme's defaults and domains, and with
+// hub.enabled hub.replicaID and hub.namespace. It fills only what is empty
+// and never fails: Validate judges the result.
+func (c *Stub) Complete(env Env) {
+	if c.StateDir == "" {
+		switch {
+		case env.StateHome != "":
+			c.StateDir = filepath.Join(env.StateHome, "keyhole")
+		case env.Home != "":
+			c.StateDir = filepath.Join(env.Home, ".local", "state", "keyhole")
+		default:
+			c.StateDir = "keyhole-state"
+		}
 	}
-	if c.PublicURL == "" && err == nil {
+	if host, port, err := net.SplitHostPort(c.Listen); c.PublicURL == "" && err == nil {
 		if host == "" || host == "0.0.0.0" || host == "::" {
 			host = "localhost"
 		}
 		c.PublicURL = "https://" + net.JoinHostPort(host, port)
 	}
 	c.PublicURL = strings.TrimRight(c.PublicURL, "/") // kubeconfigs append /clusters/…
+	publicHost := ""
+	if u, err := url.Parse(c.PublicURL); err == nil {
+		publicHost = u.Hostname()
+	}
+	if a := c.TLS.ACME; a != nil {
+		a.DirectoryURL = cmp.Or(a.DirectoryURL, LetsEncryptDirectory)
+		a.Challenge = cmp.Or(a.Challenge, DefaultACMEChallenge)
+		if a.Challenge == "http-01" && a.HTTPListen == "" {
+			a.HTTPListen = DefaultACMEHTTPListen
+		}
+		if a.RenewCheckInterval.Duration == 0 {
+			a.RenewCheckInterval.Duration = DefaultRenewCheckInterval
+		}
+		a.Domains = slices.Clone(c.TLS.Hosts)
+		if len(a.Domains) == 0 && publicHost != "" {
+			a.Domains = []string{publicHost}
+		}
+	}
+	selfSigned := c.TLS.CertFile == "" && c.TLS.KeyFile == "" && c.TLS.ACME == nil
+	if selfSigned && len(c.TLS.Hosts) == 0 {
+		c.TLS.Hosts = []string{"localhost", "127.0.0.1", "::1"}
+		if publicHost != "" && publicHost != "localhost" {
+			c.TLS.Hosts = append(c.TLS.Hosts, publicHost)
+		}
+	}
+	if h := &c.Hub; h.Enabled {
+		h.ReplicaID = cmp.Or(h.ReplicaID, env.Hostname)
+		h.Namespace = cmp.Or(h.Namespace, env.PodNamespace, env.ServiceAccountNamespace)
+	}
+}
+
+// Validate checks a completed config (see Complete) and returns every
+// problem found, joined; it changes nothing. Zero tunnel and hub timing
+// values are their owners' defaults and are not checked here.
+func (c Stub) Validate() error {
+	var p problems
+	_, port, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		p.addf("listen: %q is not host:port; write e.g. \":8443\" or \"127.0.0.1:8443\"", c.Listen)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		p.addf("listen: port %q of %q is not a number from 0 to 65535", port, c.Listen)
+	}
 	if u, err := url.Parse(c.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
 		p.addf("publicURL: %q must be an https:// URL with a host and no path, e.g. \"https://keyhole.example.com\"", c.PublicURL)
 	}
@@ -241,15 +296,9 @@ func (c *Stub) validate(path string) error {
 		p.addf("tls.hosts: only used for the self-signed certificate; remove it or remove tls.certFile/keyFile")
 	}
 	if c.TLS.ACME != nil {
-		checkACME(&p, c)
+		checkACME(&p, c.TLS)
 	}
-	if len(c.TLS.Hosts) == 0 {
-		c.TLS.Hosts = []string{"localhost", "127.0.0.1", "::1"}
-		if u, err := url.Parse(c.PublicURL); err == nil && u.Hostname() != "" && u.Hostname() != "localhost" {
-			c.TLS.Hosts = append(c.TLS.Hosts, u.Hostname())
-		}
-	}
-	checkTunnel(&p, TunnelCfg{c.Tunnel.KeepAliveInterval, c.Tunnel.KeepAliveTimeout})
+	checkTunnel(&p, c.Tunnel.Tunnel)
 	checkLimits(&p, c.Tunnel)
 	if d := c.ShutdownTimeout.Duration; d < time.Second || d > 10*time.Minute {
 		p.addf("shutdownTimeout: %v must be from 1s to 10m (default 25s; keep it under the pod's terminationGracePeriodSeconds)", d)
@@ -263,7 +312,7 @@ func (c *Stub) validate(path string) error {
 			p.addf("metrics.listen: %q is not host:port; write e.g. \"127.0.0.1:9090\", or leave it empty for no metrics", c.Metrics.Listen)
 		}
 	}
-	checkHub(&p, &c.Hub)
+	checkHub(&p, c.Hub)
 	if c.Hub.Enabled && c.TLS.CertFile == "" && c.TLS.ACME == nil {
 		// Each replica would make its own CA and agents pin one.
 		p.addf("hub.enabled: replicas need one certificate: set tls.certFile/keyFile (e.g. a cert-manager Secret) or tls.acme; the self-signed default is for a single stub")
@@ -284,72 +333,78 @@ func (c *Stub) validate(path string) error {
 			p = append(p, err)
 		}
 	}
-	return p.err(path)
+	return p.err()
 }
 
-// BuildPolicy returns the configured policy, or the open one.
-func (c Stub) BuildPolicy() *policy.Policy {
+// BuildPolicy returns the configured policy, or the open one when the
+// config has none. Its error is the one Validate reports.
+func (c Stub) BuildPolicy() (*policy.Policy, error) {
 	if c.Policy == nil {
-		return policy.Open()
+		return policy.Open(), nil
 	}
-	pol, err := policy.New(*c.Policy)
-	if err != nil {
-		panic(err) // validate checked it
-	}
-	return pol
+	return policy.New(*c.Policy)
 }
 
-func checkHub(p *problems, h *Hub) {
+func checkHub(p *problems, h Hub) {
 	if !h.Enabled {
 		return
-	}
-	if h.ReplicaID == "" {
-		h.ReplicaID, _ = os.Hostname()
 	}
 	if h.ReplicaID == "" || len(h.ReplicaID) > 40 || !replicaIDPattern.MatchString(h.ReplicaID) {
 		p.addf("hub.replicaID: %q must be 1-40 lower-case letters, digits, '-' or '.' (default: the host name, i.e. the pod name)", h.ReplicaID)
 	}
 	if h.Namespace == "" {
-		h.Namespace = os.Getenv("POD_NAMESPACE")
-	}
-	if h.Namespace == "" {
-		if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
-			h.Namespace = strings.TrimSpace(string(b))
-		}
-	}
-	if h.Namespace == "" {
 		p.addf("hub.namespace: empty and not running in a pod; name the namespace holding the stub's Leases and Secrets, e.g. \"keyhole\"")
 	}
-	ld, rd, rp := h.LeaseDuration.Duration, h.RenewDeadline.Duration, h.RetryPeriod.Duration
-	if rp < 100*time.Millisecond || rd <= rp || ld <= rd {
-		p.addf("hub: leaseDuration %v > renewDeadline %v > retryPeriod %v >= 100ms must hold (defaults 15s, 10s, 2s)", ld, rd, rp)
+	// The values given are checked here; ha.NewElector checks the timing
+	// once its defaults fill the rest (with client-go's rules).
+	const defaults = "leave a value out for ha's default: 15s, 10s, 2s"
+	type timing struct {
+		key string
+		d   time.Duration
+	}
+	var given []timing
+	for _, t := range []timing{{"leaseDuration", h.LeaseDuration.Duration}, {"renewDeadline", h.RenewDeadline.Duration}, {"retryPeriod", h.RetryPeriod.Duration}} {
+		switch {
+		case t.d < 0:
+			p.addf("hub.%s: %v must not be negative (%s)", t.key, t.d, defaults)
+		case t.d > 0:
+			given = append(given, t)
+		}
+	}
+	if d := h.LeaseDuration.Duration; d > 0 && d < time.Second {
+		p.addf("hub.leaseDuration: %v is under 1s; Leases count whole seconds (%s)", d, defaults)
+	}
+	if d := h.RetryPeriod.Duration; d > 0 && d < 100*time.Millisecond {
+		p.addf("hub.retryPeriod: %v is under 100ms (%s)", d, defaults)
+	}
+	for i := 1; i < len(given); i++ {
+		if given[i-1].d <= given[i].d {
+			var parts []string
+			for _, t := range given {
+				parts = append(parts, fmt.Sprintf("%s %v", t.key, t.d))
+			}
+			p.addf("hub: %s must hold, in this order (%s)", strings.Join(parts, " > "), defaults)
+			break
+		}
 	}
 }
 
-// checkACME validates tls.acme and fills in its defaults and domains.
-func checkACME(p *problems, c *Stub) {
-	a := c.TLS.ACME
-	if c.TLS.CertFile != "" || c.TLS.KeyFile != "" {
-		p.addf("tls.acme: excludes tls.certFile %q / tls.keyFile %q; remove one: acme obtains the certificate itself", c.TLS.CertFile, c.TLS.KeyFile)
+// checkACME validates tls.acme (completed: defaults and domains filled).
+func checkACME(p *problems, t StubTLS) {
+	a := t.ACME
+	if t.CertFile != "" || t.KeyFile != "" {
+		p.addf("tls.acme: excludes tls.certFile %q / tls.keyFile %q; remove one: acme obtains the certificate itself", t.CertFile, t.KeyFile)
 	}
 	if !a.AgreeTOS {
 		p.addf("tls.acme.agreeTOS: false; read the ACME CA's terms of service and set agreeTOS: true to accept them")
-	}
-	if a.DirectoryURL == "" {
-		a.DirectoryURL = LetsEncryptDirectory
 	}
 	if u, err := url.Parse(a.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
 		p.addf("tls.acme.directoryURL: %q must be an https:// URL of an ACME directory, e.g. %q", a.DirectoryURL, LetsEncryptDirectory)
 	}
 	switch a.Challenge {
-	case "":
-		a.Challenge = "tls-alpn-01"
 	case "tls-alpn-01", "http-01":
 	default:
 		p.addf("tls.acme.challenge: %q is not a challenge the stub answers; use \"tls-alpn-01\" (on listen) or \"http-01\" (on httpListen)", a.Challenge)
-	}
-	if a.Challenge == "http-01" && a.HTTPListen == "" {
-		a.HTTPListen = ":80"
 	}
 	if a.HTTPListen != "" {
 		if a.Challenge != "http-01" {
@@ -358,17 +413,8 @@ func checkACME(p *problems, c *Stub) {
 			p.addf("tls.acme.httpListen: %q is not host:port; write e.g. \":80\"", a.HTTPListen)
 		}
 	}
-	if a.RenewCheckInterval.Duration == 0 {
-		a.RenewCheckInterval.Duration = 10 * time.Minute
-	}
 	if d := a.RenewCheckInterval.Duration; d < time.Second || d > 24*time.Hour {
 		p.addf("tls.acme.renewCheckInterval: %v must be from 1s to 24h (default 10m)", d)
-	}
-	a.Domains = append([]string(nil), c.TLS.Hosts...)
-	if len(a.Domains) == 0 {
-		if u, err := url.Parse(c.PublicURL); err == nil && u.Hostname() != "" {
-			a.Domains = []string{u.Hostname()}
-		}
 	}
 	for _, d := range a.Domains {
 		l := strings.ToLower(strings.TrimSuffix(d, "."))
@@ -381,18 +427,20 @@ func checkACME(p *problems, c *Stub) {
 
 var replicaIDPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$`)
 
-func checkTunnel(p *problems, t TunnelCfg) {
-	if t.KeepAliveInterval.Duration < 100*time.Millisecond {
-		p.addf("tunnel.keepAliveInterval: %v is too short; use at least 100ms (default 5s)", t.KeepAliveInterval.Duration)
+// checkTunnel checks the keepalive values given; zero is the tunnel
+// package's default.
+func checkTunnel(p *problems, t Tunnel) {
+	if d := t.KeepAliveInterval.Duration; d != 0 && d < 100*time.Millisecond {
+		p.addf("tunnel.keepAliveInterval: %v is too short; use at least 100ms, or leave it out for the default (5s)", d)
 	}
-	if t.KeepAliveTimeout.Duration < 100*time.Millisecond {
-		p.addf("tunnel.keepAliveTimeout: %v is too short; use at least 100ms (default 5s)", t.KeepAliveTimeout.Duration)
+	if d := t.KeepAliveTimeout.Duration; d != 0 && d < 100*time.Millisecond {
+		p.addf("tunnel.keepAliveTimeout: %v is too short; use at least 100ms, or leave it out for the default (5s)", d)
 	}
 }
 
-func checkLimits(p *problems, t TunnelSrv) {
-	if t.MaxSessions < 1 || t.MaxSessions > 1000000 {
-		p.addf("tunnel.maxSessions: %d must be from 1 to 1000000 agent sessions (default 10000)", t.MaxSessions)
+func checkLimits(p *problems, t StubTunnel) {
+	if t.MaxSessions < 0 || t.MaxSessions > 1000000 {
+		p.addf("tunnel.maxSessions: %d must be from 1 to 1000000 agent sessions, or 0 for the default (10000)", t.MaxSessions)
 	}
 	if t.MaxHandshakesPerSecond < 0 || t.MaxHandshakesPerSecond > 100000 {
 		p.addf("tunnel.maxHandshakesPerSecond: %d must be from 0 (no bound) to 100000", t.MaxHandshakesPerSecond)

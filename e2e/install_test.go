@@ -339,11 +339,10 @@ func agentConfig(t *testing.T, cm *corev1.ConfigMap, partial bool) config.Agent 
 	if err := os.WriteFile(f, []byte(data), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ac, err := config.LoadAgent(f)
+	ac, err := config.LoadAgent(f, config.Env{})
 	if err != nil {
 		t.Fatalf("%s/%s agent.yaml: %v", cm.Namespace, cm.Name, err)
 	}
-	ac.AgentID = "" // defaulted from the host name at random
 	return ac
 }
 
@@ -354,15 +353,21 @@ func agentConfig(t *testing.T, cm *corev1.ConfigMap, partial bool) config.Agent 
 func haAsStub(t *testing.T, c *kubetest.Cluster) {
 	const ns, id = "keyhole", "keyhole-stub-0"
 	kc := c.ServiceAccountKubeconfig(t, ns, "keyhole-stub")
-	cs, _, err := ha.Client(config.Hub{Kubeconfig: kc, ReplicaID: id})
+	cs, err := ha.NewClient(ha.ClientConfig{Kubeconfig: kc, ReplicaID: id})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
-	el := ha.NewElector(cs, ns, id, ha.Timing{LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond}, nil)
-	reps := ha.NewReplicas(cs, ns, id, 4*time.Second, nil)
+	el, err := ha.NewElector(ha.ElectorConfig{Client: cs, Namespace: ns, ID: id, Timing: ha.Timing{LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reps, err := ha.NewReplicas(ha.ReplicasConfig{Client: cs, Namespace: ns, Self: id, LeaseDuration: 4 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
 	wg.Add(2)
 	go func() { defer wg.Done(); el.Run(ctx) }()
 	go func() { defer wg.Done(); reps.Run(ctx) }()

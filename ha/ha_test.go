@@ -48,11 +48,15 @@ type candidate struct {
 
 func startCandidate(t *testing.T, cs kubernetes.Interface, ns, id string) *candidate {
 	cd := &candidate{done: make(chan struct{})}
-	cd.e = NewElector(cs, ns, id, fast, zaptest.NewLogger(t).Named(id), func(ctx context.Context) {
+	e, err := NewElector(ElectorConfig{Client: cs, Namespace: ns, ID: id, Timing: fast, Logger: zaptest.NewLogger(t).Named(id), Jobs: []Job{func(ctx context.Context) {
 		cd.jobRun.Add(1)
 		defer cd.jobRun.Add(-1)
 		<-ctx.Done()
-	})
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cd.e = e
 	ctx, cancel := context.WithCancel(context.Background())
 	cd.cancel = cancel
 	go func() {
@@ -199,8 +203,14 @@ func leaseLost(t *testing.T, cs kubernetes.Interface, ns string, c *kubetest.Clu
 func replicas(t *testing.T, cs kubernetes.Interface, ns string, c *kubetest.Cluster) {
 	c.EnsureNamespace(t, ns)
 	d := 3 * time.Second
-	a := NewReplicas(cs, ns, "a", d, zaptest.NewLogger(t).Named("a"))
-	b := NewReplicas(cs, ns, "b", d, zaptest.NewLogger(t).Named("b"))
+	newReplicas := func(cs kubernetes.Interface, self string) *Replicas {
+		r, err := NewReplicas(ReplicasConfig{Client: cs, Namespace: ns, Self: self, LeaseDuration: d, Logger: zaptest.NewLogger(t).Named(self)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	a, b := newReplicas(cs, "a"), newReplicas(cs, "b")
 	ctxA, stopA := context.WithCancel(context.Background())
 	ctxB, stopB := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -239,7 +249,7 @@ func replicas(t *testing.T, cs kubernetes.Interface, ns string, c *kubetest.Clus
 	dead := rest.CopyConfig(c.RESTConfig())
 	dead.Host = "https://127.0.0.1:1"
 	dcs := kubernetes.NewForConfigOrDie(dead)
-	u := NewReplicas(dcs, ns, "u", d, zaptest.NewLogger(t).Named("u"))
+	u := newReplicas(dcs, "u")
 	ctxU, stopU := context.WithCancel(context.Background())
 	doneU := make(chan struct{})
 	go func() { defer close(doneU); u.Run(ctxU) }()

@@ -1,7 +1,10 @@
 package ha
 
 import (
+	"cmp"
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,9 +27,66 @@ type Job func(ctx context.Context)
 
 // Timing is client-go leaderelection's: a crashed leader is replaced after
 // LeaseDuration, a leader that cannot renew for RenewDeadline steps down,
-// and candidates retry every RetryPeriod.
+// and candidates retry every RetryPeriod. A zero field means its default.
 type Timing struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+}
+
+// Default leader election timing, client-go's usual values: a crashed
+// leader is replaced within LeaseDuration + RetryPeriod, about 17 s.
+const (
+	DefaultLeaseDuration = 15 * time.Second
+	DefaultRenewDeadline = 10 * time.Second
+	DefaultRetryPeriod   = 2 * time.Second
+)
+
+// complete fills t's zero fields with the defaults and checks the result
+// with client-go leaderelection's rules (NewLeaderElector), plus whole
+// seconds for the Lease. Every problem is returned, naming the values and
+// which of them are defaults.
+func (t Timing) complete() (Timing, error) {
+	show := func(name string, v, def time.Duration) string {
+		if v == 0 {
+			return fmt.Sprintf("%s %v (default)", name, def)
+		}
+		return fmt.Sprintf("%s %v", name, v)
+	}
+	ld, rd, rp := show("leaseDuration", t.LeaseDuration, DefaultLeaseDuration),
+		show("renewDeadline", t.RenewDeadline, DefaultRenewDeadline), show("retryPeriod", t.RetryPeriod, DefaultRetryPeriod)
+	c := Timing{cmp.Or(t.LeaseDuration, DefaultLeaseDuration), cmp.Or(t.RenewDeadline, DefaultRenewDeadline), cmp.Or(t.RetryPeriod, DefaultRetryPeriod)}
+	var errs []error
+	if c.LeaseDuration < time.Second {
+		errs = append(errs, fmt.Errorf("%s must be at least 1s (a Lease counts whole seconds)", ld))
+	}
+	if c.RenewDeadline < 0 {
+		errs = append(errs, fmt.Errorf("%s must be positive", rd))
+	}
+	if c.RetryPeriod < 0 {
+		errs = append(errs, fmt.Errorf("%s must be positive", rp))
+	}
+	if c.LeaseDuration <= c.RenewDeadline {
+		errs = append(errs, fmt.Errorf("%s must be greater than %s", ld, rd))
+	}
+	if c.RenewDeadline <= time.Duration(leaderelection.JitterFactor*float64(c.RetryPeriod)) {
+		errs = append(errs, fmt.Errorf("%s must be greater than %s × %v (client-go's jitter factor)", rd, rp, leaderelection.JitterFactor))
+	}
+	return c, errors.Join(errs...)
+}
+
+// ElectorConfig configures NewElector.
+type ElectorConfig struct {
+	// Client reaches the hub's API server (required).
+	Client kubernetes.Interface
+	// Namespace holds the LeaderLease (required).
+	Namespace string
+	// ID is this replica's identity in the Lease (required).
+	ID string
+	// Timing of the election; zero fields take the Default* values.
+	Timing Timing
+	// Jobs run while this replica leads.
+	Jobs []Job
+	// Logger; nil logs nothing.
+	Logger *zap.Logger
 }
 
 // Elector runs leader election for one replica and the leader's jobs.
@@ -42,15 +102,40 @@ type Elector struct {
 	changes atomic.Int64 // times this replica became or stopped being leader
 }
 
-// NewElector elects among replicas in namespace ns; id is this replica's.
-func NewElector(cs kubernetes.Interface, ns, id string, t Timing, log *zap.Logger, jobs ...Job) *Elector {
+// NewElector elects among the replicas in cfg.Namespace. It fills the
+// timing's defaults and returns every problem of cfg, so that a bad value
+// stops the start instead of a replica that silently never leads.
+func NewElector(cfg ElectorConfig) (*Elector, error) {
+	var errs []error
+	if cfg.Client == nil {
+		errs = append(errs, errors.New("no client for the hub"))
+	}
+	if cfg.Namespace == "" {
+		errs = append(errs, errors.New("namespace is empty; name the namespace of the leader Lease"))
+	}
+	if cfg.ID == "" {
+		errs = append(errs, errors.New("replica ID is empty; give each replica a name of its own (the pod name)"))
+	}
+	for i, j := range cfg.Jobs {
+		if j == nil {
+			errs = append(errs, fmt.Errorf("job %d is nil", i))
+		}
+	}
+	t, err := cfg.Timing.complete()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("leader election: %w", errors.Join(errs...))
+	}
+	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	e := &Elector{cs: cs, ns: ns, id: id, timing: t, jobs: jobs, log: log}
+	e := &Elector{cs: cfg.Client, ns: cfg.Namespace, id: cfg.ID, timing: t, jobs: cfg.Jobs, log: log}
 	none := ""
 	e.leader.Store(&none)
-	return e
+	return e, nil
 }
 
 // IsLeader reports whether this replica leads now.
@@ -132,7 +217,8 @@ func (e *Elector) term(ctx context.Context) {
 		},
 	})
 	if err != nil {
-		e.log.Error("leader election misconfigured", zap.Error(err)) // timing is validated in config
+		// NewElector checked what client-go checks; reaching this is a bug.
+		e.log.Error("leader election misconfigured", zap.Error(err))
 		<-ctx.Done()
 		return
 	}

@@ -1,7 +1,9 @@
 package ha
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -39,13 +42,53 @@ type Replicas struct {
 	lastErr   error
 }
 
-// NewReplicas announces self in namespace ns with Leases of duration d.
-func NewReplicas(cs kubernetes.Interface, ns, self string, d time.Duration, log *zap.Logger) *Replicas {
+// ReplicasConfig configures NewReplicas.
+type ReplicasConfig struct {
+	// Client reaches the hub's API server (required).
+	Client kubernetes.Interface
+	// Namespace holds the replicas' Leases (required).
+	Namespace string
+	// Self is this replica's ID (required): it names its Lease
+	// (ReplicaLeasePrefix+Self) and labels it, so it must fit both.
+	Self string
+	// LeaseDuration is how long a replica counts as live after its last
+	// heartbeat; it beats every third of it. Zero: DefaultLeaseDuration.
+	// At least 1s: a Lease counts whole seconds.
+	LeaseDuration time.Duration
+	// Logger; nil logs nothing.
+	Logger *zap.Logger
+}
+
+// NewReplicas announces cfg.Self in cfg.Namespace. It fills the defaults
+// and returns every problem of cfg.
+func NewReplicas(cfg ReplicasConfig) (*Replicas, error) {
+	var errs []error
+	if cfg.Client == nil {
+		errs = append(errs, errors.New("no client for the hub"))
+	}
+	if cfg.Namespace == "" {
+		errs = append(errs, errors.New("namespace is empty; name the namespace of the replica Leases"))
+	}
+	if cfg.Self == "" {
+		errs = append(errs, errors.New("replica ID is empty; give each replica a name of its own (the pod name)"))
+	} else {
+		for _, msg := range append(validation.IsDNS1123Subdomain(ReplicaLeasePrefix+cfg.Self), validation.IsValidLabelValue(cfg.Self)...) {
+			errs = append(errs, fmt.Errorf("replica ID %q: %s", cfg.Self, msg))
+		}
+	}
+	d := cmp.Or(cfg.LeaseDuration, DefaultLeaseDuration)
+	if d < time.Second {
+		errs = append(errs, fmt.Errorf("leaseDuration %v must be at least 1s (a Lease counts whole seconds)", d))
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("replica Leases: %w", errors.Join(errs...))
+	}
+	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Replicas{cs: cs, ns: ns, self: self, duration: d, log: log, now: time.Now,
-		live: []string{self}, reachable: true, since: time.Now()}
+	return &Replicas{cs: cfg.Client, ns: cfg.Namespace, self: cfg.Self, duration: d, log: log, now: time.Now,
+		live: []string{cfg.Self}, reachable: true, since: time.Now()}, nil
 }
 
 // Self is this replica's ID.

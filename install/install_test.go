@@ -377,7 +377,7 @@ func checkManifest(t *testing.T, m *manifest, p AgentParams, ns string, replicas
 	if err := os.WriteFile(f, []byte(agentYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ac, err := config.LoadAgent(f)
+	ac, err := config.LoadAgent(f, config.Env{})
 	if err != nil {
 		t.Fatalf("agent.yaml does not load: %v\n%s", err, agentYAML)
 	}

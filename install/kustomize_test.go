@@ -84,7 +84,7 @@ func TestAgentBaseIsWhatRegisterRenders(t *testing.T) {
 	if err := os.WriteFile(f, []byte(b.cm.Data["agent.yaml"]), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err = config.LoadAgent(f)
+	_, err = config.LoadAgent(f, config.Env{})
 	if err == nil || !strings.Contains(err.Error(), "stubURL") || !strings.Contains(err.Error(), "cluster") {
 		t.Errorf("the bare base's agent.yaml: error %v, want one naming stubURL and cluster", err)
 	}
@@ -244,14 +244,16 @@ func TestStubBase(t *testing.T) {
 		t.Fatalf("KEYHOLE_CONFIG=%q is not a key of the ConfigMap mounted at %q", cfgPath, configDir)
 	}
 
-	// The config is a valid StubConfig that fits the pod.
-	t.Setenv("POD_NAMESPACE", ns)
-	cfg, err := config.ParseStub(cfgPath, []byte(b.cm.Data[path.Base(cfgPath)]))
+	// The config is a valid StubConfig that fits the pod. A pod name
+	// (Deployment name, ReplicaSet hash of up to 10, 5 random) is a valid
+	// hub.replicaID.
+	podName := b.deploy.Name + "-" + strings.Repeat("b", 10) + "-" + strings.Repeat("x", 5)
+	cfg, err := config.ParseStub(cfgPath, []byte(b.cm.Data[path.Base(cfgPath)]), config.Env{Hostname: podName, PodNamespace: ns})
 	if err != nil {
 		t.Fatalf("stub.yaml does not validate: %v", err)
 	}
-	if !cfg.Hub.Enabled || cfg.Hub.Namespace != ns || cfg.Hub.Kubeconfig != "" {
-		t.Errorf("hub %+v: want enabled, in-cluster, namespace from POD_NAMESPACE", cfg.Hub)
+	if !cfg.Hub.Enabled || cfg.Hub.Namespace != ns || cfg.Hub.Kubeconfig != "" || cfg.Hub.ReplicaID != podName {
+		t.Errorf("hub %+v: want enabled, in-cluster, namespace from POD_NAMESPACE, replica ID the pod name", cfg.Hub)
 	}
 	if p := port(t, cfg.Listen); p != "8443" || ports["https"] != 8443 {
 		t.Errorf("listen %q, container port https %d: want 8443 both", cfg.Listen, ports["https"])
@@ -265,14 +267,6 @@ func TestStubBase(t *testing.T) {
 	if path.Dir(cfg.TLS.CertFile) != tlsDir || path.Base(cfg.TLS.CertFile) != corev1.TLSCertKey || path.Dir(cfg.TLS.KeyFile) != tlsDir || path.Base(cfg.TLS.KeyFile) != corev1.TLSPrivateKeyKey {
 		t.Errorf("tls %+v: want the keys of a kubernetes.io/tls Secret mounted at %q", cfg.TLS, tlsDir)
 	}
-	// A pod name (Deployment name, ReplicaSet hash of up to 10, 5 random)
-	// is a valid hub.replicaID.
-	podName := b.deploy.Name + "-" + strings.Repeat("b", 10) + "-" + strings.Repeat("x", 5)
-	hub := strings.Replace(b.cm.Data[path.Base(cfgPath)], "enabled: true", "enabled: true\n  replicaID: "+podName, 1)
-	if _, err := config.ParseStub(cfgPath, []byte(hub)); err != nil {
-		t.Errorf("a pod name as replicaID: %v", err)
-	}
-
 	// Probes over HTTPS on the stub's port.
 	for name, p := range map[string]*corev1.Probe{"/readyz": c.ReadinessProbe, "/healthz": c.LivenessProbe} {
 		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != name || p.HTTPGet.Scheme != corev1.URISchemeHTTPS || p.HTTPGet.Port.String() != "https" {
@@ -296,14 +290,13 @@ func TestStubBase(t *testing.T) {
 
 // The example overlays' config files are valid configs.
 func TestExampleOverlayConfigs(t *testing.T) {
-	ac, err := config.LoadAgent("kustomize/examples/agent/agent.yaml")
+	ac, err := config.LoadAgent("kustomize/examples/agent/agent.yaml", config.Env{})
 	if err != nil {
 		t.Errorf("examples/agent/agent.yaml: %v", err)
 	} else if ac.HealthListen != ":8081" || ac.JoinSecretFile != "/etc/keyhole/secret/join-secret" {
 		t.Errorf("examples/agent/agent.yaml: healthListen %q joinSecretFile %q differ from the base", ac.HealthListen, ac.JoinSecretFile)
 	}
-	t.Setenv("POD_NAMESPACE", "keyhole")
-	if _, err := config.LoadStub("kustomize/examples/stub/stub.yaml"); err != nil {
+	if _, err := config.LoadStub("kustomize/examples/stub/stub.yaml", config.Env{Hostname: "keyhole-stub-0", PodNamespace: "keyhole"}); err != nil {
 		t.Errorf("examples/stub/stub.yaml: %v", err)
 	}
 }

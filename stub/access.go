@@ -21,7 +21,11 @@ type access struct {
 
 // buildAccess makes the access of cfg; static tokens come from the state.
 func buildAccess(cfg config.Stub, tokens authn.StaticTokens) (*access, error) {
-	a := &access{auth: &authn.Chain{Static: tokens}, pol: cfg.BuildPolicy()}
+	pol, err := cfg.BuildPolicy()
+	if err != nil {
+		return nil, err
+	}
+	a := &access{auth: &authn.Chain{Static: tokens}, pol: pol}
 	if len(cfg.Authentication.JWT) > 0 {
 		j, err := authn.NewJWT(cfg.Authentication.JWT)
 		if err != nil {

@@ -32,17 +32,30 @@ type hub struct {
 	wg          sync.WaitGroup
 }
 
-// newHub builds the replica's part from cfg.Hub; nothing runs yet.
-func newHub(cfg config.Stub, cs kubernetes.Interface, state *State, log *zap.Logger) *hub {
+// newHub builds the replica's part from cfg.Hub; nothing runs yet. Its
+// errors are ha's validation of the hub section (names, timing).
+func newHub(cfg config.Stub, cs kubernetes.Interface, state *State, log *zap.Logger) (*hub, error) {
 	h := &hub{client: cs, ns: cfg.Hub.Namespace, id: cfg.Hub.ReplicaID, log: log, leave: func() {}, stop: func() {}}
-	h.replicas = ha.NewReplicas(cs, h.ns, h.id, cfg.Hub.LeaseDuration.Duration, log.Named("replicas"))
-	h.elector = ha.NewElector(cs, h.ns, h.id, ha.Timing{LeaseDuration: cfg.Hub.LeaseDuration.Duration,
-		RenewDeadline: cfg.Hub.RenewDeadline.Duration, RetryPeriod: cfg.Hub.RetryPeriod.Duration}, log.Named("leader"),
+	var err error
+	h.replicas, err = ha.NewReplicas(ha.ReplicasConfig{Client: cs, Namespace: h.ns, Self: h.id,
+		LeaseDuration: cfg.Hub.LeaseDuration.Duration, Logger: log.Named("replicas")})
+	if err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
+	h.elector, err = ha.NewElector(ha.ElectorConfig{Client: cs, Namespace: h.ns, ID: h.id,
+		Timing: ha.Timing{LeaseDuration: cfg.Hub.LeaseDuration.Duration, RenewDeadline: cfg.Hub.RenewDeadline.Duration,
+			RetryPeriod: cfg.Hub.RetryPeriod.Duration},
+		Logger: log.Named("leader"),
 		// Leader-only housekeeping: one replica does it, not every one.
-		ha.Every(time.Minute, h.collectReplicaLeases),
-		ha.Every(10*time.Minute, func(ctx context.Context) { pruneTokens(ctx, state, log) }),
-	)
-	return h
+		Jobs: []ha.Job{
+			ha.Every(time.Minute, h.collectReplicaLeases),
+			ha.Every(10*time.Minute, func(ctx context.Context) { pruneTokens(ctx, state, log) }),
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("hub: %w", err)
+	}
+	return h, nil
 }
 
 // start runs the mirror of state, the replica Lease and the election until

@@ -50,7 +50,7 @@ func run(args []string) error {
 		fmt.Println(version)
 		return nil
 	}
-	cfg, err := config.LoadAgent(*cfgPath)
+	cfg, err := config.LoadAgent(*cfgPath, config.DiscoverEnv())
 	if err != nil {
 		return err
 	}

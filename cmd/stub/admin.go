@@ -29,7 +29,7 @@ func adminFlags(name string) (*flag.FlagSet, *string) {
 
 // openState loads the config at cfgPath and opens the state it names.
 func openState(cfgPath string) (config.Stub, *stub.State, error) {
-	cfg, err := config.LoadStub(cfgPath)
+	cfg, err := config.LoadStub(cfgPath, config.DiscoverEnv())
 	if err != nil {
 		return cfg, nil, err
 	}

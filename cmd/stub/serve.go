@@ -12,7 +12,8 @@ import (
 
 // serve runs the gateway until ctx ends (SIGTERM, Ctrl-C).
 func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
-	cfg, err := config.LoadStub(cfgPath)
+	env := config.DiscoverEnv() // the one look at the environment; reloads reuse it
+	cfg, err := config.LoadStub(cfgPath, env)
 	if err != nil {
 		return err
 	}
@@ -23,7 +24,7 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	defer log.Sync()
 	srv, err := stub.New(cfg, stub.Options{
 		ConfigPath: cfgPath,
-		Parse:      func(data []byte) (config.Stub, error) { return config.ParseStub(cfgPath, data) },
+		Parse:      func(data []byte) (config.Stub, error) { return config.ParseStub(cfgPath, data, env) },
 		Logger:     log,
 		Version:    version,
 		Started:    func(st stub.Started) { banner(stderr, st, cfgPath) },

@@ -20,8 +20,9 @@ var banned = map[string]map[string]string{
 	"authn":  {mod + "tunnel": "identity is independent of transport", mod + "proxy": "proxy builds on authn"},
 	"proxy":  {mod + "cmd/": "nothing imports cmd", mod + "stub": "the stub application builds on proxy, not the reverse"},
 	"stub":   {mod + "cmd/": "nothing imports cmd; cmd/stub only parses flags and calls stub"},
-	"ha":     {mod + "stub": "the stub builds on ha", mod + "proxy": "replicas know nothing of the stub hop", mod + "tunnel": "replicas know nothing of the tunnel"},
-	"config": {mod + "tunnel": "the schema is plain data", mod + "proxy": "the schema is plain data"},
+	"config": {mod + "tunnel": "the schema is plain data", mod + "proxy": "the schema is plain data", mod + "ha": "the schema is plain data"},
+	"ha": {mod + "config": "ha takes plain values; the file schema is the caller's", mod + "stub": "the stub builds on ha",
+		mod + "proxy": "replicas know nothing of the stub hop", mod + "tunnel": "replicas know nothing of the tunnel"},
 }
 
 func deps(t *testing.T, pkg string) []string {
