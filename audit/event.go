@@ -28,6 +28,10 @@ const (
 	AnnotationBytesOut = "keyhole.dev/bytes-out"
 	AnnotationSession  = "keyhole.dev/session"
 	AnnotationDuration = "keyhole.dev/duration"
+	// AnnotationEnded says why the stub ended a long-running request
+	// itself (absent when it ended on its own or by its client): e.g.
+	// credential-expired, credential-revoked, policy, cluster-unregistered.
+	AnnotationEnded = "keyhole.dev/ended"
 )
 
 // Values of AnnotationSession.
@@ -81,6 +85,9 @@ type Outcome struct {
 	// BytesIn and BytesOut are request and response body bytes, or the
 	// bytes of an upgraded stream in each direction (in: client→cluster).
 	BytesIn, BytesOut int64
+	// Ended is why the stub ended the request itself (AnnotationEnded),
+	// with EndedMessage saying it in words; empty if it did not.
+	Ended, EndedMessage string
 }
 
 // StatusOutcome is the Outcome of a refusal answered with st (the
@@ -172,6 +179,10 @@ func NewEvent(r Request, stage auditv1.Stage, o *Outcome) *auditv1.Event {
 	}
 	if o.Code >= 400 {
 		ev.ResponseStatus.Status = metav1.StatusFailure
+	}
+	if o.Ended != "" {
+		ev.Annotations[AnnotationEnded] = o.Ended
+		ev.Annotations[AnnotationEnded+"-message"] = o.EndedMessage
 	}
 	ev.Annotations[AnnotationBytesIn] = strconv.FormatInt(o.BytesIn, 10)
 	ev.Annotations[AnnotationBytesOut] = strconv.FormatInt(o.BytesOut, 10)

@@ -11,6 +11,10 @@ import (
 type User struct {
 	Name   string
 	Groups []string
+	// Expires is when the credential that proved this identity ends (a
+	// static token's expiry); zero when it has none or the authenticator
+	// does not say (see CredentialExpiry for a JWT's exp).
+	Expires time.Time
 }
 
 // ErrInvalidToken is returned for a token that is unknown, expired or revoked.
@@ -47,6 +51,9 @@ func MatchToken(list []StaticToken, token string, now time.Time) (*User, error) 
 	}
 	u := match.User
 	u.Groups = append([]string(nil), u.Groups...)
+	if match.Expires != nil {
+		u.Expires = *match.Expires
+	}
 	return &u, nil
 }
 

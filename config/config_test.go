@@ -62,6 +62,8 @@ func TestLoadStub(t *testing.T) {
 		"hub timing 3":    {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, leaseDuration: 15s, renewDeadline: 10s, retryPeriod: 10s}\n", want: []string{"leaseDuration 15s > renewDeadline 10s > retryPeriod 10s"}},
 		"hub timing some": {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, leaseDuration: 30s, retryPeriod: 1s}\n"},
 		"hub timing sign": {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, renewDeadline: -1s, leaseDuration: 500ms, retryPeriod: 10ms}\n", want: []string{"hub.renewDeadline: -1s must not be negative", "hub.leaseDuration: 500ms is under 1s", "hub.retryPeriod: 10ms is under 100ms"}},
+		"streams":         {body: head + "streams: {recheckInterval: 2s, credentialExpiry: keep}\n"},
+		"streams bad":     {body: head + "streams: {recheckInterval: 100ms, credentialExpiry: never}\n", want: []string{"streams.recheckInterval: 100ms", "default 5s", `streams.credentialExpiry: "never"`, `"end"`, `"keep"`}},
 		"hub no host":     {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole}\n", want: []string{`hub.replicaID: ""`, "host name"}},
 	}
 	for name, tc := range cases {

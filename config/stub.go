@@ -61,7 +61,32 @@ type Stub struct {
 	// closes. Default 0 (Kubernetes removes a terminating pod from its
 	// Service endpoints by itself).
 	ShutdownDelay Duration `json:"shutdownDelay"`
+	// Streams keeps long-running requests (watches, logs -f, exec,
+	// attach, port-forward) in check while they run.
+	Streams Streams `json:"streams"`
 }
+
+// Streams says how the stub re-admits long-running requests while they
+// run, so that one lives only as long as the credential and the policy
+// that admitted it (see docs/security.md, "Streams and credentials").
+type Streams struct {
+	// RecheckInterval is how often the caller's credential is
+	// authenticated again and the policy asked again; a revoked token, a
+	// removed user or a policy change ends open streams within it. From 1s
+	// to 5m; 0 means proxy.DefaultRecheckInterval (5s).
+	RecheckInterval Duration `json:"recheckInterval"`
+	// CredentialExpiry is "end" (the default when empty): a stream ends
+	// when the credential that opened it expires, as kube-apiserver would
+	// refuse the next request; or "keep": it runs on (revocation, removal
+	// and policy changes still end it).
+	CredentialExpiry string `json:"credentialExpiry"`
+}
+
+// Stream credential expiry choices (streams.credentialExpiry).
+const (
+	CredentialExpiryEnd  = "end"
+	CredentialExpiryKeep = "keep"
+)
 
 // Hub is the Kubernetes cluster the stub replicas run in (the "hub").
 type Hub struct {
@@ -305,6 +330,15 @@ func (c Stub) Validate() error {
 	}
 	if d := c.ShutdownDelay.Duration; d < 0 || d > 5*time.Minute {
 		p.addf("shutdownDelay: %v must be from 0s to 5m (default 0s)", d)
+	}
+	if d := c.Streams.RecheckInterval.Duration; d != 0 && (d < time.Second || d > 5*time.Minute) {
+		p.addf("streams.recheckInterval: %v must be from 1s to 5m (default 5s)", d)
+	}
+	switch c.Streams.CredentialExpiry {
+	case "", CredentialExpiryEnd, CredentialExpiryKeep:
+	default:
+		p.addf("streams.credentialExpiry: %q must be %q (the default: a stream ends when its credential expires) or %q (it runs on)",
+			c.Streams.CredentialExpiry, CredentialExpiryEnd, CredentialExpiryKeep)
 	}
 	checkLevel(&p, c.Log.Level)
 	if c.Metrics.Listen != "" {

@@ -59,6 +59,23 @@ type longReq struct {
 	// ended is set before cancel when the stub ends the request, so the
 	// body's read error is the end of the response, not a failure.
 	ended atomic.Bool
+	// why is the reason the stub ended it (recheck.go).
+	why endReason
+
+	mu   sync.Mutex
+	conn io.Closer // the client's connection, once upgraded
+}
+
+// upgraded hands lr the client's hijacked connection, which end closes:
+// cancelling the request closes only the hop to the agent, and the
+// client's half of the session would stay open.
+func (lr *longReq) upgraded(c io.Closer) {
+	lr.mu.Lock()
+	lr.conn = c
+	lr.mu.Unlock()
+	if lr.ended.Load() {
+		_ = c.Close()
+	}
 }
 
 // drainer tracks long-running requests.
@@ -117,8 +134,7 @@ func (s *Stub) Drain(ctx context.Context) (ended, left int) {
 	d.mu.Lock()
 	d.draining = true
 	for lr := range d.live {
-		lr.ended.Store(true)
-		lr.cancel()
+		lr.end(EndedStopping, "the gateway is shutting down")
 		ended++
 	}
 	d.mu.Unlock()

@@ -172,6 +172,10 @@ type chainOpts struct {
 	verifier *authn.JWT    // the agent checks callers itself
 	pol      Policy        // default: group dev everywhere
 	metrics  bool
+	// recheck and keepPastExpiry are StubConfig's RecheckInterval and
+	// KeepStreamsPastExpiry.
+	recheck        time.Duration
+	keepPastExpiry bool
 }
 
 func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
@@ -206,7 +210,8 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	}
 	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true}, Audit: audit.NewWriterSink(auditBuf),
 		Auth:   auth,
-		Policy: pol, Metrics: metrics, Logger: log, WantsCallerToken: AgentsVerifyCallers(tsrv)})
+		Policy: pol, Metrics: metrics, Logger: log, WantsCallerToken: AgentsVerifyCallers(tsrv),
+		RecheckInterval: o.recheck, KeepStreamsPastExpiry: o.keepPastExpiry})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -67,6 +67,14 @@ type StubConfig struct {
 	Audit audit.Sink
 	// Metrics, if set, count requests, latency, bytes and open streams.
 	Metrics *Metrics
+	// RecheckInterval is how often a long-running request (watch,
+	// followed log, exec/attach/port-forward session) is admitted again
+	// while it runs (recheck.go); default DefaultRecheckInterval.
+	RecheckInterval time.Duration
+	// KeepStreamsPastExpiry: a long-running request whose credential
+	// expires is not ended for that alone (revocation, removal and policy
+	// still end it). Default false: it ends at the credential's expiry.
+	KeepStreamsPastExpiry bool
 	Logger  *zap.Logger
 	// WantsCallerToken, if set, is asked on every request whether the
 	// caller's OIDC token goes to the agents of cluster (HeaderCallerToken)
@@ -115,6 +123,12 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
+	}
+	if cfg.RecheckInterval < 0 {
+		return nil, fmt.Errorf("proxy: StubConfig.RecheckInterval %v must not be negative (0: %v)", cfg.RecheckInterval, DefaultRecheckInterval)
+	}
+	if cfg.RecheckInterval == 0 {
+		cfg.RecheckInterval = DefaultRecheckInterval
 	}
 	s := &Stub{cfg: cfg, log: cfg.Logger}
 	s.tr = &http.Transport{
@@ -250,8 +264,14 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			refuse(kubestatus.ServiceUnavailable("this gateway is shutting down: retry (another replica, or this one restarted, will answer)"))
 			return
 		}
-		defer release()
 		ctx, state.long = tctx, lr
+		a := admission{token: token, user: user, cluster: cluster, expires: authn.CredentialExpiry(token, user)}
+		rechecked := make(chan struct{})
+		go func() { // owned by this request: release ends tctx, and it is waited for
+			defer close(rechecked)
+			s.recheck(tctx, lr, a, log)
+		}()
+		defer func() { release(); <-rechecked }()
 	}
 	out := r.Clone(ctx)
 	out.URL.Path, out.URL.RawPath = rest, ""
@@ -279,8 +299,11 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body := audit.CountRequestBody(out)
 	aw := audit.NewResponseWriter(w)
 	var upgradedAt time.Time
-	aw.OnUpgrade = func(*audit.CountingConn) {
+	aw.OnUpgrade = func(c *audit.CountingConn) {
 		upgradedAt = time.Now()
+		if state.long != nil {
+			state.long.upgraded(c) // so that ending it closes the client's side too
+		}
 		s.cfg.Metrics.openAdd("session", 1)
 		ar.Agent = state.agent
 		s.record(ar, auditv1.StageResponseStarted, &audit.Outcome{Code: http.StatusSwitchingProtocols, Finished: upgradedAt})
@@ -297,6 +320,9 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if c := aw.Upgraded(); c != nil {
 		o.Upgraded, o.BytesIn, o.BytesOut = upgradedAt, c.BytesRead(), c.BytesWritten()
 		s.cfg.Metrics.openAdd("session", -1)
+	}
+	if state.long != nil {
+		o.Ended, o.EndedMessage = state.long.Reason()
 	}
 	s.record(ar, auditv1.StageResponseComplete, o)
 	s.cfg.Metrics.observe(metricCluster, o.Code, time.Since(start), o.BytesIn, o.BytesOut, aw.Upgraded() != nil)
@@ -344,9 +370,19 @@ func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, tunnel.ErrNoAgent):
 		st = kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q has no connected agent", state.cluster))
 	case state.long != nil && state.long.ended.Load():
-		// Drain ended it before the agent answered.
-		w.Header().Set("Retry-After", "1")
-		st = kubestatus.ServiceUnavailable("this gateway is shutting down: retry (another replica, or this one restarted, will answer)")
+		// The stub ended it before the agent answered: stopping, or no
+		// longer admitted (recheck.go).
+		switch reason, words := state.long.Reason(); reason {
+		case EndedStopping:
+			w.Header().Set("Retry-After", "1")
+			st = kubestatus.ServiceUnavailable("this gateway is shutting down: retry (another replica, or this one restarted, will answer)")
+		case EndedExpired, EndedRevoked:
+			st = kubestatus.Unauthorized(words)
+		case EndedUnregistered:
+			st = kubestatus.NotFound(words)
+		default:
+			st = kubestatus.Forbidden(words)
+		}
 	case r.Context().Err() != nil:
 		// The client left; there is nobody to answer.
 		s.log.Debug("client went away", zap.String("cluster", state.cluster), zap.Error(err))

@@ -1,0 +1,147 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/keyhole-dev/keyhole/authn"
+)
+
+// Long-running requests (watches, followed logs, exec, attach and
+// port-forward sessions) are admitted once, like every request, but live
+// for as long as the client wants. So that one lives only as long as the
+// credential and the policy that admitted it, the stub admits it again
+// every RecheckInterval while it runs, and ends it when:
+//
+//   - the credential expired (at its expiry, not at the next check), unless
+//     StubConfig.KeepStreamsPastExpiry;
+//   - the credential no longer authenticates (a static token revoked or its
+//     user removed, an issuer removed from the config) or now stands for
+//     another identity;
+//   - the cluster was unregistered;
+//   - the policy no longer admits the user to the cluster.
+//
+// It ends a watch or followed log with a clean end of the response (the
+// client re-lists and is refused with 401 or 403, as kube-apiserver would
+// refuse it), and an upgraded session by closing it. The final audit
+// record carries AnnotationEnded with the reason, and the stub logs it.
+
+// DefaultRecheckInterval is StubConfig.RecheckInterval's default: a revoked
+// credential or a policy change ends open streams within about this long.
+const DefaultRecheckInterval = 5 * time.Second
+
+// Reasons a long-running request is ended by the stub (audit
+// annotation keyhole.dev/ended).
+const (
+	EndedExpired      = "credential-expired"
+	EndedRevoked      = "credential-revoked"
+	EndedPolicy       = "policy"
+	EndedUnregistered = "cluster-unregistered"
+	EndedStopping     = "stub-stopping"
+)
+
+// admission is what admitted a long-running request, for rechecks.
+type admission struct {
+	token   string
+	user    *authn.User
+	cluster string
+	expires time.Time // zero: none known
+}
+
+// endReason is why the stub ended a long-running request, set once.
+type endReason struct {
+	once          sync.Once
+	reason, words string
+}
+
+func (e *endReason) set(reason, words string) bool {
+	first := false
+	e.once.Do(func() { e.reason, e.words, first = reason, words, true })
+	return first
+}
+
+// end ends lr for reason; the first reason given is the one recorded.
+func (lr *longReq) end(reason, words string) {
+	lr.why.set(reason, words)
+	lr.ended.Store(true)
+	lr.cancel()
+	lr.mu.Lock()
+	c := lr.conn
+	lr.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
+}
+
+// Reason is why the stub ended lr ("" if it did not).
+func (lr *longReq) Reason() (reason, words string) {
+	if !lr.ended.Load() {
+		return "", ""
+	}
+	lr.why.once.Do(func() {}) // a reason set concurrently is complete once Do returns
+	return lr.why.reason, lr.why.words
+}
+
+// recheck admits a long-running request again every RecheckInterval until
+// ctx ends (the request returned) and ends it when it is no longer
+// admitted. It runs in its own goroutine, owned by the request.
+func (s *Stub) recheck(ctx context.Context, lr *longReq, a admission, log *zap.Logger) {
+	tick := time.NewTicker(s.cfg.RecheckInterval)
+	defer tick.Stop()
+	var expired <-chan time.Time
+	if !a.expires.IsZero() && !s.cfg.KeepStreamsPastExpiry {
+		t := time.NewTimer(time.Until(a.expires))
+		defer t.Stop()
+		expired = t.C
+	}
+	for {
+		var reason, words string
+		select {
+		case <-ctx.Done():
+			return
+		case <-expired:
+			reason, words = EndedExpired, fmt.Sprintf("the caller's credential expired at %s", a.expires.UTC().Format(time.RFC3339))
+		case <-tick.C:
+			reason, words = s.readmit(ctx, a)
+		}
+		if reason == "" {
+			continue
+		}
+		if ctx.Err() != nil {
+			return // it ended by itself meanwhile
+		}
+		log.Info("long-running request ended: no longer admitted", zap.String("ended", reason), zap.String("why", words))
+		lr.end(reason, words)
+		return
+	}
+}
+
+// readmit asks authentication, the registry and the policy again; it
+// returns why a long-running request may no longer run, or "".
+func (s *Stub) readmit(ctx context.Context, a admission) (reason, words string) {
+	pastExpiry := !a.expires.IsZero() && !time.Now().Before(a.expires)
+	u, err := s.cfg.Auth.Authenticate(ctx, a.token)
+	switch {
+	case err != nil && pastExpiry && s.cfg.KeepStreamsPastExpiry:
+		u = a.user // kept past expiry on purpose; the policy still applies
+	case err != nil && pastExpiry:
+		return EndedExpired, fmt.Sprintf("the caller's credential expired at %s", a.expires.UTC().Format(time.RFC3339))
+	case err != nil:
+		return EndedRevoked, "the caller's credential no longer authenticates: " + unauthorizedMessage(err)
+	case u.Name != a.user.Name || !slices.Equal(u.Groups, a.user.Groups):
+		return EndedRevoked, fmt.Sprintf("the caller's credential now stands for user %q, groups %v", u.Name, u.Groups)
+	}
+	c, ok := s.cfg.Clusters.Cluster(a.cluster)
+	if !ok {
+		return EndedUnregistered, fmt.Sprintf("cluster %q is no longer registered at this gateway", a.cluster)
+	}
+	if !s.cfg.Policy.Allowed(u, a.cluster, c.Labels) {
+		return EndedPolicy, fmt.Sprintf("user %q may no longer reach cluster %q through this gateway (policy)", u.Name, a.cluster)
+	}
+	return "", ""
+}
