@@ -75,7 +75,7 @@ type StubConfig struct {
 	// expires is not ended for that alone (revocation, removal and policy
 	// still end it). Default false: it ends at the credential's expiry.
 	KeepStreamsPastExpiry bool
-	Logger  *zap.Logger
+	Logger                *zap.Logger
 	// WantsCallerToken, if set, is asked on every request whether the
 	// caller's OIDC token goes to the agents of cluster (HeaderCallerToken)
 	// because they verify callers themselves. Nil: a caller's token never
