@@ -251,14 +251,27 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body := audit.CountRequestBody(out)
 	aw := audit.NewResponseWriter(w)
 	var upgradedAt time.Time
-	aw.OnUpgrade = func(*audit.CountingConn) {
+	stopClosing := func() bool { return false }
+	aw.OnUpgrade = func(c *audit.CountingConn) {
 		upgradedAt = time.Now()
+		if state.long != nil {
+			// When the request's context ends (Drain), ReverseProxy closes
+			// only the agent's side of the session (golang/go#35559); its
+			// copier from the client goes on reading until the client
+			// sends a byte or leaves, so an idle session (an exec nobody
+			// types into) would outlive the drain. Close the client's side
+			// too. context.AfterFunc also covers a Drain that came while
+			// the upgrade was being set up: the context is done already
+			// and the conn is closed at once.
+			stopClosing = context.AfterFunc(ctx, func() { _ = c.Close() })
+		}
 		s.cfg.Metrics.openAdd("session", 1)
 		ar.Agent = state.agent
 		s.record(ar, auditv1.StageResponseStarted, &audit.Outcome{Code: http.StatusSwitchingProtocols, Finished: upgradedAt})
 	}
 	s.cfg.Metrics.openAdd("request", 1)
 	s.rp.ServeHTTP(aw, out)
+	stopClosing() // the session is over; ReverseProxy closed the conn
 	s.cfg.Metrics.openAdd("request", -1)
 
 	ar.Agent = state.agent
@@ -316,6 +329,13 @@ func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, tunnel.ErrNoAgent):
 		st = kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q has no connected agent", state.cluster))
 	case state.long != nil && state.long.ended.Load():
+		if aw, ok := w.(*audit.ResponseWriter); ok && aw.Upgraded() != nil {
+			// Drain closed an upgraded session while its 101 was being
+			// written: the connection is no longer HTTP, so there is
+			// nothing to answer, and the record keeps the 101.
+			s.log.Debug("upgraded session ended by the drain as it started", zap.String("cluster", state.cluster), zap.Error(err))
+			return
+		}
 		// Drain ended it before the agent answered.
 		w.Header().Set("Retry-After", "1")
 		st = kubestatus.ServiceUnavailable("this gateway is shutting down: retry (another replica, or this one restarted, will answer)")
