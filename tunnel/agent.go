@@ -52,6 +52,14 @@ type AgentConfig struct {
 	// closes the session. Default 25 s, inside Kubernetes' default 30 s
 	// termination grace period.
 	DrainTimeout time.Duration
+
+	// dialStub, when set, makes the connection to the stub instead of the
+	// agent's own dial (Proxy, then TCP, then TLS with the TLS config): the
+	// handshake and the session run over whatever conn it returns, taken
+	// to be past TLS already if there is any. StubURL still names the
+	// host in the request. It is unexported: it exists so this package's
+	// tests can run the tunnel over net.Pipe and plain TCP as well as TLS.
+	dialStub func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // DefaultDrainTimeout is AgentConfig.DrainTimeout's default.
@@ -441,6 +449,9 @@ func (a *Agent) dial(ctx context.Context, held []string) (*yamux.Session, handsh
 		TLSHandshakeTimeout:   DefaultHandshakeTimeout,
 		ResponseHeaderTimeout: DefaultHandshakeTimeout,
 		DisableKeepAlives:     true,
+	}
+	if a.cfg.dialStub != nil {
+		tr.Proxy, tr.DialTLSContext = nil, a.cfg.dialStub // used for https URLs, in place of DialContext and TLS
 	}
 	defer tr.CloseIdleConnections()
 	dctx, cancel := context.WithTimeout(ctx, 2*DefaultHandshakeTimeout)
