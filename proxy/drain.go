@@ -61,21 +61,6 @@ type longReq struct {
 	ended atomic.Bool
 	// why is the reason the stub ended it (recheck.go).
 	why endReason
-
-	mu   sync.Mutex
-	conn io.Closer // the client's connection, once upgraded
-}
-
-// upgraded hands lr the client's hijacked connection, which end closes:
-// cancelling the request closes only the hop to the agent, and the
-// client's half of the session would stay open.
-func (lr *longReq) upgraded(c io.Closer) {
-	lr.mu.Lock()
-	lr.conn = c
-	lr.mu.Unlock()
-	if lr.ended.Load() {
-		_ = c.Close()
-	}
 }
 
 // drainer tracks long-running requests.

@@ -84,6 +84,16 @@ func TestDrain(t *testing.T) {
 	if _, err := io.WriteString(rwc, "hello"); err != nil {
 		t.Fatal(err)
 	}
+	// An idle session, like an exec nobody types into: the client sends
+	// nothing after the 101, so nothing the client does ends it; the
+	// drain has to. (Whether the session above had already forwarded its
+	// "hello" when Drain began used to decide whether Drain could end it.)
+	idleUp, _ := open(h1, "/clusters/c1/upgrade", "Connection", "Upgrade", "Upgrade", "test-proto")
+	if idleUp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("idle upgrade: %s", idleUp.Status)
+	}
+	idle := idleUp.Body.(io.ReadWriteCloser)
+	defer idle.Close()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -91,8 +101,8 @@ func TestDrain(t *testing.T) {
 	ended, left := c.stub.Drain(ctx)
 	took := time.Since(start)
 	t.Logf("Drain ended %d long-running requests in %v (%d left)", ended, took.Round(time.Microsecond), left)
-	if ended != 3 || left != 0 {
-		t.Fatalf("Drain ended %d, left %d; want 3 and 0", ended, left)
+	if ended != 4 || left != 0 {
+		t.Fatalf("Drain ended %d, left %d; want 4 and 0", ended, left)
 	}
 	// A clean end: io.ReadAll sees io.EOF, not an unexpected EOF (HTTP/1.1
 	// without its chunked terminator) or a stream reset (HTTP/2).
@@ -105,13 +115,15 @@ func TestDrain(t *testing.T) {
 			t.Errorf("%s: unexpected %q after the drain", name, rest)
 		}
 	}
-	upDone := make(chan error, 1)
-	go func() { _, err := io.ReadAll(rwc); upDone <- err }()
-	select {
-	case err := <-upDone:
-		t.Logf("upgraded session after the drain: read ended (%v)", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("an upgraded session was left open by the drain")
+	for name, c := range map[string]io.Reader{"upgraded session": rwc, "idle upgraded session": idle} {
+		upDone := make(chan error, 1)
+		go func() { _, err := io.ReadAll(c); upDone <- err }()
+		select {
+		case err := <-upDone:
+			t.Logf("%s after the drain: read ended (%v)", name, err)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s was left open by the drain", name)
+		}
 	}
 	if !c.stub.Draining() {
 		t.Fatal("Draining() is false after Drain")
@@ -130,5 +142,65 @@ func TestDrain(t *testing.T) {
 	}
 	if resp, body := c.do(t, "GET", "/clusters/c1/api/v1/pods", "alice-token", nil); resp.StatusCode != 200 {
 		t.Fatalf("plain request while draining: %d %s", resp.StatusCode, body)
+	}
+}
+
+// A stub that stops while an upgrade is being set up (the agent's 101 is
+// back, the client's connection not yet switched) still ends the session:
+// nothing the client does afterwards is needed for Drain to finish.
+func TestDrainDuringUpgradeSetup(t *testing.T) {
+	api := newFakeAPI(t)
+	c := newChain(t, restFor(api.Server), api)
+	type drained struct{ ended, left int }
+	drainDone := make(chan drained, 1)
+	modify := c.stub.rp.ModifyResponse
+	c.stub.rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			// ReverseProxy calls this between the agent's 101 and taking
+			// over the client's connection: drain right there.
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				ended, left := c.stub.Drain(ctx)
+				drainDone <- drained{ended, left}
+			}()
+			for deadline := time.Now().Add(10 * time.Second); resp.Request.Context().Err() == nil && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		return modify(resp)
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.pool}}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", c.stubURL+"/clusters/c1/upgrade", nil)
+	req.Header.Set("Authorization", "Bearer alice-token")
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "test-proto")
+	resp, err := tr.RoundTrip(req)
+	if err == nil {
+		// The 101 may have made it out before the close; then the
+		// session ends by itself. The client sends nothing.
+		defer resp.Body.Close()
+		t.Logf("client got %s", resp.Status)
+	} else {
+		t.Logf("client: %v", err)
+	}
+	select {
+	case d := <-drainDone:
+		if d.ended != 1 || d.left != 0 {
+			t.Fatalf("Drain ended %d, left %d; want 1 and 0", d.ended, d.left)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Drain did not return")
+	}
+	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+		done := make(chan error, 1)
+		go func() { _, err := io.ReadAll(resp.Body); done <- err }()
+		select {
+		case err := <-done:
+			t.Logf("session read ended (%v)", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("the session set up during the drain was left open")
+		}
 	}
 }

@@ -69,13 +69,7 @@ func (e *endReason) set(reason, words string) bool {
 func (lr *longReq) end(reason, words string) {
 	lr.why.set(reason, words)
 	lr.ended.Store(true)
-	lr.cancel()
-	lr.mu.Lock()
-	c := lr.conn
-	lr.mu.Unlock()
-	if c != nil {
-		_ = c.Close()
-	}
+	lr.cancel() // an upgraded session's client side closes with it (ServeHTTP)
 }
 
 // Reason is why the stub ended lr ("" if it did not).

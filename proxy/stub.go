@@ -299,10 +299,19 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body := audit.CountRequestBody(out)
 	aw := audit.NewResponseWriter(w)
 	var upgradedAt time.Time
+	stopClosing := func() bool { return false }
 	aw.OnUpgrade = func(c *audit.CountingConn) {
 		upgradedAt = time.Now()
 		if state.long != nil {
-			state.long.upgraded(c) // so that ending it closes the client's side too
+			// When the request's context ends (Drain), ReverseProxy closes
+			// only the agent's side of the session (golang/go#35559); its
+			// copier from the client goes on reading until the client
+			// sends a byte or leaves, so an idle session (an exec nobody
+			// types into) would outlive the drain. Close the client's side
+			// too (this also serves recheck.go). context.AfterFunc also
+			// covers an end that came while the upgrade was being set up: the context is done already
+			// and the conn is closed at once.
+			stopClosing = context.AfterFunc(ctx, func() { _ = c.Close() })
 		}
 		s.cfg.Metrics.openAdd("session", 1)
 		ar.Agent = state.agent
@@ -310,6 +319,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.cfg.Metrics.openAdd("request", 1)
 	s.rp.ServeHTTP(aw, out)
+	stopClosing() // the session is over; ReverseProxy closed the conn
 	s.cfg.Metrics.openAdd("request", -1)
 
 	ar.Agent = state.agent
@@ -370,6 +380,13 @@ func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, tunnel.ErrNoAgent):
 		st = kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q has no connected agent", state.cluster))
 	case state.long != nil && state.long.ended.Load():
+		if aw, ok := w.(*audit.ResponseWriter); ok && aw.Upgraded() != nil {
+			// Drain closed an upgraded session while its 101 was being
+			// written: the connection is no longer HTTP, so there is
+			// nothing to answer, and the record keeps the 101.
+			s.log.Debug("upgraded session ended by the drain as it started", zap.String("cluster", state.cluster), zap.Error(err))
+			return
+		}
 		// The stub ended it before the agent answered: stopping, or no
 		// longer admitted (recheck.go).
 		switch reason, words := state.long.Reason(); reason {

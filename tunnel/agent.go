@@ -54,14 +54,24 @@ type AgentConfig struct {
 	// closes the session. Default 25 s, inside Kubernetes' default 30 s
 	// termination grace period.
 	DrainTimeout time.Duration
+
+	// dialStub, when set, makes the connection to the stub instead of the
+	// agent's own dial (Proxy, then TCP, then TLS with the TLS config): the
+	// handshake and the session run over whatever conn it returns, taken
+	// to be past TLS already if there is any. StubURL still names the
+	// host in the request. It is unexported: it exists so this package's
+	// tests can run the tunnel over net.Pipe and plain TCP as well as TLS.
+	dialStub func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // DefaultDrainTimeout is AgentConfig.DrainTimeout's default.
 const DefaultDrainTimeout = 25 * time.Second
 
 // Backoff is full-jitter exponential backoff: the n-th wait is uniform in
-// [0, min(Max, Base·2ⁿ)). A session that lasted StableAfter resets n, so a
-// stub restart does not make a fleet of agents reconnect in lock-step.
+// [0, min(Max, Base·2ⁿ)). It comes before every redial, the first one after
+// a lost session included; a session that lasted StableAfter resets n, so
+// after a stub restart each agent of a fleet waits a random time in
+// [0, Base) and they do not reconnect in lock-step.
 type Backoff struct {
 	Base, Max, StableAfter time.Duration
 }
@@ -100,6 +110,9 @@ type Agent struct {
 	// the next reconnect starts from the shortest backoff again.
 	stableEnd   bool
 	wantChanged bool
+	// lost: a session ended under us (not by ctx), so the next dial waits
+	// its backoff first.
+	lost bool
 }
 
 // maxMisdirectedWait caps the wait after reaching a replica already held.
@@ -253,7 +266,24 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.wantChanged {
 			misses, a.wantChanged = 0, false // news of a replica: look for it at once
 		}
+		lost := a.lost
+		a.lost = false
 		a.mu.Unlock()
+		if lost {
+			// Every agent of a fleet sees its session end at the same
+			// moment when the stub restarts: redialing at once would be
+			// the herd the jitter is there to prevent.
+			wait := a.cfg.Backoff.Wait(retries)
+			retries++
+			log.Info("reconnecting after a lost session", zap.Duration("retry_in", wait))
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			}
+		}
 		sess, hs, err := a.dial(ctx, a.heldIDs())
 		if ctx.Err() != nil {
 			if sess != nil {
@@ -288,6 +318,9 @@ func (a *Agent) Run(ctx context.Context) error {
 				delete(a.held, hs.replica)
 				if time.Since(start) >= a.cfg.Backoff.StableAfter {
 					a.stableEnd = true
+				}
+				if err != nil && ctx.Err() == nil {
+					a.lost = true
 				}
 				a.mu.Unlock()
 				if err != nil && ctx.Err() == nil {
@@ -422,6 +455,9 @@ func (a *Agent) dial(ctx context.Context, held []string) (*yamux.Session, handsh
 		TLSHandshakeTimeout:   DefaultHandshakeTimeout,
 		ResponseHeaderTimeout: DefaultHandshakeTimeout,
 		DisableKeepAlives:     true,
+	}
+	if a.cfg.dialStub != nil {
+		tr.Proxy, tr.DialTLSContext = nil, a.cfg.dialStub // used for https URLs, in place of DialContext and TLS
 	}
 	defer tr.CloseIdleConnections()
 	dctx, cancel := context.WithTimeout(ctx, 2*DefaultHandshakeTimeout)

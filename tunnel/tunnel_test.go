@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -40,44 +41,168 @@ func (s secrets) AuthenticateAgent(cluster, secret string) error {
 	return nil
 }
 
-// env is a stub (httptest TLS server with the tunnel handler) plus helpers to
-// start agents against it.
+// env is a stub (the tunnel handler behind an HTTP server on one
+// transport) plus helpers to start agents against it.
 type env struct {
 	t    *testing.T
 	srv  *Server
-	ts   *httptest.Server
-	pool *x509.CertPool
+	url  string           // the stub URL agents are given
+	pool *x509.CertPool   // trusts the TLS transport's certificate
+	ts   *httptest.Server // the TLS transport's server (nil over pipe and TCP)
+	// dial, when set, carries agents to the stub (AgentConfig.dialStub);
+	// nil means the agent's own path, TLS to url, as in production.
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// raw opens a connection to the stub's HTTP server as a client would,
+	// past TLS if there is any.
+	raw func() (net.Conn, error)
 }
 
-func newEnv(t *testing.T) *env {
+// transports carry the tunnel in the tests that run over each of them, as
+// hashicorp/yamux's session_test.go runs its tests over a pipe, TCP and
+// TLS: nothing in the tunnel may depend on what carries it (buffering,
+// CloseWrite, deadlines, TLS records).
+var transports = []struct {
+	name string
+	// serve serves h on the transport, fills in e's url, pool, ts, dial
+	// and raw, and returns how to stop serving.
+	serve func(e *env, h http.Handler) (stop func())
+}{
+	{"pipe", servePipe},
+	{"tcp", serveTCP},
+	{"tls", serveTLS},
+}
+
+// overTransports runs test as a subtest over each transport.
+func overTransports(t *testing.T, test func(t *testing.T, e *env)) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) { test(t, newEnvOver(t, tr.serve)) })
+	}
+}
+
+// newEnv is a stub over TLS, for the tests about the stub's HTTPS port
+// rather than the tunnel.
+func newEnv(t *testing.T) *env { return newEnvOver(t, serveTLS) }
+
+func newEnvOver(t *testing.T, serve func(*env, http.Handler) func()) *env {
 	t.Helper()
 	srv, err := NewServer(ServerConfig{Auth: secrets{"c1": "s3cret", "c2": "other"}, Logger: zaptest.NewLogger(t),
 		KeepAliveInterval: 200 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewUnstartedServer(srv)
-	ts.EnableHTTP2 = true
-	ts.StartTLS()
-	pool := x509.NewCertPool()
-	pool.AddCert(ts.Certificate())
-	e := &env{t: t, srv: srv, ts: ts, pool: pool}
+	e := &env{t: t, srv: srv}
+	stop := serve(e, srv)
 	t.Cleanup(func() {
 		srv.Close()
-		ts.Close()
+		stop()
 	})
 	return e
 }
 
+// servePipe: every connection is a net.Pipe, synchronous and unbuffered
+// (a write waits for the peer's read), with no kernel in between.
+func servePipe(e *env, h http.Handler) func() {
+	ln := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	stop := serveHTTP(ln, h)
+	e.url = "https://stub.pipe" // agents take only https URLs; the pipe ignores it
+	e.dial = func(ctx context.Context, _, _ string) (net.Conn, error) { return ln.dial(ctx) }
+	e.raw = func() (net.Conn, error) { return ln.dial(context.Background()) }
+	return stop
+}
+
+// serveTCP: plain TCP on 127.0.0.1, no TLS.
+func serveTCP(e *env, h http.Handler) func() {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	stop := serveHTTP(ln, h)
+	addr := ln.Addr().String()
+	e.url = "https://" + addr // agents take only https URLs; dial carries plain TCP
+	e.dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	}
+	e.raw = func() (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
+	return stop
+}
+
+// serveTLS: TLS with HTTP/2 offered, as on the stub's real port; agents dial
+// it themselves (and must get HTTP/1.1 for the upgrade).
+func serveTLS(e *env, h http.Handler) func() {
+	ts := httptest.NewUnstartedServer(h)
+	ts.EnableHTTP2 = true
+	ts.StartTLS()
+	pool := x509.NewCertPool()
+	pool.AddCert(ts.Certificate())
+	e.ts, e.url, e.pool = ts, ts.URL, pool
+	e.raw = func() (net.Conn, error) {
+		return tls.Dial("tcp", ts.Listener.Addr().String(), &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}})
+	}
+	return ts.Close
+}
+
+// serveHTTP serves h on ln until the returned stop, which waits for Serve to
+// return. (Hijacked connections, the tunnel sessions, are the Server's to
+// close.)
+func serveHTTP(ln net.Listener, h http.Handler) func() {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = hs.Serve(ln) }()
+	return func() { _ = hs.Close(); <-done }
+}
+
+// pipeListener is a net.Listener whose connections are net.Pipe pairs.
+type pipeListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error { l.once.Do(func() { close(l.done) }); return nil }
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+// dial hands one end of a new pipe to Accept and returns the other.
+func (l *pipeListener) dial(ctx context.Context) (net.Conn, error) {
+	c, s := net.Pipe()
+	select {
+	case l.conns <- s:
+		return c, nil
+	case <-l.done:
+		c.Close()
+		s.Close()
+		return nil, net.ErrClosed
+	case <-ctx.Done():
+		c.Close()
+		s.Close()
+		return nil, ctx.Err()
+	}
+}
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
+
 func (e *env) agentConfig(cluster, id, fp, secret string, h http.Handler) AgentConfig {
 	return AgentConfig{
-		StubURL: e.ts.URL, Cluster: cluster, AgentID: id, Fingerprint: fp,
+		StubURL: e.url, Cluster: cluster, AgentID: id, Fingerprint: fp,
 		Secret:  func() (string, error) { return secret, nil },
 		TLS:     &tls.Config{RootCAs: e.pool},
 		Proxy:   func(*http.Request) (*url.URL, error) { return nil, nil },
 		Handler: h, Logger: zaptest.NewLogger(e.t),
 		KeepAliveInterval: 200 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond,
-		Backoff: Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond, StableAfter: time.Second},
+		Backoff:  Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond, StableAfter: time.Second},
+		dialStub: e.dial,
 	}
 }
 
@@ -132,57 +257,59 @@ func (e *env) client(cluster string) *http.Client {
 }
 
 func TestRoundTripAndSpread(t *testing.T) {
-	e := newEnv(t)
-	e.startAgent("c1", "a1", "fp", echoAgent("a1"))
-	e.startAgent("c1", "a2", "fp", echoAgent("a2"))
-	seen := map[string]int{}
-	for i := 0; i < 20; i++ {
-		// A fresh transport each time, so each request dials a new stream.
-		c := e.client("c1")
-		resp, err := c.Post("http://c1/", "text/plain", strings.NewReader("ping"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(b) != "ping" {
-			t.Fatalf("body %q", b)
-		}
-		seen[resp.Header.Get("X-Agent")]++
-		c.Transport.(*http.Transport).CloseIdleConnections()
-	}
-	if seen["a1"] == 0 || seen["a2"] == 0 {
-		t.Fatalf("streams not spread over agents: %v", seen)
-	}
-}
-
-func TestHandshakeRefusals(t *testing.T) {
-	e := newEnv(t)
-	e.startAgent("c1", "a1", "fp-A", echoAgent("a1"))
-	cases := []struct {
-		name, cluster, fp, secret string
-		want                      string
-	}{
-		{"wrong secret", "c1", "fp-A", "nope", "401"},
-		{"empty secret", "c1", "fp-A", "", "401"},
-		{"unknown cluster", "zz", "fp-A", "x", "404"},
-		{"fingerprint mismatch", "c1", "fp-B", "s3cret", "409"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			a, err := NewAgent(e.agentConfig(tc.cluster, "x1", tc.fp, tc.secret, echoAgent("x")))
+	overTransports(t, func(t *testing.T, e *env) {
+		e.startAgent("c1", "a1", "fp", echoAgent("a1"))
+		e.startAgent("c1", "a2", "fp", echoAgent("a2"))
+		seen := map[string]int{}
+		for i := 0; i < 20; i++ {
+			// A fresh transport each time, so each request dials a new stream.
+			c := e.client("c1")
+			resp, err := c.Post("http://c1/", "text/plain", strings.NewReader("ping"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = a.Dial(context.Background())
-			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("want refusal %s, got %v", tc.want, err)
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != "ping" {
+				t.Fatalf("body %q", b)
 			}
-		})
-	}
-	if n := len(e.srv.Agents("c1")); n != 1 {
-		t.Fatalf("refused agents changed the registry: %d agents", n)
-	}
+			seen[resp.Header.Get("X-Agent")]++
+			c.Transport.(*http.Transport).CloseIdleConnections()
+		}
+		if seen["a1"] == 0 || seen["a2"] == 0 {
+			t.Fatalf("streams not spread over agents: %v", seen)
+		}
+	})
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	overTransports(t, func(t *testing.T, e *env) {
+		e.startAgent("c1", "a1", "fp-A", echoAgent("a1"))
+		cases := []struct {
+			name, cluster, fp, secret string
+			want                      string
+		}{
+			{"wrong secret", "c1", "fp-A", "nope", "401"},
+			{"empty secret", "c1", "fp-A", "", "401"},
+			{"unknown cluster", "zz", "fp-A", "x", "404"},
+			{"fingerprint mismatch", "c1", "fp-B", "s3cret", "409"},
+		}
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				a, err := NewAgent(e.agentConfig(tc.cluster, "x1", tc.fp, tc.secret, echoAgent("x")))
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, err = a.Dial(context.Background())
+				if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("want refusal %s, got %v", tc.want, err)
+				}
+			})
+		}
+		if n := len(e.srv.Agents("c1")); n != 1 {
+			t.Fatalf("refused agents changed the registry: %d agents", n)
+		}
+	})
 }
 
 func TestGarbageOnStubPort(t *testing.T) {
@@ -233,156 +360,162 @@ func TestNoAgent(t *testing.T) {
 // A session whose agent stops answering (no FIN, no RST) is dropped by
 // keepalive; the remaining agent keeps serving.
 func TestVanishedAgentDetected(t *testing.T) {
-	e := newEnv(t)
-	e.startAgent("c1", "good", "fp", echoAgent("good"))
-	// A raw agent: handshake, then never read or write again.
-	a, _ := NewAgent(e.agentConfig("c1", "silent", "fp", "s3cret", echoAgent("x")))
-	conn := dialRaw(t, e, a)
-	defer conn.Close()
-	e.waitAgents("c1", func(n int) bool { return n == 2 })
-	start := time.Now()
-	e.waitAgents("c1", func(n int) bool { return n == 1 })
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("vanished agent noticed after %v", d)
-	}
-	if got := e.srv.Agents("c1")[0].ID; got != "good" {
-		t.Fatalf("wrong agent left: %s", got)
-	}
+	overTransports(t, func(t *testing.T, e *env) {
+		e.startAgent("c1", "good", "fp", echoAgent("good"))
+		// A raw agent: handshake, then never read or write again.
+		a, _ := NewAgent(e.agentConfig("c1", "silent", "fp", "s3cret", echoAgent("x")))
+		conn := dialRaw(t, e, a)
+		defer conn.Close()
+		e.waitAgents("c1", func(n int) bool { return n == 2 })
+		start := time.Now()
+		e.waitAgents("c1", func(n int) bool { return n == 1 })
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("vanished agent noticed after %v", d)
+		}
+		if got := e.srv.Agents("c1")[0].ID; got != "good" {
+			t.Fatalf("wrong agent left: %s", got)
+		}
+	})
 }
 
 // dialRaw does the agent handshake by hand and returns the raw connection.
 func dialRaw(t *testing.T, e *env, a *Agent) net.Conn {
 	t.Helper()
-	c, err := tls.Dial("tcp", e.ts.Listener.Addr().String(), &tls.Config{RootCAs: e.pool, NextProtos: []string{"http/1.1"}})
+	c, err := e.raw()
 	if err != nil {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: %s\r\nAuthorization: Bearer s3cret\r\n%s: %s\r\n%s: %s\r\n%s: %s\r\n\r\n",
 		ConnectPath, UpgradeProtocol, HeaderCluster, a.cfg.Cluster, HeaderAgent, a.cfg.AgentID, HeaderFingerprint, a.cfg.Fingerprint)
-	buf := make([]byte, 12)
-	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "HTTP/1.1 101" {
-		t.Fatalf("handshake: %q %v", buf, err)
+	// Read the whole answer: over a pipe, the stub's write of it returns
+	// only when every byte has been read.
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
 	}
 	return c
 }
 
 func TestHalfClose(t *testing.T) {
-	e := newEnv(t)
-	// The agent's handler hijacks and answers after reading to EOF, like
-	// `cat` behind an exec whose stdin ended.
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
+	overTransports(t, func(t *testing.T, e *env) {
+		// The agent's handler hijacks and answers after reading to EOF, like
+		// `cat` behind an exec whose stdin ended.
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			in, _ := io.ReadAll(brw)
+			_, _ = conn.Write(append([]byte("got:"), in...))
+			_ = conn.(interface{ CloseWrite() error }).CloseWrite()
+		})
+		e.startAgent("c1", "a1", "fp", h)
+		c, err := e.srv.DialCluster(context.Background(), "c1")
 		if err != nil {
-			t.Error(err)
-			return
+			t.Fatal(err)
 		}
-		defer conn.Close()
-		in, _ := io.ReadAll(brw)
-		_, _ = conn.Write(append([]byte("got:"), in...))
-		_ = conn.(interface{ CloseWrite() error }).CloseWrite()
+		defer c.Close()
+		_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\nhello")
+		if err := c.(*Stream).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		out, err := io.ReadAll(c)
+		if err != nil || string(out) != "got:hello" {
+			t.Fatalf("half-close: %q %v", out, err)
+		}
 	})
-	e.startAgent("c1", "a1", "fp", h)
-	c, err := e.srv.DialCluster(context.Background(), "c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\nhello")
-	if err := c.(*Stream).CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	out, err := io.ReadAll(c)
-	if err != nil || string(out) != "got:hello" {
-		t.Fatalf("half-close: %q %v", out, err)
-	}
 }
 
 // A stream whose reader does not read stalls only itself.
 func TestSlowReaderStallsOnlyItsStream(t *testing.T) {
-	e := newEnv(t)
-	big := bytes.Repeat([]byte("x"), 8<<20)
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/big" {
-			_, _ = w.Write(big)
-			return
-		}
-		_, _ = io.WriteString(w, "small")
-	})
-	e.startAgent("c1", "a1", "fp", h)
-	stalled, err := e.client("c1").Get("http://c1/big")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stalled.Body.Close() // never read: its window fills and stays full
-	for i := 0; i < 50; i++ {
-		c := e.client("c1")
-		resp, err := c.Get("http://c1/small")
+	overTransports(t, func(t *testing.T, e *env) {
+		big := bytes.Repeat([]byte("x"), 8<<20)
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/big" {
+				_, _ = w.Write(big)
+				return
+			}
+			_, _ = io.WriteString(w, "small")
+		})
+		e.startAgent("c1", "a1", "fp", h)
+		stalled, err := e.client("c1").Get("http://c1/big")
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if string(b) != "small" {
-			t.Fatalf("got %q", b)
+		defer stalled.Body.Close() // never read: its window fills and stays full
+		for i := 0; i < 50; i++ {
+			c := e.client("c1")
+			resp, err := c.Get("http://c1/small")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != "small" {
+				t.Fatalf("got %q", b)
+			}
 		}
-	}
+	})
 }
 
 // Opening and closing 10,000 streams leaves goroutine count and session
 // stream count where they started.
 func TestTenThousandStreamsNoLeak(t *testing.T) {
-	e := newEnv(t)
-	e.startAgent("c1", "a1", "fp", echoAgent("a1"))
-	c := e.client("c1")
-	warm := func() {
-		resp, err := c.Post("http://c1/", "", strings.NewReader("x"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		c.Transport.(*http.Transport).CloseIdleConnections()
-	}
-	warm()
-	time.Sleep(100 * time.Millisecond)
-	before := runtime.NumGoroutine()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 32)
-	for i := 0; i < 10000; i++ {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			s, err := e.srv.DialCluster(context.Background(), "c1")
+	overTransports(t, func(t *testing.T, e *env) {
+		e.startAgent("c1", "a1", "fp", echoAgent("a1"))
+		c := e.client("c1")
+		warm := func() {
+			resp, err := c.Post("http://c1/", "", strings.NewReader("x"))
 			if err != nil {
-				t.Error(err)
-				return
+				t.Fatal(err)
 			}
-			_, _ = io.WriteString(s, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
-			_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
-			b, _ := io.ReadAll(s)
-			if !bytes.HasSuffix(b, []byte("\r\n\r\nx")) {
-				t.Errorf("reply %q", b)
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			c.Transport.(*http.Transport).CloseIdleConnections()
+		}
+		warm()
+		time.Sleep(100 * time.Millisecond)
+		before := runtime.NumGoroutine()
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 32)
+		for i := 0; i < 10000; i++ {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				s, err := e.srv.DialCluster(context.Background(), "c1")
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, _ = io.WriteString(s, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+				_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
+				b, _ := io.ReadAll(s)
+				if !bytes.HasSuffix(b, []byte("\r\n\r\nx")) {
+					t.Errorf("reply %q", b)
+				}
+				s.Close()
+			}()
+		}
+		wg.Wait()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			g := runtime.NumGoroutine()
+			streams := e.srv.Agents("c1")[0].Streams
+			if g <= before+2 && streams == 0 {
+				t.Logf("goroutines before %d after %d, open streams %d", before, g, streams)
+				break
 			}
-			s.Close()
-		}()
-	}
-	wg.Wait()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		g := runtime.NumGoroutine()
-		streams := e.srv.Agents("c1")[0].Streams
-		if g <= before+2 && streams == 0 {
-			t.Logf("goroutines before %d after %d, open streams %d", before, g, streams)
-			break
+			if time.Now().After(deadline) {
+				t.Fatalf("leak: goroutines before %d after %d, open streams %d", before, g, streams)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("leak: goroutines before %d after %d, open streams %d", before, g, streams)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	})
 }
 
 func TestBackoff(t *testing.T) {
@@ -497,84 +630,85 @@ func TestAttributesBounds(t *testing.T) {
 // An agent told to stop finishes what it carries: requests in flight
 // complete, no new stream goes to it, then it leaves.
 func TestGracefulDrain(t *testing.T) {
-	e := newEnv(t)
-	release := make(chan struct{})
-	slow := func(name string) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("X-Agent", name)
-			if r.URL.Path == "/slow" {
-				<-release
+	overTransports(t, func(t *testing.T, e *env) {
+		release := make(chan struct{})
+		slow := func(name string) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("X-Agent", name)
+				if r.URL.Path == "/slow" {
+					<-release
+				}
+				_, _ = io.WriteString(w, "done")
+			})
+		}
+		stopA := e.startAgent("c1", "a", "fp", slow("a"))
+		e.startAgent("c1", "b", "fp", slow("b"))
+		const n = 8
+		type result struct {
+			agent, body string
+			err         error
+		}
+		results := make(chan result, n)
+		for i := 0; i < n; i++ {
+			go func() {
+				c := e.client("c1") // a connection of its own: spread over a and b
+				resp, err := c.Get("http://c1/slow")
+				if err != nil {
+					results <- result{err: err}
+					return
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				results <- result{resp.Header.Get("X-Agent"), string(b), err}
+			}()
+		}
+		waitStreams := func(want int64) {
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				var total int64
+				for _, a := range e.srv.Agents("c1") {
+					total += a.Streams
+				}
+				if total >= want {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("only %d streams open", total)
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
-			_, _ = io.WriteString(w, "done")
-		})
-	}
-	stopA := e.startAgent("c1", "a", "fp", slow("a"))
-	e.startAgent("c1", "b", "fp", slow("b"))
-	const n = 8
-	type result struct {
-		agent, body string
-		err         error
-	}
-	results := make(chan result, n)
-	for i := 0; i < n; i++ {
-		go func() {
-			c := e.client("c1") // a connection of its own: spread over a and b
-			resp, err := c.Get("http://c1/slow")
+		}
+		waitStreams(n)
+		stopped := make(chan struct{})
+		go func() { stopA(); close(stopped) }() // cancel a's context: it drains
+		time.Sleep(100 * time.Millisecond)
+		// While a drains, new requests go to b.
+		for i := 0; i < 5; i++ {
+			c := e.client("c1")
+			resp, err := c.Get("http://c1/fast")
 			if err != nil {
-				results <- result{err: err}
-				return
+				t.Fatalf("request during the drain: %v", err)
 			}
-			b, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			results <- result{resp.Header.Get("X-Agent"), string(b), err}
-		}()
-	}
-	waitStreams := func(want int64) {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			var total int64
-			for _, a := range e.srv.Agents("c1") {
-				total += a.Streams
+			if got := resp.Header.Get("X-Agent"); got != "b" {
+				t.Fatalf("a draining agent got a new request")
 			}
-			if total >= want {
-				return
+		}
+		close(release)
+		seen := map[string]int{}
+		for i := 0; i < n; i++ {
+			r := <-results
+			if r.err != nil || r.body != "done" {
+				t.Fatalf("in-flight request cut by the drain: %q %v", r.body, r.err)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("only %d streams open", total)
-			}
-			time.Sleep(5 * time.Millisecond)
+			seen[r.agent]++
 		}
-	}
-	waitStreams(n)
-	stopped := make(chan struct{})
-	go func() { stopA(); close(stopped) }() // cancel a's context: it drains
-	time.Sleep(100 * time.Millisecond)
-	// While a drains, new requests go to b.
-	for i := 0; i < 5; i++ {
-		c := e.client("c1")
-		resp, err := c.Get("http://c1/fast")
-		if err != nil {
-			t.Fatalf("request during the drain: %v", err)
+		<-stopped
+		if seen["a"] == 0 {
+			t.Fatalf("no request was in flight on the draining agent: %v", seen)
 		}
-		resp.Body.Close()
-		if got := resp.Header.Get("X-Agent"); got != "b" {
-			t.Fatalf("a draining agent got a new request")
-		}
-	}
-	close(release)
-	seen := map[string]int{}
-	for i := 0; i < n; i++ {
-		r := <-results
-		if r.err != nil || r.body != "done" {
-			t.Fatalf("in-flight request cut by the drain: %q %v", r.body, r.err)
-		}
-		seen[r.agent]++
-	}
-	<-stopped
-	if seen["a"] == 0 {
-		t.Fatalf("no request was in flight on the draining agent: %v", seen)
-	}
-	e.waitAgents("c1", func(n int) bool { return n == 1 })
+		e.waitAgents("c1", func(n int) bool { return n == 1 })
+	})
 }
 
 // joinSecrets is an in-memory AgentAuthenticator and SessionChecker for
@@ -644,7 +778,7 @@ func TestJoinSecretLifecycle(t *testing.T) {
 	defer func() { srv.Close(); ts.Close() }()
 	pool := x509.NewCertPool()
 	pool.AddCert(ts.Certificate())
-	e := &env{t: t, srv: srv, ts: ts, pool: pool}
+	e := &env{t: t, srv: srv, ts: ts, pool: pool, url: ts.URL}
 
 	var mu sync.Mutex
 	secret := "khj_first"
