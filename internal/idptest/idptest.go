@@ -88,6 +88,9 @@ type Options struct {
 	// any is given, Dex accepts only the listed ones; for a public client
 	// /device/callback is then added, so the device flow keeps working.
 	RedirectURIs []string
+	// IDTokenExpiry is the lifetime of the ID tokens Dex issues (Dex's
+	// expiry.idTokens); default Dex's own (24h).
+	IDTokenExpiry time.Duration
 }
 
 // Dex is a running Dex. Fields are read-only.
@@ -252,6 +255,9 @@ func dexConfig(issuer, addr, certFile, keyFile string, o Options, hashes []strin
 		"enablePasswordDB": true,
 		"staticPasswords":  users,
 		"staticClients":    []obj{client},
+	}
+	if o.IDTokenExpiry > 0 {
+		cfg["expiry"] = obj{"idTokens": o.IDTokenExpiry.String()}
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
