@@ -34,6 +34,10 @@ type KubeconfigParams struct {
 	User      string                   // name of the kubeconfig user entry
 	Token     string                   // a static token, or
 	Exec      *clientcmdapi.ExecConfig // a credential plugin (see Kubelogin)
+	// ClusterExec overrides Exec for some clusters: their contexts get a
+	// user of their own ("keyhole-<User>-<cluster>") with this plugin, e.g.
+	// a login that asks for a token bound to that cluster.
+	ClusterExec map[string]*clientcmdapi.ExecConfig
 }
 
 // KubeloginParams describe an OIDC login through kubelogin
@@ -85,7 +89,12 @@ func Kubeconfig(p KubeconfigParams) ([]byte, error) {
 	cfg.AuthInfos[userKey] = &clientcmdapi.AuthInfo{Token: p.Token, Exec: p.Exec}
 	for _, id := range ids {
 		cfg.Clusters[id] = &clientcmdapi.Cluster{Server: p.PublicURL + "/clusters/" + id, CertificateAuthorityData: p.CAPEM}
-		cfg.Contexts[id] = &clientcmdapi.Context{Cluster: id, AuthInfo: userKey, Namespace: "default"}
+		user := userKey
+		if e, ok := p.ClusterExec[id]; ok {
+			user = userKey + "-" + id
+			cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Exec: e}
+		}
+		cfg.Contexts[id] = &clientcmdapi.Context{Cluster: id, AuthInfo: user, Namespace: "default"}
 	}
 	cfg.CurrentContext = ids[0]
 	return clientcmd.Write(*cfg)

@@ -51,9 +51,10 @@ func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterRegistry, a
 			return
 		}
 		out := []ClusterStatus{}
+		bound, isBound := boundCluster(clusters, token)
 		for _, c := range clusters.Clusters() {
-			if !pol.Allowed(user, c.ID, c.Labels) {
-				continue // callers see only the clusters they may reach
+			if !pol.Allowed(user, c.ID, c.Labels) || (isBound && c.ID != bound.ID) {
+				continue // callers see only the clusters they may reach (with a bound token: that one)
 			}
 			list := []AgentStatus{}
 			for _, a := range agents.Agents(c.ID) {

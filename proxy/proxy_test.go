@@ -62,6 +62,34 @@ func (r registry) Clusters() []Cluster {
 	return out
 }
 
+func (r registry) ByCallerAudience(string) (Cluster, bool) { return Cluster{}, false }
+
+// audRegistry is a set of registered clusters with their caller audiences
+// ("" for a cluster whose agents do not verify callers).
+type audRegistry map[string]string
+
+func (r audRegistry) Cluster(id string) (Cluster, bool) {
+	aud, ok := r[id]
+	return Cluster{ID: id, CallerAudience: aud}, ok
+}
+
+func (r audRegistry) Clusters() []Cluster {
+	var out []Cluster
+	for id, aud := range r {
+		out = append(out, Cluster{ID: id, CallerAudience: aud})
+	}
+	return out
+}
+
+func (r audRegistry) ByCallerAudience(aud string) (Cluster, bool) {
+	for id, a := range r {
+		if a != "" && a == aud {
+			return Cluster{ID: id, CallerAudience: a}, true
+		}
+	}
+	return Cluster{}, false
+}
+
 type agentAuth struct{}
 
 func (agentAuth) AuthenticateAgent(cluster, secret string) error {
@@ -168,9 +196,10 @@ type chain struct {
 
 // chainOpts change newChain's defaults.
 type chainOpts struct {
-	auth     Authenticator // the stub's (default: the tokens below)
-	verifier *authn.JWT    // the agent checks callers itself
-	pol      Policy        // default: group dev everywhere
+	auth     Authenticator   // the stub's (default: the tokens below)
+	verifier *authn.JWT      // the agent checks callers itself
+	clusters ClusterRegistry // default: c1 and lonely, no caller audiences
+	pol      Policy          // default: group dev everywhere
 	metrics  bool
 	// recheck and keepPastExpiry are StubConfig's RecheckInterval and
 	// KeepStreamsPastExpiry.
@@ -208,9 +237,13 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	if o.pol != nil {
 		pol = o.pol
 	}
-	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true}, Audit: audit.NewWriterSink(auditBuf),
+	var clusters ClusterRegistry = registry{"c1": true, "lonely": true}
+	if o.clusters != nil {
+		clusters = o.clusters
+	}
+	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: clusters, Audit: audit.NewWriterSink(auditBuf),
 		Auth:   auth,
-		Policy: pol, Metrics: metrics, Logger: log, WantsCallerToken: AgentsVerifyCallers(tsrv),
+		Policy: pol, Metrics: metrics, Logger: log,
 		RecheckInterval: o.recheck, KeepStreamsPastExpiry: o.keepPastExpiry})
 	if err != nil {
 		t.Fatal(err)
@@ -641,8 +674,11 @@ func TestAuditRecords(t *testing.T) {
 	}
 }
 
-// A stub that states an identity the caller's token does not carry is
-// refused by an agent that verifies callers itself.
+// An agent that verifies callers: the stub hands it a caller's token only
+// when the operator registered the cluster with a caller audience and the
+// token was issued for that audience; a token bound to one cluster is
+// refused for the others; a stub that states an identity the token does
+// not carry is refused by the agent.
 func TestAgentVerifiesCallers(t *testing.T) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -652,32 +688,44 @@ func TestAgentVerifiesCallers(t *testing.T) {
 	idp := httptest.NewTLSServer(is)
 	defer idp.Close()
 	is.SetIssuer(idp.URL)
-	claims, _ := json.Marshal(map[string]any{"iss": idp.URL, "aud": "keyhole", "exp": time.Now().Add(time.Hour).Unix(),
-		"email": "alice@example.com", "groups": []string{"dev"}})
-	jwt := oidctest.SignIDToken(key, "k1", oidc.RS256, string(claims))
+	token := func(aud ...string) string {
+		claims, _ := json.Marshal(map[string]any{"iss": idp.URL, "aud": aud, "exp": time.Now().Add(time.Hour).Unix(),
+			"email": "alice@example.com", "groups": []string{"dev"}})
+		return oidctest.SignIDToken(key, "k1", oidc.RS256, string(claims))
+	}
+	forC1, forC2, general := token("keyhole-c1"), token("keyhole-c2"), token("keyhole")
 	verifier, err := authn.NewJWT([]authn.JWTAuthenticatorConfig{{
-		Issuer:        authn.Issuer{URL: idp.URL, Audiences: []string{"keyhole"}, CertificateAuthority: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: idp.Certificate().Raw}))},
+		Issuer:        authn.Issuer{URL: idp.URL, Audiences: []string{"keyhole-c1"}, CertificateAuthority: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: idp.Certificate().Raw}))},
 		ClaimMappings: authn.ClaimMappings{Username: authn.PrefixedClaim{Claim: "email"}, Groups: &authn.PrefixedClaim{Claim: "groups", Prefix: "oidc:"}},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	alice := authn.User{Name: "alice@example.com", Groups: []string{"oidc:dev"}}
+	verifying := audRegistry{"c1": "keyhole-c1", "c2": "keyhole-c2"}
 	cases := []struct {
-		name    string
-		stubSay tokens // what the stub claims for each token
-		token   string
-		code    int
-		msg     string
+		name     string
+		clusters ClusterRegistry
+		stubSay  tokens // what the stub claims for each token
+		token    string
+		code     int
+		msg      string
 	}{
-		{"honest stub", tokens{jwt: {Name: "alice@example.com", Groups: []string{"oidc:dev"}}}, jwt, 200, ""},
-		{"stub lies about the user", tokens{jwt: {Name: "root@example.com", Groups: []string{"oidc:dev"}}}, jwt, 403, `the token says "alice@example.com"`},
-		{"stub adds a group", tokens{jwt: {Name: "alice@example.com", Groups: []string{"oidc:dev", "admins"}}}, jwt, 403, "the gateway stated"},
-		{"static token", tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, "alice-token", 403, "accepts only OIDC tokens"},
+		{"honest stub", verifying, tokens{forC1: alice}, forC1, 200, ""},
+		{"stub lies about the user", verifying, tokens{forC1: {Name: "root@example.com", Groups: []string{"oidc:dev"}}}, forC1, 403, `the token says "alice@example.com"`},
+		{"stub adds a group", verifying, tokens{forC1: {Name: "alice@example.com", Groups: []string{"oidc:dev", "admins"}}}, forC1, 403, "the gateway stated"},
+		{"static token", verifying, tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, "alice-token", 401, `accepts only an ID token issued for it (audience "keyhole-c1")`},
+		{"token for every cluster", verifying, tokens{general: alice}, general, 401, "verifies callers itself"},
+		{"token bound to another cluster", verifying, tokens{forC2: alice}, forC2, 403, `bound to cluster "c2"`},
+		// The agent announces that it verifies callers, but the operator
+		// did not register the cluster so: no token reaches it, and it
+		// refuses the request for want of one.
+		{"agent asks, operator did not", registry{"c1": true}, tokens{general: alice}, general, 403, "accepts only OIDC tokens"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			api := newFakeAPI(t)
-			c := newChainWith(t, restFor(api.Server), api, chainOpts{auth: tc.stubSay, verifier: verifier, pol: policy.Open()})
+			c := newChainWith(t, restFor(api.Server), api, chainOpts{auth: tc.stubSay, verifier: verifier, pol: policy.Open(), clusters: tc.clusters})
 			resp, body := c.do(t, "GET", "/clusters/c1/api/v1/pods", tc.token, nil)
 			if resp.StatusCode != tc.code {
 				t.Fatalf("got %d %s", resp.StatusCode, body)
@@ -695,6 +743,16 @@ func TestAgentVerifiesCallers(t *testing.T) {
 				t.Fatalf("API server saw user %q, caller token %q", r.Header.Get("Impersonate-User"), r.Header.Get(HeaderCallerToken))
 			}
 		})
+	}
+	// A bound token lists only its cluster.
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", ClustersPath, nil)
+	req.Header.Set("Authorization", "Bearer "+forC2)
+	p, _ := NewProber(ProberConfig{Target: agentTarget{}})
+	ClustersHandler(tokens{forC2: alice}, policy.Open(), verifying, agentList{}, p).ServeHTTP(rec, req)
+	var list []ClusterStatus
+	if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil || len(list) != 1 || list[0].ID != "c2" {
+		t.Fatalf("clusters listed for a token bound to c2: %s %v", rec.Body, err)
 	}
 }
 
@@ -858,20 +916,4 @@ func (l agentList) Agents(cluster string) []tunnel.AgentInfo {
 		}
 	}
 	return out
-}
-
-// Callers' tokens go only to clusters with an agent that stated the
-// attribute, with the value this package sets.
-func TestAgentsVerifyCallers(t *testing.T) {
-	wants := AgentsVerifyCallers(agentList{
-		{Cluster: "plain", ID: "a"},
-		{Cluster: "mixed", ID: "a"},
-		{Cluster: "mixed", ID: "b", Attributes: map[string]string{AttrVerifiesCallers: "jwt"}},
-		{Cluster: "other-kind", ID: "a", Attributes: map[string]string{AttrVerifiesCallers: "saml"}},
-	})
-	for cluster, want := range map[string]bool{"plain": false, "mixed": true, "other-kind": false, "absent": false} {
-		if got := wants(cluster); got != want {
-			t.Errorf("cluster %s: %v, want %v", cluster, got, want)
-		}
-	}
 }

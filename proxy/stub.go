@@ -35,13 +35,20 @@ type Cluster struct {
 	ID string
 	// Labels are the cluster's labels, which policy rules may match.
 	Labels map[string]string
+	// CallerAudience, when set, says that the stub operator registered the
+	// cluster's agents as verifying callers themselves: a caller's ID token
+	// is handed to them only when its audience includes this value, and a
+	// token with it is accepted for this cluster only (callers.go).
+	CallerAudience string
 }
 
-// ClusterRegistry tells whether a cluster ID is registered, and lists the
-// registered clusters (stub.State's Registry).
+// ClusterRegistry tells whether a cluster ID is registered, lists the
+// registered clusters, and finds the cluster a caller audience binds a
+// token to (stub.State's Registry).
 type ClusterRegistry interface {
 	Cluster(id string) (Cluster, bool)
 	Clusters() []Cluster
+	ByCallerAudience(aud string) (Cluster, bool)
 }
 
 // Authenticator maps a bearer token to a user (*authn.Chain). Its error
@@ -76,26 +83,6 @@ type StubConfig struct {
 	// still end it). Default false: it ends at the credential's expiry.
 	KeepStreamsPastExpiry bool
 	Logger                *zap.Logger
-	// WantsCallerToken, if set, is asked on every request whether the
-	// caller's OIDC token goes to the agents of cluster (HeaderCallerToken)
-	// because they verify callers themselves. Nil: a caller's token never
-	// leaves the stub. AgentsVerifyCallers answers from the agents'
-	// handshake attributes.
-	WantsCallerToken func(cluster string) bool
-}
-
-// AgentsVerifyCallers returns a StubConfig.WantsCallerToken that says yes
-// for a cluster while one of its connected agents stated AttrVerifiesCallers
-// (see AgentHop.Attributes).
-func AgentsVerifyCallers(agents AgentLister) func(cluster string) bool {
-	return func(cluster string) bool {
-		for _, a := range agents.Agents(cluster) {
-			if a.Attributes[AttrVerifiesCallers] == verifiesCallersJWT {
-				return true
-			}
-		}
-		return false
-	}
 }
 
 // Stub is the http.Handler for /clusters/{id}/….
@@ -241,6 +228,12 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	metricCluster = cluster
+	forwardToken, st := callerToken(s.cfg.Clusters, token, entry)
+	if st != nil {
+		log.Info("request refused: caller token and cluster do not match", zap.String("reason", st.ErrStatus.Message))
+		refuse(st)
+		return
+	}
 	if !s.cfg.Policy.Allowed(user, cluster, entry.Labels) {
 		log.Info("request refused by policy", zap.Strings("groups", user.Groups))
 		refuse(kubestatus.Forbidden(fmt.Sprintf("user %q may not reach cluster %q through this gateway (policy)", user.Name, cluster)))
@@ -285,8 +278,8 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, g := range user.Groups {
 		h.Add(HeaderGroup, g)
 	}
-	if s.cfg.WantsCallerToken != nil && authn.LooksLikeJWT(token) && s.cfg.WantsCallerToken(cluster) {
-		h.Set(HeaderCallerToken, token) // that cluster's agents check the caller themselves
+	if forwardToken {
+		h.Set(HeaderCallerToken, token) // that cluster's agents check the caller themselves (callers.go)
 	}
 	if asUser != "" { // the agent decides, with the cluster's RBAC
 		h.Set(HeaderAsUser, asUser)

@@ -177,7 +177,7 @@ func (s *Server) start(ctx context.Context, r *running) error {
 		return err
 	}
 	r.proxy, err = proxy.NewStub(proxy.StubConfig{Dialer: r.tunnel, Clusters: s.state.Registry(), Auth: s.access, Policy: s.access,
-		WantsCallerToken: proxy.AgentsVerifyCallers(r.tunnel), Audit: r.sink, Metrics: metrics, Logger: log.Named("proxy"),
+		Audit: r.sink, Metrics: metrics, Logger: log.Named("proxy"),
 		RecheckInterval:       cfg.Streams.RecheckInterval.Duration,
 		KeepStreamsPastExpiry: cfg.Streams.CredentialExpiry == config.CredentialExpiryKeep})
 	if err != nil {

@@ -43,6 +43,12 @@ type Cluster struct {
 	PreviousSecretSHA256 string            `json:"previousSecretSHA256,omitempty"`
 	Labels               map[string]string `json:"labels,omitempty"`
 	Registered           time.Time         `json:"registered"`
+	// CallerAudience, when set, says that the cluster's agents verify
+	// callers themselves (stub register --caller-audience): the stub hands
+	// them a caller's ID token only when its audience includes this value,
+	// and accepts a token with this audience for this cluster only. Unique
+	// among clusters.
+	CallerAudience string `json:"callerAudience,omitempty"`
 }
 
 // Token is one static bearer token as the state keeps it: the SHA-256 of
@@ -62,6 +68,8 @@ var (
 	ErrClusterExists = errors.New("cluster is already registered")
 	// ErrClusterNotFound: Rotate or Unregister of an unknown ID.
 	ErrClusterNotFound = errors.New("cluster is not registered")
+	// ErrAudienceInUse: a caller audience another cluster has already.
+	ErrAudienceInUse = errors.New("caller audience is another cluster's")
 	// ErrInvalidClusterID: an ID that is not a DNS label.
 	ErrInvalidClusterID = errors.New("cluster ID must be a DNS label: lower-case letters, digits and '-', at most 63")
 	// errUnchanged ends an edit that has nothing to write.
@@ -259,6 +267,9 @@ type RegisterOptions struct {
 	Labels map[string]string
 	// Expires, when set, is the join secret's end.
 	Expires *time.Time
+	// CallerAudience, when set, makes the cluster's agents verify callers
+	// (Cluster.CallerAudience). ErrAudienceInUse if another cluster has it.
+	CallerAudience string
 }
 
 // Register adds cluster id and returns its join secret (256 bits), which is
@@ -272,8 +283,11 @@ func (s *State) Register(ctx context.Context, id string, o RegisterOptions) (str
 		if slices.ContainsFunc(doc.Clusters, func(c Cluster) bool { return c.ID == id }) {
 			return fmt.Errorf("%q: %w", id, ErrClusterExists)
 		}
+		if i := slices.IndexFunc(doc.Clusters, func(c Cluster) bool { return o.CallerAudience != "" && c.CallerAudience == o.CallerAudience }); i >= 0 {
+			return fmt.Errorf("%q (cluster %q): %w", o.CallerAudience, doc.Clusters[i].ID, ErrAudienceInUse)
+		}
 		doc.Clusters = append(doc.Clusters, Cluster{ID: id, SecretSHA256: sum, SecretExpires: o.Expires, Labels: o.Labels,
-			Registered: s.now().UTC().Truncate(time.Second)})
+			Registered: s.now().UTC().Truncate(time.Second), CallerAudience: o.CallerAudience})
 		return nil
 	})
 	if err != nil {
@@ -468,18 +482,33 @@ func (s *State) Registry() proxy.ClusterRegistry { return registry{s} }
 
 type registry struct{ s *State }
 
+func (c Cluster) forProxy() proxy.Cluster {
+	return proxy.Cluster{ID: c.ID, Labels: c.Labels, CallerAudience: c.CallerAudience}
+}
+
 func (r registry) Cluster(id string) (proxy.Cluster, bool) {
 	c, ok := r.s.Cluster(id)
-	return proxy.Cluster{ID: c.ID, Labels: c.Labels}, ok
+	return c.forProxy(), ok
 }
 
 func (r registry) Clusters() []proxy.Cluster {
 	list := r.s.Clusters()
 	out := make([]proxy.Cluster, len(list))
 	for i, c := range list {
-		out[i] = proxy.Cluster{ID: c.ID, Labels: c.Labels}
+		out[i] = c.forProxy()
 	}
 	return out
+}
+
+// ByCallerAudience finds the cluster whose caller audience is aud (a scan:
+// only JWT callers ask, once per audience of their token).
+func (r registry) ByCallerAudience(aud string) (proxy.Cluster, bool) {
+	for _, c := range r.s.clusters.Get() {
+		if c.CallerAudience != "" && c.CallerAudience == aud {
+			return c.forProxy(), true
+		}
+	}
+	return proxy.Cluster{}, false
 }
 
 func parseClusters(data []byte) (map[string]Cluster, error) {
@@ -488,6 +517,7 @@ func parseClusters(data []byte) (map[string]Cluster, error) {
 		return nil, err
 	}
 	out := make(map[string]Cluster, len(doc.Clusters))
+	auds := map[string]string{} // caller audience → cluster
 	for i, c := range doc.Clusters {
 		if !tunnel.ValidClusterID(c.ID) {
 			return nil, fmt.Errorf("clusters[%d].id %q: must be a DNS label", i, c.ID)
@@ -500,6 +530,12 @@ func parseClusters(data []byte) (map[string]Cluster, error) {
 		}
 		if _, dup := out[c.ID]; dup {
 			return nil, fmt.Errorf("clusters[%d].id %q: registered twice", i, c.ID)
+		}
+		if c.CallerAudience != "" {
+			if other, dup := auds[c.CallerAudience]; dup {
+				return nil, fmt.Errorf("clusters[%d].callerAudience %q: also cluster %q's; a token bound to one would be accepted for both", i, c.CallerAudience, other)
+			}
+			auds[c.CallerAudience] = c.ID
 		}
 		out[c.ID] = c
 	}

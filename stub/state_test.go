@@ -288,3 +288,38 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A caller audience belongs to one cluster: a second registration with it
+// is refused, and a state file that gives two clusters one is refused too.
+func TestStateCallerAudience(t *testing.T) {
+	st := openDir(t)
+	ctx := context.Background()
+	if _, err := st.Register(ctx, "acc", RegisterOptions{CallerAudience: "keyhole-acc"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Register(ctx, "other", RegisterOptions{CallerAudience: "keyhole-acc"}); !errors.Is(err, ErrAudienceInUse) || !strings.Contains(err.Error(), `"acc"`) {
+		t.Fatalf("a second cluster with the same audience: %v", err)
+	}
+	if _, err := st.Register(ctx, "plain", RegisterOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	reg := st.Registry()
+	if c, ok := reg.ByCallerAudience("keyhole-acc"); !ok || c.ID != "acc" || c.CallerAudience != "keyhole-acc" {
+		t.Fatalf("ByCallerAudience: %+v %v", c, ok)
+	}
+	if _, ok := reg.ByCallerAudience(""); ok {
+		t.Fatal("the empty audience names a cluster")
+	}
+	if c, _ := reg.Cluster("plain"); c.CallerAudience != "" {
+		t.Fatalf("plain cluster: %+v", c)
+	}
+	h := strings.Repeat("a", 64)
+	dir := t.TempDir()
+	body := "apiVersion: keyhole.dev/v1alpha1\nkind: Clusters\nclusters:\n- {id: a, secretSHA256: " + h + ", callerAudience: x}\n- {id: b, secretSHA256: " + h + ", callerAudience: x}\n"
+	if err := os.WriteFile(filepath.Join(dir, clustersFile), []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenState(StateConfig{Dir: dir}); err == nil || !strings.Contains(err.Error(), `clusters[1].callerAudience "x": also cluster "a"'s`) {
+		t.Fatalf("two clusters with one audience in the file: %v", err)
+	}
+}

@@ -44,6 +44,7 @@ func register(args []string, stdout, stderr io.Writer) error {
 	disconnect := fs.Bool("disconnect", false, "with --rotate: also close the sessions the old secret opened (a leaked secret)")
 	expires := fs.Duration("expires", 0, "the join secret's lifetime, e.g. 2160h; afterwards agents must get a new one (default: no expiry)")
 	secretOut := fs.String("secret-out", "", "also write the join secret to this file (mode 0600), for agents run outside a cluster")
+	audience := fs.String("caller-audience", "", "the cluster's agents verify callers themselves: hand them only ID tokens issued for this audience (e.g. an IdP client ID of its own), which are then accepted for this cluster only")
 	var labels stringList
 	fs.Var(&labels, "label", "cluster label key=value (repeatable)")
 	pos, err := parseInterspersed(fs, args)
@@ -68,7 +69,10 @@ func register(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	secret, err := registerOrRotate(st, pos[0], *rotate, *disconnect, lm, parseExpiry(*expires))
+	if *audience != "" && *rotate {
+		return errors.New("--caller-audience is set at registration; unregister and register the cluster again to change it")
+	}
+	secret, err := registerOrRotate(st, pos[0], *rotate, *disconnect, stub.RegisterOptions{Labels: lm, Expires: parseExpiry(*expires), CallerAudience: *audience})
 	if err != nil {
 		return err
 	}
@@ -88,20 +92,23 @@ func register(args []string, stdout, stderr io.Writer) error {
 
 // registerOrRotate does register's change of the state and words its
 // refusals for the command line.
-func registerOrRotate(st *stub.State, id string, rotate, disconnect bool, labels map[string]string, expires *time.Time) (string, error) {
+func registerOrRotate(st *stub.State, id string, rotate, disconnect bool, o stub.RegisterOptions) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
 	defer cancel()
 	if !rotate {
-		secret, err := st.Register(ctx, id, stub.RegisterOptions{Labels: labels, Expires: expires})
-		if errors.Is(err, stub.ErrClusterExists) {
+		secret, err := st.Register(ctx, id, o)
+		switch {
+		case errors.Is(err, stub.ErrClusterExists):
 			return "", fmt.Errorf("cluster %q is already registered (use --rotate to issue a new join secret)", id)
+		case errors.Is(err, stub.ErrAudienceInUse):
+			return "", fmt.Errorf("--caller-audience: %w; give each verifying cluster an audience of its own", err)
 		}
 		return secret, err
 	}
-	if labels != nil {
+	if o.Labels != nil {
 		return "", errors.New("--label cannot change the labels of a registered cluster with --rotate; unregister and register it again")
 	}
-	secret, err := st.Rotate(ctx, id, stub.RotateOptions{Disconnect: disconnect, Expires: expires})
+	secret, err := st.Rotate(ctx, id, stub.RotateOptions{Disconnect: disconnect, Expires: o.Expires})
 	if errors.Is(err, stub.ErrClusterNotFound) {
 		return "", fmt.Errorf("cluster %q is not registered: register it without --rotate", id)
 	}

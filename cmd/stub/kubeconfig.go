@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
+
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/config"
@@ -18,6 +21,7 @@ import (
 // kubeconfigFlags are the choices of `stub kubeconfig`.
 type kubeconfigFlags struct {
 	cfgPath, user, issuer *string
+	audienceScope         *string
 	oidc                  *bool
 	expires               *time.Duration
 	loginArgs, groups     stringList
@@ -27,9 +31,11 @@ type kubeconfigFlags struct {
 func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	fs, cfgPath := adminFlags("kubeconfig")
 	f := kubeconfigFlags{cfgPath: cfgPath,
-		user:    fs.String("user", "", "user name the clusters' RBAC will see (required for a static token)"),
-		oidc:    fs.Bool("oidc", false, "log in through an OIDC issuer of the config with kubelogin instead of a static token"),
-		issuer:  fs.String("issuer", "", "with --oidc: which issuer (default: the only one with a login section)"),
+		user:   fs.String("user", "", "user name the clusters' RBAC will see (required for a static token)"),
+		oidc:   fs.Bool("oidc", false, "log in through an OIDC issuer of the config with kubelogin instead of a static token"),
+		issuer: fs.String("issuer", "", "with --oidc: which issuer (default: the only one with a login section)"),
+		audienceScope: fs.String("audience-scope", "audience:server:client_id:%s",
+			"with --oidc: the scope that asks the IdP for a token whose audience is a verifying cluster's caller audience (%s); Dex's cross-client form by default"),
 		expires: fs.Duration("expires", 0, "token lifetime, e.g. 720h (default: no expiry)")}
 	fs.Var(&f.loginArgs, "login-arg", "with --oidc: extra kubelogin argument, e.g. --grant-type=device-code (repeatable)")
 	fs.Var(&f.groups, "group", "group of the user (repeatable)")
@@ -113,8 +119,24 @@ func kubeconfigUser(cfg config.Stub, st *stub.State, f kubeconfigFlags, params *
 		return "", err
 	}
 	params.User = "oidc"
-	params.Exec = install.Kubelogin(install.KubeloginParams{IssuerURL: is.Issuer.URL, ClientID: is.Login.ClientID,
-		ClientSecret: is.Login.ClientSecret, ExtraScopes: is.Login.ExtraScopes, CAPEM: ca, ExtraArgs: f.loginArgs})
+	login := install.KubeloginParams{IssuerURL: is.Issuer.URL, ClientID: is.Login.ClientID,
+		ClientSecret: is.Login.ClientSecret, ExtraScopes: is.Login.ExtraScopes, CAPEM: ca, ExtraArgs: f.loginArgs}
+	params.Exec = install.Kubelogin(login)
+	// A cluster whose agents verify callers gets a login of its own, for a
+	// token bound to it (proxy/callers.go).
+	for _, id := range params.Clusters {
+		if c, _ := st.Cluster(id); c.CallerAudience != "" {
+			if !strings.Contains(*f.audienceScope, "%s") {
+				return "", fmt.Errorf("--audience-scope %q: must contain %%s, where cluster %q's caller audience goes", *f.audienceScope, id)
+			}
+			bound := login
+			bound.ExtraScopes = append(slices.Clone(login.ExtraScopes), fmt.Sprintf(*f.audienceScope, c.CallerAudience))
+			if params.ClusterExec == nil {
+				params.ClusterExec = map[string]*clientcmdapi.ExecConfig{}
+			}
+			params.ClusterExec[id] = install.Kubelogin(bound)
+		}
+	}
 	return fmt.Sprintf("kubeconfig logging in through %s with kubelogin, contexts %s.", is.Issuer.URL, ids), nil
 }
 

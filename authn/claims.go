@@ -1,0 +1,64 @@
+package authn
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+	"time"
+)
+
+// Reading claims of a token that was verified already. CredentialExpiry
+// and TokenAudiences parse a JWT's payload without checking its signature:
+// call them only for a token an authenticator accepted.
+
+// unverifiedClaims decodes the payload of a JWT (nil if it is not one).
+func unverifiedClaims(token string) map[string]json.RawMessage {
+	if !LooksLikeJWT(token) {
+		return nil
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.Split(token, ".")[1])
+	if err != nil {
+		return nil
+	}
+	var c map[string]json.RawMessage
+	if json.Unmarshal(payload, &c) != nil {
+		return nil
+	}
+	return c
+}
+
+// CredentialExpiry is when the credential token, which authenticated as u,
+// ends: u.Expires if the authenticator set it, else a JWT's exp claim, else
+// zero (no end known).
+func CredentialExpiry(token string, u *User) time.Time {
+	if !u.Expires.IsZero() {
+		return u.Expires
+	}
+	var exp json.Number
+	if raw, ok := unverifiedClaims(token)["exp"]; !ok || json.Unmarshal(raw, &exp) != nil {
+		return time.Time{}
+	}
+	sec, err := exp.Float64()
+	if err != nil || sec <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(int64(sec), 0)
+}
+
+// TokenAudiences is a JWT's aud claim (a string or a list of strings; nil
+// for a token that is no JWT or has none).
+func TokenAudiences(token string) []string {
+	raw, ok := unverifiedClaims(token)["aud"]
+	if !ok {
+		return nil
+	}
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		return []string{one}
+	}
+	var many []string
+	if json.Unmarshal(raw, &many) == nil {
+		return many
+	}
+	return nil
+}
