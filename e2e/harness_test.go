@@ -245,13 +245,19 @@ func (g *gateway) stubCmd(args ...string) string {
 // path of the join secret file.
 func (g *gateway) register(id string, labels ...string) (manifest, secretFile string) {
 	g.t.Helper()
-	secretFile = filepath.Join(g.dir, id+".secret")
-	args := []string{"register", id, "--secret-out", secretFile, "--image", "keyhole-agent:e2e"}
+	var args []string
 	for _, l := range labels {
 		args = append(args, "--label", l)
 	}
-	manifest = g.stubCmd(args...)
-	return manifest, secretFile
+	return g.registerWith(id, args...)
+}
+
+// registerWith is register with more `stub register` arguments.
+func (g *gateway) registerWith(id string, extra ...string) (manifest, secretFile string) {
+	g.t.Helper()
+	secretFile = filepath.Join(g.dir, id+".secret")
+	args := append([]string{"register", id, "--secret-out", secretFile, "--image", "keyhole-agent:e2e"}, extra...)
+	return g.stubCmd(args...), secretFile
 }
 
 // kubeconfig mints a token for user and returns the kubeconfig path.
@@ -437,7 +443,17 @@ func readAll(resp *http.Response) string {
 // and the token file.
 func (g *gateway) install(id string, labels ...string) (secretFile, tokenFile string) {
 	g.t.Helper()
-	manifest, secretFile := g.register(id, labels...)
+	var args []string
+	for _, l := range labels {
+		args = append(args, "--label", l)
+	}
+	return g.installWith(id, args...)
+}
+
+// installWith is install with more `stub register` arguments.
+func (g *gateway) installWith(id string, args ...string) (secretFile, tokenFile string) {
+	g.t.Helper()
+	manifest, secretFile := g.registerWith(id, args...)
 	g.c.Apply(g.t, manifest)
 	tokenFile = filepath.Join(g.dir, "sa-token-"+id)
 	writeFile(g.t, tokenFile, g.c.ServiceAccountToken(g.t, "keyhole-system", "keyhole-agent"))

@@ -10,7 +10,6 @@ import (
 
 	"github.com/keyhole-dev/keyhole/internal/idptest"
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
-	"github.com/keyhole-dev/keyhole/proxy"
 )
 
 // TestOIDCLoginWithKubelogin: a person logs in through a real IdP (Dex)
@@ -27,7 +26,7 @@ func TestOIDCLoginWithKubelogin(t *testing.T) {
 	g := startGateway(t, c)
 	secret, tokenFile := g.install("oidc")
 	g.startAgent(agentOpts{cluster: "oidc", id: "o1", secretFile: secret, apiURL: c.URL, tokenFile: tokenFile, c: c})
-	admin, adminTok := g.user("admin", "cluster-admin") // a static token, to watch the stub
+	_, adminTok := g.user("admin", "cluster-admin") // a static token, to watch the stub
 	g.waitAgents(adminTok, "oidc", "o1")
 	c.Apply(t, `apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -99,34 +98,9 @@ policy:
 	if _, err := g.kubectl(wrong, env, nil, "get", "configmaps"); err == nil {
 		t.Fatal("wrong password worked")
 	}
-	// A cluster whose agent verifies callers itself, trusting the same IdP:
-	// alice's kubelogin session works; a static-token caller is refused by
-	// the agent even though the stub admits it.
-	vSecret, _ := g.install("verified")
-	verifiedAgent := g.startAgent(agentOpts{cluster: "verified", id: "v1", secretFile: vSecret, apiURL: c.URL, tokenFile: tokenFile, c: c,
-		extra: fmt.Sprintf(`callerVerification:
-  jwt:
-  - issuer: {url: %s, audiences: [keyhole], certificateAuthorityFile: %s}
-    claimMappings:
-      username: {claim: email, prefix: ""}
-      groups: {claim: groups, prefix: "oidc:"}
-`, dex.Issuer, dex.CAFile)})
-	g.waitAgents(adminTok, "verified", "v1")
-	if st := g.status(adminTok)["verified"]; st.Agents[0].Attributes[proxy.AttrVerifiesCallers] == "" {
-		t.Fatalf("agent did not announce caller verification: %+v", st)
-	}
-	aliceV := kubeconfigFor("alice@example.com", "alice-pw-1")
-	if out, err := g.kubectl(aliceV, env, nil, "--context", "verified", "get", "namespaces", "kube-system", "-o", "name"); err != nil || out != "namespace/kube-system\n" {
-		t.Fatalf("alice on the verifying cluster: %v %q", err, out)
-	}
-	admin = g.kubeconfig("admin") // a new static token, with a context for the new cluster
-	if _, err := g.kubectl(admin, nil, nil, "--context", "verified", "get", "configmaps"); err == nil ||
-		!strings.Contains(err.Error(), `cluster "verified" verifies callers itself and accepts only OIDC tokens`) {
-		t.Fatalf("static token on the verifying cluster: %v", err)
-	}
-
+	// Clusters whose agents verify callers themselves: TestCallerTokensStayWithTheirCluster.
 	g.noSecretsLogged(t, map[string]string{"alice's ID token": dex.PasswordToken(t, "alice@example.com", "alice-pw-1"),
-		"alice's password": "alice-pw-1", "bob's password": "bob-pw-2"}, verifiedAgent)
+		"alice's password": "alice-pw-1", "bob's password": "bob-pw-2"})
 
 	// A token of the same IdP, presented to a stub that does not trust it
 	// (the issuer removed from the config), is refused.

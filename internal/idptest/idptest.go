@@ -88,6 +88,11 @@ type Options struct {
 	// any is given, Dex accepts only the listed ones; for a public client
 	// /device/callback is then added, so the device flow keeps working.
 	RedirectURIs []string
+	// PeerClients are more public clients that trust ClientID as a peer
+	// (Dex's trustedPeers): ClientID may ask for an ID token whose audience
+	// is one of them with the scope "audience:server:client_id:<peer>"
+	// (Dex's cross-client trust), e.g. a token bound to one cluster.
+	PeerClients []string
 	// IDTokenExpiry is the lifetime of the ID tokens Dex issues (Dex's
 	// expiry.idTokens); default Dex's own (24h).
 	IDTokenExpiry time.Duration
@@ -211,6 +216,10 @@ func dexConfig(issuer, addr, certFile, keyFile string, o Options, hashes []strin
 		}
 		client["redirectURIs"] = uris
 	}
+	clients := []obj{client}
+	for _, p := range o.PeerClients {
+		clients = append(clients, obj{"id": p, "name": p + " (test peer)", "public": true, "trustedPeers": []string{o.ClientID}})
+	}
 	users := []obj{}
 	for i, u := range o.Users {
 		name := u.Name
@@ -254,7 +263,7 @@ func dexConfig(issuer, addr, certFile, keyFile string, o Options, hashes []strin
 		},
 		"enablePasswordDB": true,
 		"staticPasswords":  users,
-		"staticClients":    []obj{client},
+		"staticClients":    clients,
 	}
 	if o.IDTokenExpiry > 0 {
 		cfg["expiry"] = obj{"idTokens": o.IDTokenExpiry.String()}
