@@ -228,38 +228,35 @@ func (s *State) editFile(name string, fn func(cur []byte) ([]byte, error)) error
 	return statefile.WriteAtomic(s.path(name), next, 0o600)
 }
 
+// editDoc edits state file name of kind: the current contents must parse
+// (check), then fn changes the decoded document, which is encoded back.
+func editDoc[D any, P interface {
+	*D
+	header
+}](ctx context.Context, s *State, name, kind string, check func([]byte) error, fn func(doc P) error) error {
+	return s.edit(ctx, name, func(cur []byte) ([]byte, error) {
+		if err := check(cur); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		doc := P(new(D))
+		if err := decodeDoc(cur, kind, doc); err != nil {
+			return nil, err
+		}
+		if err := fn(doc); err != nil {
+			return nil, err
+		}
+		return encodeDoc(kind, doc)
+	})
+}
+
 // editClusters decodes, changes and encodes the clusters file.
 func (s *State) editClusters(ctx context.Context, fn func(doc *clustersDoc) error) error {
-	return s.edit(ctx, clustersFile, func(cur []byte) ([]byte, error) {
-		if _, err := parseClusters(cur); err != nil {
-			return nil, fmt.Errorf("%s: %w", clustersFile, err)
-		}
-		var doc clustersDoc
-		if err := decodeDoc(cur, clustersKind, &doc); err != nil {
-			return nil, err
-		}
-		if err := fn(&doc); err != nil {
-			return nil, err
-		}
-		return encodeDoc(clustersKind, &doc)
-	})
+	return editDoc(ctx, s, clustersFile, clustersKind, func(b []byte) error { _, err := parseClusters(b); return err }, fn)
 }
 
 // editTokens decodes, changes and encodes the token file.
 func (s *State) editTokens(ctx context.Context, fn func(doc *tokensDoc) error) error {
-	return s.edit(ctx, tokensFile, func(cur []byte) ([]byte, error) {
-		if _, err := parseTokens(cur); err != nil {
-			return nil, fmt.Errorf("%s: %w", tokensFile, err)
-		}
-		var doc tokensDoc
-		if err := decodeDoc(cur, tokensKind, &doc); err != nil {
-			return nil, err
-		}
-		if err := fn(&doc); err != nil {
-			return nil, err
-		}
-		return encodeDoc(tokensKind, &doc)
-	})
+	return editDoc(ctx, s, tokensFile, tokensKind, func(b []byte) error { _, err := parseTokens(b); return err }, fn)
 }
 
 // RegisterOptions are the choices of a new registration.
