@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -132,10 +131,6 @@ func (c *Agent) validate(path string) error {
 	if c.DrainTimeout.Duration <= 0 {
 		p.addf("drainTimeout: %v must be positive, e.g. 25s (below the pod's terminationGracePeriodSeconds)", c.DrainTimeout.Duration)
 	}
-	for i := range c.CallerVerification.JWT {
-		for _, err := range c.CallerVerification.JWT[i].Validate(fmt.Sprintf("callerVerification.jwt[%d]", i)) {
-			p = append(p, err)
-		}
-	}
+	p = append(p, authn.ValidateJWT("callerVerification.jwt", c.CallerVerification.JWT)...)
 	return p.err(path)
 }
