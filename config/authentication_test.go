@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -82,5 +83,34 @@ func TestAuthenticationIsKubernetes(t *testing.T) {
 	_, err := LoadAgent(write(t, agentHead+"callerVerification:\n  jwt:\n  - issuer: {url: https://idp.example.com, audiences: [keyhole]}\n    claimMappings: {username: {claim: sub}}\n"))
 	if err == nil || !strings.Contains(err.Error(), "callerVerification.jwt[0].claimMappings.username.prefix: Required value") {
 		t.Fatalf("agent: %v", err)
+	}
+}
+
+// The configs of docs/authentication.md are valid as they stand.
+func TestAuthenticationDocsExamples(t *testing.T) {
+	b, err := os.ReadFile("../docs/authentication.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocks := strings.Split(string(b), "```yaml\n")[1:]
+	n := 0
+	for _, blk := range blocks {
+		blk = blk[:strings.Index(blk, "```")]
+		var err error
+		switch {
+		case strings.HasPrefix(blk, "authentication:\n"):
+			_, err = ParseStub("docs", []byte(head+blk))
+		case strings.HasPrefix(blk, "# agent.yaml\ncallerVerification:"):
+			_, err = LoadAgent(write(t, agentHead+blk))
+		default:
+			continue
+		}
+		n++
+		if err != nil {
+			t.Errorf("%v\n%s", err, blk)
+		}
+	}
+	if n < 4 {
+		t.Fatalf("found %d authentication examples", n)
 	}
 }
