@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -212,6 +213,7 @@ func TestJWTClaimsAndRefusals(t *testing.T) {
 		want  string
 	}{
 		"expired":            {idp.token(t, with(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()})), "token is expired"},
+		"not yet valid":      {idp.token(t, with(map[string]any{"nbf": time.Now().Add(time.Hour).Unix()})), "before the nbf (not before) time"},
 		"wrong audience":     {idp.token(t, with(map[string]any{"aud": "someone-else"})), `expected audience in ["keyhole" "other"] got ["someone-else"]`},
 		"required claim":     {idp.token(t, with(map[string]any{"hd": "evil.com"})), "required claim hd value does not match"},
 		"missing username":   {idp.token(t, with(map[string]any{"email": nil})), `parse username claims "email"`},
@@ -523,7 +525,7 @@ func TestJWTFirstTokenWaitsForDiscovery(t *testing.T) {
 	// Discovery slower than the bound: a clear 401 message, then success
 	// once discovery is done.
 	slow := newIssuer(t)
-	slow.setDelay(2 * time.Second)
+	slow.setDelay(time.Second)
 	j = newJWT(t, slow.entry(emailAndGroups))
 	j.wait = 200 * time.Millisecond
 	tok = slow.token(t, map[string]any{"email": "a@x"})
@@ -622,4 +624,38 @@ func FuzzJWT(f *testing.F) {
 			t.Fatalf("accepted %q as %+v", tok, u)
 		}
 	})
+}
+
+// A JWT dropped without Close (a config reload replaces it) still ends its
+// issuers' background discovery.
+func TestJWTDroppedIsClosed(t *testing.T) {
+	down := newIssuer(t)
+	entry := down.entry(emailAndGroups)
+	tok := down.token(t, map[string]any{"email": "a@x"})
+	down.Close() // discovery fails and is retried in the background
+	pollers := func() int {
+		buf := make([]byte, 1<<22)
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "authenticator/token/oidc.New.func")
+	}
+	before := pollers()
+	func() {
+		j, err := NewJWT(parseJWT(t, entry))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := j.AuthenticateJWT(context.Background(), tok); !errors.Is(err, ErrIssuerDown) {
+			t.Fatalf("got %v", err)
+		}
+	}()
+	if pollers() <= before {
+		t.Fatal("no background discovery to watch")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for pollers() > before {
+		if time.Now().After(deadline) {
+			t.Fatal("the dropped authenticator's discovery goroutine still runs")
+		}
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
 }
