@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -43,7 +45,7 @@ type JWTAuthenticatorConfig struct {
 	// Login is what a generated kubeconfig tells kubelogin.
 	Login *Login `json:"login,omitempty"`
 	// ClaimRules is the removed Keyhole key; see ValidateJWT.
-	ClaimRules []LegacyClaimRule `json:"claimRules,omitempty"`
+	ClaimRules []legacyClaimRule `json:"claimRules,omitempty"`
 }
 
 // Issuer is Kubernetes' issuer plus certificateAuthorityFile.
@@ -54,9 +56,9 @@ type Issuer struct {
 	CertificateAuthorityFile string `json:"certificateAuthorityFile,omitempty"`
 }
 
-// LegacyClaimRule is the shape of the removed claimRules entries: groups
+// legacyClaimRule is the shape of the removed claimRules entries: groups
 // for tokens whose claims all have the given values.
-type LegacyClaimRule struct {
+type legacyClaimRule struct {
 	Match  map[string]string `json:"match"`
 	Groups []string          `json:"groups"`
 }
@@ -142,28 +144,37 @@ func (c *JWTAuthenticatorConfig) claimRulesAsCEL() string {
 		if g.Prefix != nil {
 			prefix = *g.Prefix
 		}
-		parts = append(parts, fmt.Sprintf("dyn(claims.?%s.orValue([])).map(g, %s + g)", g.Claim, celString(prefix)))
+		parts = append(parts, fmt.Sprintf("dyn(%s.orValue([])).map(g, %s + g)", optionalClaim(g.Claim), strconv.Quote(prefix)))
 	}
 	for _, r := range c.ClaimRules {
 		var conds []string
 		for _, k := range slices.Sorted(maps.Keys(r.Match)) {
 			v := r.Match[k]
 			if isNumberOrBool(v) { // claimRules compared numbers and booleans as their JSON text
-				conds = append(conds, fmt.Sprintf("string(claims.?%s.orValue(\"\")) == %s", k, celString(v)))
+				conds = append(conds, fmt.Sprintf("string(%s.orValue(\"\")) == %s", optionalClaim(k), strconv.Quote(v)))
 			} else {
-				conds = append(conds, fmt.Sprintf("claims.?%s.orValue(\"\") == %s", k, celString(v)))
+				conds = append(conds, fmt.Sprintf("%s.orValue(\"\") == %s", optionalClaim(k), strconv.Quote(v)))
 			}
 		}
 		var groups []string
 		for _, g := range r.Groups {
-			groups = append(groups, celString(g))
+			groups = append(groups, strconv.Quote(g))
 		}
 		parts = append(parts, fmt.Sprintf("(%s ? [%s] : [])", strings.Join(conds, " && "), strings.Join(groups, ", ")))
 	}
 	return "    claimMappings:\n      groups:\n        expression: '" + strings.ReplaceAll(strings.Join(parts, " + "), "'", "''") + "'"
 }
 
-func celString(s string) string { b, _ := json.Marshal(s); return string(b) }
+// optionalClaim is the CEL for claim as an optional value: claims.?name,
+// or claims[?"name"] for names that are not identifiers ("cognito:groups").
+func optionalClaim(name string) string {
+	if celIdent.MatchString(name) {
+		return "claims.?" + name
+	}
+	return "claims[?" + strconv.Quote(name) + "]"
+}
+
+var celIdent = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 func isNumberOrBool(s string) bool {
 	if s == "true" || s == "false" {

@@ -389,6 +389,8 @@ claimRules:
   groups: [deployers]
 - match: {project_id: "42", ref_protected: "true"}
   groups: [prod-env]
+- match: {"https://acme.example/tier": gold}
+  groups: [gold]
 `)
 	_, err := NewJWT(parseJWT(t, old))
 	if err == nil || !strings.Contains(err.Error(), "jwt[0].claimRules: removed") || !strings.Contains(err.Error(), "claimMappings.groups.expression") {
@@ -415,6 +417,7 @@ claimRules:
 		{map[string]any{"sub": "a", "repository": "acme/deploy", "ref": "refs/heads/main", "project_id": "42", "ref_protected": "true"}, "deployers,prod-env"},
 		{map[string]any{"sub": "a", "repository": "acme/deploy", "ref": "refs/heads/dev", "ref_protected": false}, ""},
 		{map[string]any{"sub": "a"}, ""},
+		{map[string]any{"sub": "a", "https://acme.example/tier": "gold"}, "gold"},
 	} {
 		u, err := j.AuthenticateJWT(context.Background(), gh.token(t, tc.claims))
 		if err != nil || strings.Join(u.Groups, ",") != tc.groups {
