@@ -3,9 +3,10 @@
 // A caller proves who it is with a bearer token, which Chain sends one of
 // two ways:
 //   - a JWT (three dot-separated parts) goes to the OIDC issuer it names
-//     (JWT: signature, issuer, audience, expiry, then claims to a User by the
-//     issuer's claim mappings, in the shape of Kubernetes'
-//     AuthenticationConfiguration jwt list);
+//     (JWT: Kubernetes' own JWT authenticator, configured by an
+//     AuthenticationConfiguration jwt list with kube-apiserver's meaning:
+//     signature, issuer, audience, expiry, CEL validation rules, claims or
+//     CEL to a user, distributed groups claims);
 //   - anything else is a static token ("khu_…"), matched by MatchToken
 //     against a list of SHA-256 hashes in constant time over every entry.
 //     The list itself is the stub's state (package stub keeps it, re-reads

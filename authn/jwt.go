@@ -2,72 +2,63 @@ package authn
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
-	"net/url"
+	"maps"
 	"os"
+	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/coreos/go-oidc/v3/oidc"
+	"k8s.io/apiserver/pkg/apis/apiserver"
+	apiserverv1beta1 "k8s.io/apiserver/pkg/apis/apiserver/v1beta1"
+	"k8s.io/apiserver/pkg/apis/apiserver/validation"
+	authenticationcel "k8s.io/apiserver/pkg/authentication/cel"
+	"k8s.io/apiserver/plugin/pkg/authenticator/token/oidc"
 )
 
-// JWTAuthenticatorConfig is one trusted issuer. Its shape follows the jwt
-// entries of Kubernetes' structured authentication configuration
-// (apiserver.config.k8s.io AuthenticationConfiguration), without CEL, plus
-// claimRules for CI tokens and login settings for generated kubeconfigs.
+// JWTAuthenticatorConfig is one trusted issuer: an entry of the jwt list of
+// Kubernetes' AuthenticationConfiguration (apiserver.config.k8s.io), with
+// the same meaning, CEL expressions included, plus Keyhole's own keys.
+//
+// The upstream type is v1beta1's: k8s.io/apiserver 0.33 has no v1 of
+// AuthenticationConfiguration yet, and its jwt entries are field for field
+// those of v1 (Kubernetes 1.34) but for issuer.egressSelectorType, which
+// has no meaning here. So the jwt list a cluster runs with can be pasted.
+//
+// Keyhole's keys:
+//   - issuer.certificateAuthorityFile: the PEM of issuer.certificateAuthority
+//     read from a file (Issuer shadows the embedded issuer to add it);
+//   - login: what `stub kubeconfig --oidc` tells kubelogin;
+//   - claimRules: removed; only decoded to name its replacement
+//     (claimMappings.groups.expression) in the start-up error.
 type JWTAuthenticatorConfig struct {
-	Issuer               Issuer                `json:"issuer"`
-	ClaimValidationRules []ClaimValidationRule `json:"claimValidationRules,omitempty"`
-	ClaimMappings        ClaimMappings         `json:"claimMappings"`
-	// ClaimRules add groups to tokens whose claims all match, e.g.
-	// repository acme/deploy on refs/heads/main → group deployers.
-	ClaimRules []ClaimRule `json:"claimRules,omitempty"`
+	apiserverv1beta1.JWTAuthenticator `json:",inline"`
+	// Issuer replaces the embedded JWTAuthenticator.Issuer, which is unused.
+	Issuer Issuer `json:"issuer"`
 	// Login is what a generated kubeconfig tells kubelogin.
 	Login *Login `json:"login,omitempty"`
+	// ClaimRules is the removed Keyhole key; see ValidateJWT.
+	ClaimRules []legacyClaimRule `json:"claimRules,omitempty"`
 }
 
-// Issuer names the issuer and the audiences a token must carry (one of).
+// Issuer is Kubernetes' issuer plus certificateAuthorityFile.
 type Issuer struct {
-	URL       string   `json:"url"`
-	Audiences []string `json:"audiences"`
-	// DiscoveryURL overrides {url}/.well-known/openid-configuration.
-	DiscoveryURL string `json:"discoveryURL,omitempty"`
-	// CertificateAuthority is PEM to trust for the issuer (inline, as in
-	// Kubernetes); CertificateAuthorityFile reads it from a file instead.
-	CertificateAuthority     string `json:"certificateAuthority,omitempty"`
+	apiserverv1beta1.Issuer `json:",inline"`
+	// CertificateAuthorityFile reads certificateAuthority from a file (read
+	// when the authenticator is built, so also on every config reload).
 	CertificateAuthorityFile string `json:"certificateAuthorityFile,omitempty"`
 }
 
-// ClaimValidationRule requires claim to equal requiredValue.
-type ClaimValidationRule struct {
-	Claim         string `json:"claim"`
-	RequiredValue string `json:"requiredValue"`
-}
-
-// ClaimMappings turn claims into a user name and groups.
-type ClaimMappings struct {
-	Username PrefixedClaim  `json:"username"`
-	Groups   *PrefixedClaim `json:"groups,omitempty"`
-}
-
-// PrefixedClaim names a claim and the prefix put before its values.
-type PrefixedClaim struct {
-	Claim  string `json:"claim"`
-	Prefix string `json:"prefix"`
-}
-
-// ClaimRule adds Groups when every claim in Match has the given value
-// (numbers and booleans compare by their JSON text).
-type ClaimRule struct {
+// legacyClaimRule is the shape of the removed claimRules entries: groups
+// for tokens whose claims all have the given values.
+type legacyClaimRule struct {
 	Match  map[string]string `json:"match"`
 	Groups []string          `json:"groups"`
 }
@@ -79,50 +70,118 @@ type Login struct {
 	ExtraScopes  []string `json:"extraScopes,omitempty"`
 }
 
-// Validate reports every problem of c, naming keys under path.
-func (c *JWTAuthenticatorConfig) Validate(path string) []error {
+// celCompiler is shared by validation and every authenticator: CEL
+// environments are expensive to build.
+var celCompiler = sync.OnceValue(authenticationcel.NewDefaultCompiler)
+
+// upstream returns c in Kubernetes' internal form, as kube-apiserver
+// converts its v1beta1 file; with readCA, certificateAuthorityFile is read
+// into certificateAuthority.
+func (c *JWTAuthenticatorConfig) upstream(readCA bool) (apiserver.JWTAuthenticator, error) {
+	v := c.JWTAuthenticator
+	v.Issuer = c.Issuer.Issuer
+	if readCA && c.Issuer.CertificateAuthorityFile != "" {
+		b, err := os.ReadFile(c.Issuer.CertificateAuthorityFile)
+		if err != nil {
+			return apiserver.JWTAuthenticator{}, fmt.Errorf("issuer.certificateAuthorityFile: %w", err)
+		}
+		v.Issuer.CertificateAuthority = string(b)
+	}
+	var out apiserver.JWTAuthenticator
+	if err := apiserverv1beta1.Convert_v1beta1_JWTAuthenticator_To_apiserver_JWTAuthenticator(&v, &out, nil); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// ValidateJWT reports every problem of a jwt list as kube-apiserver
+// validates its AuthenticationConfiguration (CEL expressions compiled),
+// plus Keyhole's own checks, naming keys under path, e.g.
+// "authentication.jwt[0].claimMappings.username.prefix". It reads no file.
+func ValidateJWT(path string, cfgs []JWTAuthenticatorConfig) []error {
 	var errs []error
-	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(path+"."+format, a...)) }
-	if u, err := url.Parse(c.Issuer.URL); err != nil || u.Scheme != "https" || u.Host == "" {
-		add("issuer.url: %q must be an https:// URL (the exact iss of the tokens)", c.Issuer.URL)
+	add := func(i int, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("%s[%d].%s", path, i, fmt.Sprintf(format, a...)))
 	}
-	if len(c.Issuer.Audiences) == 0 {
-		add("issuer.audiences: list at least one audience the tokens must carry, e.g. the OIDC client ID")
-	}
-	if c.Issuer.CertificateAuthority != "" && c.Issuer.CertificateAuthorityFile != "" {
-		add("issuer.certificateAuthority and issuer.certificateAuthorityFile: give one of them")
-	}
-	if c.ClaimMappings.Username.Claim == "" {
-		add("claimMappings.username.claim: name the claim that holds the user name, e.g. email or sub")
-	}
-	if g := c.ClaimMappings.Groups; g != nil && g.Claim == "" {
-		add("claimMappings.groups.claim: name the claim that holds the groups, or remove groups")
-	}
-	if strings.HasPrefix(c.ClaimMappings.Username.Prefix, "system:") {
-		add("claimMappings.username.prefix: %q is in the reserved system: space", c.ClaimMappings.Username.Prefix)
-	}
-	if g := c.ClaimMappings.Groups; g != nil && strings.HasPrefix(g.Prefix, "system:") {
-		add("claimMappings.groups.prefix: %q is in the reserved system: space", g.Prefix)
-	}
-	for i, r := range c.ClaimValidationRules {
-		if r.Claim == "" {
-			add("claimValidationRules[%d].claim: must not be empty", i)
+	all := &apiserver.AuthenticationConfiguration{}
+	for i := range cfgs {
+		c := &cfgs[i]
+		if len(c.ClaimRules) > 0 {
+			add(i, "claimRules: removed; Keyhole now reads claims as Kubernetes' AuthenticationConfiguration does, where claims become groups "+
+				"with a CEL expression in claimMappings.groups.expression. These rules (with any groups claim) become:\n%s", c.claimRulesAsCEL())
 		}
-	}
-	for i, r := range c.ClaimRules {
-		if len(r.Match) == 0 || len(r.Groups) == 0 {
-			add("claimRules[%d]: needs match (claim: value) and groups", i)
+		if c.Issuer.CertificateAuthority != "" && c.Issuer.CertificateAuthorityFile != "" {
+			add(i, "issuer.certificateAuthority and issuer.certificateAuthorityFile: give one of them")
 		}
-		for _, g := range r.Groups {
-			if g == "" || strings.HasPrefix(g, "system:") {
-				add("claimRules[%d].groups: %q is empty or in the reserved system: space", i, g)
-			}
+		if p := c.ClaimMappings.Username.Prefix; p != nil && strings.HasPrefix(*p, "system:") {
+			add(i, "claimMappings.username.prefix: %q is in the reserved system: space", *p)
 		}
+		if p := c.ClaimMappings.Groups.Prefix; p != nil && strings.HasPrefix(*p, "system:") {
+			add(i, "claimMappings.groups.prefix: %q is in the reserved system: space", *p)
+		}
+		if c.Login != nil && c.Login.ClientID == "" {
+			add(i, "login.clientID: the OIDC client kubelogin uses (usually one of issuer.audiences)")
+		}
+		u, err := c.upstream(false)
+		if err != nil {
+			add(i, "%v", err)
+		}
+		all.JWT = append(all.JWT, u)
 	}
-	if c.Login != nil && c.Login.ClientID == "" {
-		add("login.clientID: the OIDC client kubelogin uses (usually one of issuer.audiences)")
+	for _, fe := range validation.ValidateAuthenticationConfiguration(celCompiler(), all, nil) {
+		fe.Field = path + strings.TrimPrefix(fe.Field, "jwt")
+		errs = append(errs, errors.New(fe.Error()))
 	}
 	return errs
+}
+
+// claimRulesAsCEL writes c's claimRules (and groups claim, if any) as the
+// claimMappings.groups of an AuthenticationConfiguration, in YAML.
+func (c *JWTAuthenticatorConfig) claimRulesAsCEL() string {
+	var parts []string
+	if g := c.ClaimMappings.Groups; g.Claim != "" {
+		prefix := ""
+		if g.Prefix != nil {
+			prefix = *g.Prefix
+		}
+		parts = append(parts, fmt.Sprintf("dyn(%s.orValue([])).map(g, %s + g)", optionalClaim(g.Claim), strconv.Quote(prefix)))
+	}
+	for _, r := range c.ClaimRules {
+		var conds []string
+		for _, k := range slices.Sorted(maps.Keys(r.Match)) {
+			v := r.Match[k]
+			if isNumberOrBool(v) { // claimRules compared numbers and booleans as their JSON text
+				conds = append(conds, fmt.Sprintf("string(%s.orValue(\"\")) == %s", optionalClaim(k), strconv.Quote(v)))
+			} else {
+				conds = append(conds, fmt.Sprintf("%s.orValue(\"\") == %s", optionalClaim(k), strconv.Quote(v)))
+			}
+		}
+		var groups []string
+		for _, g := range r.Groups {
+			groups = append(groups, strconv.Quote(g))
+		}
+		parts = append(parts, fmt.Sprintf("(%s ? [%s] : [])", strings.Join(conds, " && "), strings.Join(groups, ", ")))
+	}
+	return "    claimMappings:\n      groups:\n        expression: '" + strings.ReplaceAll(strings.Join(parts, " + "), "'", "''") + "'"
+}
+
+// optionalClaim is the CEL for claim as an optional value: claims.?name,
+// or claims[?"name"] for names that are not identifiers ("cognito:groups").
+func optionalClaim(name string) string {
+	if celIdent.MatchString(name) {
+		return "claims.?" + name
+	}
+	return "claims[?" + strconv.Quote(name) + "]"
+}
+
+var celIdent = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func isNumberOrBool(s string) bool {
+	if s == "true" || s == "false" {
+		return true
+	}
+	var n json.Number
+	return json.Unmarshal([]byte(s), &n) == nil
 }
 
 // MaxTokenBytes bounds a bearer token; larger ones are refused unread.
@@ -135,64 +194,83 @@ var (
 	ErrIssuerDown    = errors.New("the token's issuer cannot be reached to check the token")
 )
 
-// JWT authenticates ID tokens from several issuers. Each issuer's
-// discovery happens on first use and is retried after a failure (at most
-// every retryAfter), so an issuer that is down only fails its own tokens.
-// go-oidc re-fetches an issuer's keys when a token names an unknown key, so
-// rotated keys work without a restart.
+// DiscoveryWait bounds how long the first tokens of an issuer wait for its
+// discovery (which starts with the first of them).
+const DiscoveryWait = 5 * time.Second
+
+// JWT authenticates tokens from several issuers with Kubernetes' own JWT
+// authenticator (k8s.io/apiserver/plugin/pkg/authenticator/token/oidc),
+// configured as kube-apiserver configures it: every asymmetric signing
+// algorithm of RFC 7518, CEL mappings and validation rules, distributed
+// groups claims. The result is mapped to a User (name and groups; UID and
+// extra are dropped) and refused if it is in the system: space.
+//
+// Nothing is fetched until an issuer's first token: that token starts the
+// issuer's discovery and waits for it at most DiscoveryWait. An issuer that
+// cannot be reached fails only its own tokens, at once after its first
+// failed attempt, and is retried in the background every 10 s. Keys are
+// fetched again when a token names a key ID not seen yet, so issuers may
+// rotate keys without a restart.
 type JWT struct {
 	issuers map[string]*issuer
-	now     func() time.Time
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wait    time.Duration
 }
 
 type issuer struct {
-	cfg        JWTAuthenticatorConfig
-	client     *http.Client
-	retryAfter time.Duration
+	cfg  JWTAuthenticatorConfig
+	opts oidc.Options
 
-	mu       sync.Mutex
-	verifier *oidc.IDTokenVerifier
-	lastErr  error
-	lastTry  time.Time
+	mu      sync.Mutex
+	auth    oidc.AuthenticatorTokenWithHealthCheck
+	initial string // auth's health error before its first discovery attempt
+	started time.Time
 }
 
-// NewJWT builds the authenticator; it does not contact any issuer.
+// staticCA is the PEM of an issuer's CA.
+type staticCA []byte
+
+func (c staticCA) CurrentCABundleContent() []byte { return c }
+
+// NewJWT validates cfgs and builds the authenticator; it does not contact
+// any issuer. Close it when done (an unreachable JWT is also closed by the
+// garbage collector).
 func NewJWT(cfgs []JWTAuthenticatorConfig) (*JWT, error) {
-	j := &JWT{issuers: map[string]*issuer{}, now: time.Now}
-	for i, c := range cfgs {
-		if errs := c.Validate(fmt.Sprintf("jwt[%d]", i)); len(errs) > 0 {
-			return nil, errors.Join(errs...)
-		}
-		if _, dup := j.issuers[c.Issuer.URL]; dup {
-			return nil, fmt.Errorf("jwt[%d].issuer.url: %q is listed twice", i, c.Issuer.URL)
-		}
-		client, err := issuerClient(c.Issuer)
-		if err != nil {
-			return nil, fmt.Errorf("jwt[%d].issuer: %w", i, err)
-		}
-		j.issuers[c.Issuer.URL] = &issuer{cfg: c, client: client, retryAfter: 10 * time.Second}
+	if errs := ValidateJWT("jwt", cfgs); len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	j := &JWT{issuers: map[string]*issuer{}, ctx: ctx, cancel: cancel, wait: DiscoveryWait}
+	for i := range cfgs {
+		c := cfgs[i]
+		up, err := c.upstream(true)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("jwt[%d].%w", i, err)
+		}
+		opts := oidc.Options{JWTAuthenticator: up, Compiler: celCompiler(), SupportedSigningAlgs: oidc.AllValidSigningAlgorithms()}
+		if up.Issuer.CertificateAuthority != "" {
+			opts.CAContentProvider = staticCA(up.Issuer.CertificateAuthority)
+		}
+		j.issuers[issuerKey(up.Issuer.URL)] = &issuer{cfg: c, opts: opts}
+	}
+	// The issuers' background work ends with ctx; whoever drops a JWT
+	// without Close (a config reload) still ends it.
+	runtime.AddCleanup(j, func(cancel context.CancelFunc) { cancel() }, cancel)
 	return j, nil
 }
 
-func issuerClient(is Issuer) (*http.Client, error) {
-	pemData := []byte(is.CertificateAuthority)
-	if is.CertificateAuthorityFile != "" {
-		b, err := os.ReadFile(is.CertificateAuthorityFile)
-		if err != nil {
-			return nil, fmt.Errorf("certificateAuthorityFile: %w", err)
-		}
-		pemData = b
+// Close stops the issuers' background discovery and key fetches.
+func (j *JWT) Close() { j.cancel() }
+
+// issuerKey is how a token's iss finds its issuer: exactly, except
+// Google's legacy iss, as kube-apiserver does.
+func issuerKey(iss string) string {
+	if iss == "accounts.google.com" {
+		return "https://accounts.google.com"
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	if len(pemData) > 0 {
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemData) {
-			return nil, errors.New("certificateAuthority: no PEM certificate in it")
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	}
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, nil
+	return iss
 }
 
 // LooksLikeJWT reports whether token has the three dot-separated parts of
@@ -200,7 +278,7 @@ func issuerClient(is Issuer) (*http.Client, error) {
 func LooksLikeJWT(token string) bool { return strings.Count(token, ".") == 2 }
 
 // unverifiedIssuer reads the iss claim without checking anything, only to
-// choose which issuer's keys verify the token.
+// choose which issuer verifies the token.
 func unverifiedIssuer(token string) (string, error) {
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
@@ -219,44 +297,47 @@ func unverifiedIssuer(token string) (string, error) {
 	return c.Iss, nil
 }
 
-func (is *issuer) getVerifier(ctx context.Context, now time.Time) (*oidc.IDTokenVerifier, error) {
+// authenticator returns the issuer's upstream authenticator, built (and
+// its discovery started) on first use.
+func (is *issuer) authenticator(ctx context.Context) (oidc.AuthenticatorTokenWithHealthCheck, string, time.Time, error) {
 	is.mu.Lock()
 	defer is.mu.Unlock()
-	if is.verifier != nil {
-		return is.verifier, nil
+	if is.auth == nil {
+		a, err := oidc.New(ctx, is.opts)
+		if err != nil {
+			return nil, "", time.Time{}, err
+		}
+		is.auth, is.started = a, time.Now()
+		if err := a.HealthCheck(); err != nil {
+			is.initial = err.Error()
+		}
 	}
-	if is.lastErr != nil && now.Sub(is.lastTry) < is.retryAfter {
-		return nil, is.lastErr
-	}
-	is.lastTry = now
-	dctx, cancel := context.WithTimeout(oidc.ClientContext(ctx, is.client), 10*time.Second)
-	defer cancel()
-	if is.cfg.Issuer.DiscoveryURL != "" {
-		dctx = oidc.InsecureIssuerURLContext(dctx, is.cfg.Issuer.URL)
-	}
-	discovery := is.cfg.Issuer.URL
-	if is.cfg.Issuer.DiscoveryURL != "" {
-		discovery = strings.TrimSuffix(is.cfg.Issuer.DiscoveryURL, "/.well-known/openid-configuration")
-	}
-	p, err := oidc.NewProvider(dctx, discovery)
-	if err != nil {
-		is.lastErr = fmt.Errorf("%w (%s): %v", ErrIssuerDown, is.cfg.Issuer.URL, err)
-		return nil, is.lastErr
-	}
-	// Keys are fetched with the issuer's own client, also later on rotation.
-	keyCtx := oidc.ClientContext(context.Background(), is.client)
-	var claims struct {
-		JWKSURL string `json:"jwks_uri"`
-	}
-	if err := p.Claims(&claims); err != nil || claims.JWKSURL == "" {
-		is.lastErr = fmt.Errorf("%w (%s): discovery has no jwks_uri", ErrIssuerDown, is.cfg.Issuer.URL)
-		return nil, is.lastErr
-	}
-	keys := oidc.NewRemoteKeySet(keyCtx, claims.JWKSURL)
-	is.verifier = oidc.NewVerifier(is.cfg.Issuer.URL, keys, &oidc.Config{SkipClientIDCheck: true, Now: time.Now})
-	is.lastErr = nil
-	return is.verifier, nil
+	return is.auth, is.initial, is.started, nil
 }
+
+// ready waits until a's first discovery has succeeded or failed, at most
+// until started+wait.
+func (j *JWT) ready(ctx context.Context, is *issuer, a oidc.AuthenticatorTokenWithHealthCheck, initial string, started time.Time) error {
+	deadline := started.Add(j.wait)
+	for delay := 5 * time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
+		err := a.HealthCheck()
+		switch {
+		case err == nil:
+			return nil
+		case err.Error() != initial || !time.Now().Before(deadline):
+			return fmt.Errorf("%w (%s): %v", ErrIssuerDown, is.opts.JWTAuthenticator.Issuer.URL, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%s): %v", ErrIssuerDown, is.opts.JWTAuthenticator.Issuer.URL, ctx.Err())
+		case <-time.After(delay):
+		}
+	}
+}
+
+// notYetDiscovered is the upstream error for a distributed claim whose
+// source issuer's discovery (started by the first such claim) is not done.
+const notYetDiscovered = "verifier not initialized for issuer"
 
 // AuthenticateJWT verifies token and maps its claims to a user.
 func (j *JWT) AuthenticateJWT(ctx context.Context, token string) (*User, error) {
@@ -267,106 +348,38 @@ func (j *JWT) AuthenticateJWT(ctx context.Context, token string) (*User, error) 
 	if err != nil {
 		return nil, err
 	}
-	is := j.issuers[iss]
+	is := j.issuers[issuerKey(iss)]
 	if is == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownIssuer, iss)
 	}
-	v, err := is.getVerifier(ctx, j.now())
+	a, initial, started, err := is.authenticator(j.ctx)
 	if err != nil {
 		return nil, err
 	}
-	idt, err := v.Verify(ctx, token)
+	if err := j.ready(ctx, is, a, initial, started); err != nil {
+		return nil, err
+	}
+	resp, ok, err := a.AuthenticateToken(ctx, token)
+	// The first distributed claim from a source issuer starts that issuer's
+	// discovery and fails; wait for it, as for the token's own issuer.
+	deadline := time.Now().Add(j.wait)
+	for delay := 5 * time.Millisecond; err != nil && strings.Contains(err.Error(), notYetDiscovered) && time.Now().Before(deadline); delay = min(2*delay, 100*time.Millisecond) {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("token not valid: %v", err)
+		case <-time.After(delay):
+		}
+		resp, ok, err = a.AuthenticateToken(ctx, token)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("token not valid: %v", err)
 	}
-	if !slices.ContainsFunc(idt.Audience, func(a string) bool { return slices.Contains(is.cfg.Issuer.Audiences, a) }) {
-		return nil, fmt.Errorf("token audience %q is not one of %q", idt.Audience, is.cfg.Issuer.Audiences)
+	if !ok || resp == nil || resp.User == nil {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownIssuer, iss)
 	}
-	var claims map[string]json.RawMessage
-	if err := idt.Claims(&claims); err != nil {
-		return nil, fmt.Errorf("token claims: %v", err)
-	}
-	return is.cfg.mapClaims(claims)
-}
-
-// claimString returns a claim as text: strings as they are, numbers and
-// booleans as their JSON text.
-func claimString(raw json.RawMessage) (string, bool) {
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s, true
-	}
-	var n json.Number
-	if json.Unmarshal(raw, &n) == nil {
-		return n.String(), true
-	}
-	var b bool
-	if json.Unmarshal(raw, &b) == nil {
-		return strconv.FormatBool(b), true
-	}
-	return "", false
-}
-
-func (c *JWTAuthenticatorConfig) mapClaims(claims map[string]json.RawMessage) (*User, error) {
-	for _, r := range c.ClaimValidationRules {
-		v, ok := claimString(claims[r.Claim])
-		if !ok || v != r.RequiredValue {
-			return nil, fmt.Errorf("claim %q must be %q", r.Claim, r.RequiredValue)
-		}
-	}
-	um := c.ClaimMappings.Username
-	name, ok := claimString(claims[um.Claim])
-	if !ok || name == "" {
-		return nil, fmt.Errorf("token has no %q claim for the user name", um.Claim)
-	}
-	if um.Claim == "email" {
-		// As Kubernetes does: an email is a user name only if verified.
-		if raw, has := claims["email_verified"]; has {
-			if v, _ := claimString(raw); v != "true" {
-				return nil, errors.New("the token's email is not verified")
-			}
-		}
-	}
-	u := &User{Name: um.Prefix + name}
-	if gm := c.ClaimMappings.Groups; gm != nil {
-		if raw, has := claims[gm.Claim]; has {
-			var list []string
-			if err := json.Unmarshal(raw, &list); err != nil {
-				var one string
-				if err := json.Unmarshal(raw, &one); err != nil {
-					return nil, fmt.Errorf("claim %q must be a string or a list of strings", gm.Claim)
-				}
-				list = []string{one}
-			}
-			for _, g := range list {
-				u.Groups = append(u.Groups, gm.Prefix+g)
-			}
-		}
-	}
-	for _, r := range c.ClaimRules {
-		all := true
-		for k, want := range r.Match {
-			if v, ok := claimString(claims[k]); !ok || v != want {
-				all = false
-				break
-			}
-		}
-		if all {
-			u.Groups = append(u.Groups, r.Groups...)
-		}
-	}
+	u := &User{Name: resp.User.GetName(), Groups: resp.User.GetGroups()}
 	if err := ValidateIdentity(u.Name, u.Groups); err != nil {
 		return nil, err
 	}
 	return u, nil
-}
-
-// Issuers returns the configured issuers (for kubeconfig generation).
-func (j *JWT) Issuers() []JWTAuthenticatorConfig {
-	out := make([]JWTAuthenticatorConfig, 0, len(j.issuers))
-	for _, is := range j.issuers {
-		out = append(out, is.cfg)
-	}
-	slices.SortFunc(out, func(a, b JWTAuthenticatorConfig) int { return strings.Compare(a.Issuer.URL, b.Issuer.URL) })
-	return out
 }

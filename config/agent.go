@@ -2,7 +2,6 @@ package config
 
 import (
 	"cmp"
-	"fmt"
 	"net"
 	"net/url"
 
@@ -145,10 +144,6 @@ func (c Agent) Validate() error {
 	if c.DrainTimeout.Duration < 0 {
 		p.addf("drainTimeout: %v must be positive, e.g. 25s (below the pod's terminationGracePeriodSeconds), or left out for the default (25s)", c.DrainTimeout.Duration)
 	}
-	for i := range c.CallerVerification.JWT {
-		for _, err := range c.CallerVerification.JWT[i].Validate(fmt.Sprintf("callerVerification.jwt[%d]", i)) {
-			p = append(p, err)
-		}
-	}
+	p = append(p, authn.ValidateJWT("callerVerification.jwt", c.CallerVerification.JWT)...)
 	return p.err()
 }

@@ -113,8 +113,8 @@ type Metrics struct {
 	Listen string `json:"listen"`
 }
 
-// Authentication lists trusted OIDC issuers, in the shape of the jwt list
-// of Kubernetes' AuthenticationConfiguration.
+// Authentication lists trusted OIDC issuers: the jwt list of Kubernetes'
+// AuthenticationConfiguration, with its meaning (see authn.JWTAuthenticatorConfig).
 type Authentication struct {
 	JWT []authn.JWTAuthenticatorConfig `json:"jwt,omitempty"`
 }
@@ -351,17 +351,7 @@ func (c Stub) Validate() error {
 		// Each replica would make its own CA and agents pin one.
 		p.addf("hub.enabled: replicas need one certificate: set tls.certFile/keyFile (e.g. a cert-manager Secret) or tls.acme; the self-signed default is for a single stub")
 	}
-	seen := map[string]bool{}
-	for i := range c.Authentication.JWT {
-		j := &c.Authentication.JWT[i]
-		for _, err := range j.Validate(fmt.Sprintf("authentication.jwt[%d]", i)) {
-			p = append(p, err)
-		}
-		if seen[j.Issuer.URL] {
-			p.addf("authentication.jwt[%d].issuer.url: %q is listed twice", i, j.Issuer.URL)
-		}
-		seen[j.Issuer.URL] = true
-	}
+	p = append(p, authn.ValidateJWT("authentication.jwt", c.Authentication.JWT)...)
 	if c.Policy != nil {
 		if _, err := policy.New(*c.Policy); err != nil {
 			p = append(p, err)

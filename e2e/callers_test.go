@@ -83,7 +83,7 @@ func TestCallerTokensStayWithTheirCluster(t *testing.T) {
 	})
 	g := startGateway(t, c)
 	issuer := func(audiences string) string {
-		return fmt.Sprintf(`  - issuer: {url: %s, audiences: [%s], certificateAuthorityFile: %s}
+		return fmt.Sprintf(`  - issuer: {url: %s, audiences: [%s], audienceMatchPolicy: MatchAny, certificateAuthorityFile: %s}
     claimMappings:
       username: {claim: email, prefix: ""}
       groups: {claim: groups, prefix: "oidc:"}

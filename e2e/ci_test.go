@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,9 +22,11 @@ import (
 )
 
 // TestCIPipelineToken: a pipeline presents its own OIDC ID token (GitHub
-// Actions shape, from an in-process issuer) with plain kubectl --token. One
-// claimRules entry maps "repository acme/deploy on refs/heads/main" to
-// group deployers, and the policy lets deployers reach prod.
+// Actions shape, from an in-process issuer) with plain kubectl --token. A
+// CEL claimMappings.groups expression maps "repository acme/deploy on
+// refs/heads/main" to group deployers, and the policy lets deployers reach
+// prod. A config still using the removed claimRules key stops the stub at
+// start with the replacement written out.
 func TestCIPipelineToken(t *testing.T) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -61,9 +65,8 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: deployers}]
   - issuer: {url: %s, audiences: [keyhole], certificateAuthorityFile: %s}
     claimMappings:
       username: {claim: sub, prefix: "github:"}
-    claimRules:
-    - match: {repository: acme/deploy, ref: refs/heads/main}
-      groups: [deployers]
+      groups:
+        expression: 'claims.repository == "acme/deploy" && claims.ref == "refs/heads/main" ? ["deployers"] : []'
 policy:
 - clusters: [prod]
   groups: [deployers]
@@ -100,4 +103,32 @@ policy:
 		t.Fatalf("expired CI token: %v", err)
 	}
 	g.noSecretsLogged(t, map[string]string{"the main-branch token": main, "the branch token": branch, "the expired token": expired, "admin's token": adminTok})
+
+	// The removed claimRules key: the stub does not start, and says what
+	// to write instead.
+	old := filepath.Join(t.TempDir(), "old.yaml")
+	writeFile(t, old, fmt.Sprintf(`apiVersion: keyhole.dev/v1alpha1
+kind: StubConfig
+listen: 127.0.0.1:%d
+stateDir: %s
+authentication:
+  jwt:
+  - issuer: {url: %s, audiences: [keyhole], certificateAuthorityFile: %s}
+    claimMappings:
+      username: {claim: sub, prefix: "github:"}
+    claimRules:
+    - match: {repository: acme/deploy, ref: refs/heads/main}
+      groups: [deployers]
+`, freePort(t), t.TempDir(), gh.URL, caFile))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start, err := exec.CommandContext(ctx, g.stubBin, "serve", "--config", old).CombinedOutput()
+	want := `authentication.jwt[0].claimRules: removed; Keyhole now reads claims as Kubernetes' AuthenticationConfiguration does, where claims become groups with a CEL expression in claimMappings.groups.expression. These rules (with any groups claim) become:
+    claimMappings:
+      groups:
+        expression: '(claims.?ref.orValue("") == "refs/heads/main" && claims.?repository.orValue("") == "acme/deploy" ? ["deployers"] : [])'`
+	if kubetest.ExitCode(err) != 1 || !strings.Contains(string(start), want) {
+		t.Fatalf("stub with claimRules: %v\n%s", err, start)
+	}
+	t.Logf("the stub's start-up error:\n%s", start)
 }

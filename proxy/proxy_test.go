@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	apiserverv1beta1 "k8s.io/apiserver/pkg/apis/apiserver/v1beta1"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 	"k8s.io/client-go/rest"
 
@@ -694,13 +695,16 @@ func TestAgentVerifiesCallers(t *testing.T) {
 		return oidctest.SignIDToken(key, "k1", oidc.RS256, string(claims))
 	}
 	forC1, forC2, general := token("keyhole-c1"), token("keyhole-c2"), token("keyhole")
-	verifier, err := authn.NewJWT([]authn.JWTAuthenticatorConfig{{
-		Issuer:        authn.Issuer{URL: idp.URL, Audiences: []string{"keyhole-c1"}, CertificateAuthority: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: idp.Certificate().Raw}))},
-		ClaimMappings: authn.ClaimMappings{Username: authn.PrefixedClaim{Claim: "email"}, Groups: &authn.PrefixedClaim{Claim: "groups", Prefix: "oidc:"}},
-	}})
+	jwtCfg := authn.JWTAuthenticatorConfig{Issuer: authn.Issuer{Issuer: apiserverv1beta1.Issuer{URL: idp.URL, Audiences: []string{"keyhole-c1"},
+		CertificateAuthority: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: idp.Certificate().Raw}))}}}
+	noPrefix, oidcPrefix := "", "oidc:"
+	jwtCfg.ClaimMappings = apiserverv1beta1.ClaimMappings{Username: apiserverv1beta1.PrefixedClaimOrExpression{Claim: "email", Prefix: &noPrefix},
+		Groups: apiserverv1beta1.PrefixedClaimOrExpression{Claim: "groups", Prefix: &oidcPrefix}}
+	verifier, err := authn.NewJWT([]authn.JWTAuthenticatorConfig{jwtCfg})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer verifier.Close()
 	alice := authn.User{Name: "alice@example.com", Groups: []string{"oidc:dev"}}
 	verifying := audRegistry{"c1": "keyhole-c1", "c2": "keyhole-c2"}
 	cases := []struct {

@@ -82,6 +82,7 @@ func run(args []string) error {
 		if verifier, err = authn.NewJWT(cfg.CallerVerification.JWT); err != nil {
 			return fmt.Errorf("callerVerification: %w", err)
 		}
+		defer verifier.Close()
 		log.Info("verifying callers' OIDC tokens at the agent", zap.Int("issuers", len(cfg.CallerVerification.JWT)))
 	}
 	handler, err := proxy.NewAgentHop(proxy.AgentHopConfig{Cluster: cfg.Cluster, AgentID: cfg.AgentID, Rest: rc, Verifier: verifier, Identities: cfg.Identities, Logger: log.Named("proxy")})

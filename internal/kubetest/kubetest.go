@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -89,8 +90,9 @@ type Cluster struct {
 // Start brings up etcd, kube-apiserver and nodesim on free 127.0.0.1 ports,
 // in t.TempDir(), and stops them (by PID) in t.Cleanup. Binaries come from
 // the directory in $KEYHOLE_TESTBIN; if it is unset or a binary is missing,
-// the test fails telling to run hack/testbin.sh.
-func Start(t testing.TB) *Cluster {
+// the test fails telling to run hack/testbin.sh. apiServerArgs are added
+// to kube-apiserver's flags (e.g. --authentication-config=FILE).
+func Start(t testing.TB, apiServerArgs ...string) *Cluster {
 	t.Helper()
 	bin := testbed.TestBin(t, "kubetest", "etcd", "kube-apiserver", "nodesim")
 	kubectl, err := exec.LookPath("kubectl")
@@ -166,7 +168,7 @@ func Start(t testing.TB) *Cluster {
 		port := testbed.FreePort(t, "kubetest")
 		c.URL = "https://127.0.0.1:" + strconv.Itoa(port)
 		f := func(n string) string { return filepath.Join(dir, "pki", n) }
-		p := startProc(t, "kube-apiserver", filepath.Join(dir, "kube-apiserver.log"), filepath.Join(bin, "kube-apiserver"),
+		p := startProc(t, "kube-apiserver", filepath.Join(dir, "kube-apiserver.log"), filepath.Join(bin, "kube-apiserver"), append(slices.Clip(apiServerArgs),
 			"--bind-address=127.0.0.1",
 			"--secure-port="+strconv.Itoa(port),
 			"--advertise-address=127.0.0.1",
@@ -190,6 +192,7 @@ func Start(t testing.TB) *Cluster {
 			"--profiling=false",
 			"--allow-privileged=true",
 			"--logging-format=text",
+		)...,
 		)
 		procs = append(procs, p)
 		err := testbed.WaitFor(p, StartTimeout, func() bool { return testbed.HTTPOK(tlsClient, c.URL+"/readyz", c.AdminToken, "ok") })
