@@ -29,8 +29,10 @@ import (
 //   - carol's OIDC ID token from Dex expires (Dex issues 25 s tokens).
 //
 // Each stream must end within a few seconds of its cause (recheckInterval
-// is 1 s here), kubectl must exit with an error, a fresh request must be
-// refused, and the audit log must say why each stream ended.
+// is 1 s here; a static token's expiry is whole seconds, so it may end up
+// to a second before the 12 s), a fresh request must be refused with what
+// kubectl says for a 401 or 403, and the audit log must say why each
+// stream ended.
 func TestStreamsEndWithTheirCredential(t *testing.T) {
 	c := kubetest.Start(t)
 	dex := idptest.Start(t, idptest.Options{
@@ -116,10 +118,10 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: carol@example
 		reason string
 		status string // kubectl's message for a fresh request
 	}{
-		"frank": {frankRevoked, "credential-revoked", "Unauthorized"},
-		"gina":  {ginaDenied, "policy", "may not reach cluster"},
-		"eve":   {eveMinted.Add(12 * time.Second), "credential-expired", "Unauthorized"},
-		"carol": {carolMinted.Add(25 * time.Second), "credential-expired", "Unauthorized"},
+		"frank": {frankRevoked, "credential-revoked", "You must be logged in to the server"},
+		"gina":  {ginaDenied, "policy", `user "gina" may not reach cluster "acc"`},
+		"eve":   {eveMinted.Add(12 * time.Second), "credential-expired", "You must be logged in to the server"},
+		"carol": {carolMinted.Add(25 * time.Second), "credential-expired", "You must be logged in to the server"},
 	}
 	const slack = 6 * time.Second // recheck 1 s + client reaction, on a loaded 2-core machine
 	for u, cause := range causes {
@@ -133,8 +135,11 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: carol@example
 			took := r.at.Sub(cause.at)
 			t.Logf("%s ended %v after its cause (%s), exit %d: %s", r.name, took.Round(time.Millisecond), cause.reason,
 				exitCode(r.err), strings.TrimSpace(lastLine(r.stderr.String())))
-			if r.err == nil {
-				t.Errorf("%s exited 0; kubectl should report the refusal", r.name)
+			// A watch the server ends is the end of `kubectl get -w` (exit 0,
+			// as when kube-apiserver ends one); an exec whose session is
+			// closed is an error.
+			if r == open[u].exec && r.err == nil {
+				t.Errorf("%s exited 0; its session was cut", r.name)
 			}
 		}
 		_, err := g.kubectl(kubeconfigs[u], nil, nil, "--context", "acc", "get", "pods", "-o", "name")

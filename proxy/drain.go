@@ -61,6 +61,20 @@ type longReq struct {
 	ended atomic.Bool
 	// why is the reason the stub ended it (recheck.go).
 	why endReason
+
+	mu     sync.Mutex
+	client io.Closer // the client's connection, once upgraded
+}
+
+// upgraded hands lr the client's hijacked connection, so that end closes it
+// before it cancels the hop to the agent (see end).
+func (lr *longReq) upgraded(c io.Closer) {
+	lr.mu.Lock()
+	lr.client = c
+	lr.mu.Unlock()
+	if lr.ended.Load() {
+		_ = c.Close()
+	}
 }
 
 // drainer tracks long-running requests.

@@ -66,10 +66,21 @@ func (e *endReason) set(reason, words string) bool {
 }
 
 // end ends lr for reason; the first reason given is the one recorded.
+//
+// An upgraded session's client connection is closed first: cancelling
+// closes the stream to the agent, which the agent passes on as the end of
+// the client's input, and a remote command that then exits 0 (cat) would
+// otherwise report success to a client whose session was cut.
 func (lr *longReq) end(reason, words string) {
 	lr.why.set(reason, words)
 	lr.ended.Store(true)
-	lr.cancel() // an upgraded session's client side closes with it (ServeHTTP)
+	lr.mu.Lock()
+	c := lr.client
+	lr.mu.Unlock()
+	if c != nil {
+		_ = c.Close()
+	}
+	lr.cancel()
 }
 
 // Reason is why the stub ended lr ("" if it did not).

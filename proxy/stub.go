@@ -305,6 +305,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// covers an end that came while the upgrade was being set up: the context is done already
 			// and the conn is closed at once.
 			stopClosing = context.AfterFunc(ctx, func() { _ = c.Close() })
+			state.long.upgraded(c) // the stub's own end closes it first (longReq.end)
 		}
 		s.cfg.Metrics.openAdd("session", 1)
 		ar.Agent = state.agent
