@@ -93,6 +93,25 @@ func (l *liveAccess) current() *access {
 	return a
 }
 
+// close stops the background work (issuer discovery) of the access in
+// force and of the first one; an access replaced by a reload is stopped
+// when it is collected (authn.NewJWT), since requests may still hold it.
+func (l *liveAccess) close() {
+	for _, a := range []*access{l.static, l.currentQuiet()} {
+		if a != nil && a.auth.JWT != nil {
+			a.auth.JWT.Close()
+		}
+	}
+}
+
+// currentQuiet is the access in force, without re-reading or logging.
+func (l *liveAccess) currentQuiet() *access {
+	if l.file == nil {
+		return nil
+	}
+	return l.file.Get()
+}
+
 // Authenticate implements proxy.Authenticator.
 func (l *liveAccess) Authenticate(ctx context.Context, token string) (*authn.User, error) {
 	return l.current().auth.Authenticate(ctx, token)

@@ -301,7 +301,8 @@ func (s *Server) startHTTPS(r *running) error {
 //  4. the prober, then the metrics server;
 //  5. agent sessions: agents reconnect, to another replica or to this one
 //     restarted; idle tunnel connections of the stub hop close;
-//  6. the hub: the state mirror, which kept serving until now, ends;
+//  6. access: issuer discovery of the authentication in force stops;
+//     the hub: the state mirror, which kept serving until now, ends;
 //  7. the audit sink is flushed and closed.
 //
 // Each step logs "stop" with its name and duration.
@@ -347,6 +348,7 @@ func (s *Server) stop(r *running, graceful bool) {
 	if r.proxy != nil {
 		r.proxy.Close()
 	}
+	step("access", s.access.close) // issuer discovery
 	if r.hub != nil {
 		step("hub", r.hub.stop)
 	}
