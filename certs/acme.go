@@ -66,6 +66,9 @@ type ACME struct {
 // domains fail and the progress is logged. Errors returned are
 // configuration errors; a store that cannot be read yet is retried.
 func StartACME(c ACMEConfig) (*ACME, error) {
+	if c.Storage == nil {
+		return nil, errors.New("certs: ACMEConfig.Storage is nil; give the certificate store (a GuardedStorage over a directory or a SecretStorage)")
+	}
 	log := c.Logger
 	if log == nil {
 		log = zap.NewNop()

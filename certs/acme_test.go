@@ -30,10 +30,12 @@ func TestACMEStopLeavesNothing(t *testing.T) {
 	dead.Close()
 	core, logs := observer.New(zap.DebugLevel)
 	dir := t.TempDir()
+	store, err := NewGuardedStorage(GuardedStorageConfig{Storage: &certmagic.FileStorage{Path: dir}, Where: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
 	a, err := StartACME(ACMEConfig{Domains: []string{"keyhole.example.com"}, DirectoryURL: deadURL,
-		Challenge: ChallengeTLSALPN, ChallengeAddr: ln.Addr().String(),
-		Storage: &GuardedStorage{Storage: &certmagic.FileStorage{Path: dir}, Where: dir},
-		Logger:  zap.New(core)})
+		Challenge: ChallengeTLSALPN, ChallengeAddr: ln.Addr().String(), Storage: store, Logger: zap.New(core)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,6 +78,7 @@ func TestStartACMEConfigErrors(t *testing.T) {
 		{ACMEConfig{Challenge: ChallengeTLSALPN, ChallengeAddr: ":443", CAFile: dir + "/missing.pem", Storage: st}, "tls.acme.caFile"},
 		{ACMEConfig{Challenge: "dns-01", ChallengeAddr: ":443", Storage: st}, "tls.acme.challenge"},
 		{ACMEConfig{Challenge: ChallengeHTTP, ChallengeAddr: "eighty", Storage: st}, `"eighty"`},
+		{ACMEConfig{Challenge: ChallengeTLSALPN, ChallengeAddr: ":443"}, "ACMEConfig.Storage"},
 	} {
 		if _, err := StartACME(tc.c); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.c, err, tc.want)

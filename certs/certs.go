@@ -12,7 +12,9 @@
 // certmagic, keeping its state in a certmagic.Storage: a directory, or
 // SecretStorage (Kubernetes Secrets) when replicas share it. GuardedStorage
 // wraps either so that a failing store (a full disk) is reported clearly
-// and loses nothing already stored. See docs/tls.md.
+// and loses nothing already stored. Both are built by NewSecretStorage and
+// NewGuardedStorage, which fill in defaults and refuse an incomplete
+// config. See docs/tls.md.
 package certs
 
 import (

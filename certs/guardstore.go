@@ -12,6 +12,22 @@ import (
 	"go.uber.org/zap"
 )
 
+// GuardedStorageConfig configures a GuardedStorage.
+type GuardedStorageConfig struct {
+	// Storage is the certificate store being wrapped (required).
+	Storage certmagic.Storage
+	// Where names the store for operators, e.g. `stateDir "/var/lib/keyhole"
+	// (certificates in /var/lib/keyhole/acme)`.
+	Where string
+	// Fix tells the operator what to do when writes fail.
+	Fix string
+	// Dir, if set, is the directory whose filesystem is checked for MinFree
+	// bytes free before each write (MinFree 0: no check).
+	Dir     string
+	MinFree uint64
+	Logger  *zap.Logger
+}
+
 // GuardedStorage wraps the certificate store so that a write that fails
 // (a full disk, a quota, a read-only volume) is reported with where it went
 // and what to do, and so that such a failure loses nothing already stored.
@@ -25,21 +41,40 @@ import (
 // disk it also refuses a write up front when less than MinFree bytes are
 // free, so that a nearly full disk fails the first write of a save (nothing
 // replaced) rather than a later one.
+//
+// Load, Exists, List, Stat, Lock and Unlock pass through to the wrapped
+// store, and so does TryLock when the wrapped store can try a lock.
 type GuardedStorage struct {
-	certmagic.Storage
-	// Where names the store for operators, e.g. `stateDir "/var/lib/keyhole"
-	// (certificates in /var/lib/keyhole/acme)`.
-	Where string
-	// Fix tells the operator what to do when writes fail.
-	Fix string
-	// Dir, if set, is the directory whose filesystem is checked for MinFree.
-	Dir     string
-	MinFree uint64
-	Logger  *zap.Logger
+	store certmagic.Storage
+	cfg   GuardedStorageConfig // defaults filled in
+	log   *zap.Logger
 
 	mu       sync.Mutex
 	prev     map[string]replaced
 	failedAt time.Time
+}
+
+var (
+	_ certmagic.Storage   = (*GuardedStorage)(nil)
+	_ certmagic.TryLocker = (*GuardedStorage)(nil)
+)
+
+// NewGuardedStorage validates cfg and wraps cfg.Storage.
+func NewGuardedStorage(cfg GuardedStorageConfig) (*GuardedStorage, error) {
+	var errs []error
+	if cfg.Storage == nil {
+		errs = append(errs, errors.New("GuardedStorageConfig.Storage is nil; give the certificate store to wrap"))
+	}
+	if cfg.MinFree > 0 && cfg.Dir == "" {
+		errs = append(errs, fmt.Errorf("GuardedStorageConfig.MinFree %d needs Dir, the directory whose filesystem is checked", cfg.MinFree))
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("certs: %w", errors.Join(errs...))
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	return &GuardedStorage{store: cfg.Storage, cfg: cfg, log: cfg.Logger, prev: map[string]replaced{}}, nil
 }
 
 type replaced struct {
@@ -51,31 +86,21 @@ type replaced struct {
 // replaced key is taken for certmagic's rollback.
 const restoreWindow = time.Minute
 
-func (g *GuardedStorage) log() *zap.Logger {
-	if g.Logger == nil {
-		return zap.NewNop()
-	}
-	return g.Logger
-}
-
 // Store writes key after the free-space check, remembering the value it
 // replaces.
 func (g *GuardedStorage) Store(ctx context.Context, key string, value []byte) error {
-	if g.Dir != "" && g.MinFree > 0 {
-		if free, ok := freeBytes(g.Dir); ok && free < g.MinFree+uint64(len(value)) {
+	if g.cfg.Dir != "" && g.cfg.MinFree > 0 {
+		if free, ok := freeBytes(g.cfg.Dir); ok && free < g.cfg.MinFree+uint64(len(value)) {
 			return g.failed(key, fmt.Errorf("%w: %d bytes free in %s, want at least %d: %w",
-				ErrStoreFull, free, g.Dir, g.MinFree+uint64(len(value)), syscall.ENOSPC))
+				ErrStoreFull, free, g.cfg.Dir, g.cfg.MinFree+uint64(len(value)), syscall.ENOSPC))
 		}
 	}
-	old, loadErr := g.Storage.Load(ctx, key)
-	if err := g.Storage.Store(ctx, key, value); err != nil {
+	old, loadErr := g.store.Load(ctx, key)
+	if err := g.store.Store(ctx, key, value); err != nil {
 		return g.failed(key, err)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.prev == nil {
-		g.prev = map[string]replaced{}
-	}
 	now := time.Now()
 	for k, r := range g.prev {
 		if now.Sub(r.at) > restoreWindow {
@@ -94,9 +119,9 @@ func (g *GuardedStorage) failed(key string, err error) error {
 	g.mu.Lock()
 	g.failedAt = time.Now()
 	g.mu.Unlock()
-	g.log().Error("cannot write to the certificate store; the stub keeps serving its current certificate and retries",
-		zap.String("store", g.Where), zap.String("key", key), zap.Error(err), zap.String("fix", g.Fix))
-	return fmt.Errorf("certificate store %s: writing %q: %w (%s)", g.Where, key, err, g.Fix)
+	g.log.Error("cannot write to the certificate store; the stub keeps serving its current certificate and retries",
+		zap.String("store", g.cfg.Where), zap.String("key", key), zap.Error(err), zap.String("fix", g.cfg.Fix))
+	return fmt.Errorf("certificate store %s: writing %q: %w (%s)", g.cfg.Where, key, err, g.cfg.Fix)
 }
 
 // Delete removes key, except that a key replaced just before a failed
@@ -110,24 +135,54 @@ func (g *GuardedStorage) Delete(ctx context.Context, key string) error {
 	}
 	g.mu.Unlock()
 	if !rollback {
-		return g.Storage.Delete(ctx, key)
+		return g.store.Delete(ctx, key)
 	}
-	if err := g.Storage.Store(ctx, key, r.value); err != nil {
-		g.log().Error("cannot restore the previous value after a failed save; the stub keeps it in memory and serves it",
-			zap.String("store", g.Where), zap.String("key", key), zap.Error(err), zap.String("fix", g.Fix))
-		return errors.Join(fmt.Errorf("certificate store %s: restoring %q", g.Where, key), err)
+	if err := g.store.Store(ctx, key, r.value); err != nil {
+		g.log.Error("cannot restore the previous value after a failed save; the stub keeps it in memory and serves it",
+			zap.String("store", g.cfg.Where), zap.String("key", key), zap.Error(err), zap.String("fix", g.cfg.Fix))
+		return errors.Join(fmt.Errorf("certificate store %s: restoring %q", g.cfg.Where, key), err)
 	}
-	g.log().Warn("kept the previous value of a key after a failed save", zap.String("store", g.Where), zap.String("key", key))
+	g.log.Warn("kept the previous value of a key after a failed save", zap.String("store", g.cfg.Where), zap.String("key", key))
 	return nil
 }
 
 // TryLock passes through when the wrapped storage can try a lock.
 func (g *GuardedStorage) TryLock(ctx context.Context, name string) (bool, error) {
-	if t, ok := g.Storage.(certmagic.TryLocker); ok {
+	if t, ok := g.store.(certmagic.TryLocker); ok {
 		return t.TryLock(ctx, name)
 	}
 	return false, errors.New("the certificate store cannot try a lock")
 }
 
-// String names the store.
-func (g *GuardedStorage) String() string { return g.Where }
+// String names the store (Where).
+func (g *GuardedStorage) String() string { return g.cfg.Where }
+
+// Load passes through to the wrapped store.
+func (g *GuardedStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	return g.store.Load(ctx, key)
+}
+
+// Exists passes through to the wrapped store.
+func (g *GuardedStorage) Exists(ctx context.Context, key string) bool {
+	return g.store.Exists(ctx, key)
+}
+
+// List passes through to the wrapped store.
+func (g *GuardedStorage) List(ctx context.Context, path string, recursive bool) ([]string, error) {
+	return g.store.List(ctx, path, recursive)
+}
+
+// Stat passes through to the wrapped store.
+func (g *GuardedStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	return g.store.Stat(ctx, key)
+}
+
+// Lock passes through to the wrapped store.
+func (g *GuardedStorage) Lock(ctx context.Context, name string) error {
+	return g.store.Lock(ctx, name)
+}
+
+// Unlock passes through to the wrapped store.
+func (g *GuardedStorage) Unlock(ctx context.Context, name string) error {
+	return g.store.Unlock(ctx, name)
+}

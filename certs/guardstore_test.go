@@ -19,7 +19,10 @@ import (
 func TestGuardedStorageKeepsPair(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	g := &GuardedStorage{Storage: &certmagic.FileStorage{Path: dir}, Where: "directory " + dir, Fix: "free space", Logger: zaptest.NewLogger(t)}
+	g, err := NewGuardedStorage(GuardedStorageConfig{Storage: &certmagic.FileStorage{Path: dir}, Where: "directory " + dir, Fix: "free space", Logger: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	key, crt := "certificates/ca/x/x.key", "certificates/ca/x/x.crt"
 	for k, v := range map[string]string{key: "old key", crt: "old cert"} {
 		if err := g.Store(ctx, k, []byte(v)); err != nil {
@@ -39,7 +42,7 @@ func TestGuardedStorageKeepsPair(t *testing.T) {
 	if err := g.Store(ctx, key, []byte("new key")); err != nil {
 		t.Fatal(err)
 	}
-	err := g.Store(ctx, crt, []byte("new cert"))
+	err = g.Store(ctx, crt, []byte("new cert"))
 	if err == nil || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "free space") {
 		t.Fatalf("failed write: %v (want the store and the fix named)", err)
 	}
@@ -66,7 +69,15 @@ func TestGuardedStorageMinFree(t *testing.T) {
 	if !ok {
 		t.Fatal("statfs failed on a temporary directory")
 	}
-	g := &GuardedStorage{Storage: &certmagic.FileStorage{Path: dir}, Where: "directory " + dir, Fix: "free space on " + dir, Dir: dir, MinFree: free + 1<<30}
+	guarded := func(minFree uint64) *GuardedStorage {
+		g, err := NewGuardedStorage(GuardedStorageConfig{Storage: &certmagic.FileStorage{Path: dir}, Where: "directory " + dir,
+			Fix: "free space on " + dir, Dir: dir, MinFree: minFree})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	g := guarded(free + 1<<30)
 	err := g.Store(context.Background(), "a/b", []byte("x"))
 	if err == nil || !strings.Contains(err.Error(), "no space left on device") || !strings.Contains(err.Error(), "free space on "+dir) {
 		t.Fatalf("write with too little free space: %v", err)
@@ -74,8 +85,41 @@ func TestGuardedStorageMinFree(t *testing.T) {
 	if g.Exists(context.Background(), "a/b") {
 		t.Fatal("refused write reached the store")
 	}
-	g.MinFree = 1
-	if err := g.Store(context.Background(), "a/b", []byte("x")); err != nil {
+	if err := guarded(1).Store(context.Background(), "a/b", []byte("x")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestNewGuardedStorageConfig: a missing store and a MinFree with no
+// directory to check are errors naming the field; the rest is optional.
+func TestNewGuardedStorageConfig(t *testing.T) {
+	st := &certmagic.FileStorage{Path: t.TempDir()}
+	for _, tc := range []struct {
+		name string
+		c    GuardedStorageConfig
+		want []string // substrings of the error; none: no error
+	}{
+		{"store only", GuardedStorageConfig{Storage: st}, nil},
+		{"no store", GuardedStorageConfig{Where: "x"}, []string{"GuardedStorageConfig.Storage"}},
+		{"MinFree without Dir", GuardedStorageConfig{Storage: st, MinFree: 1}, []string{"GuardedStorageConfig.MinFree 1 needs Dir"}},
+		{"both", GuardedStorageConfig{MinFree: 1}, []string{"GuardedStorageConfig.Storage", "GuardedStorageConfig.MinFree"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g, err := NewGuardedStorage(tc.c)
+			if len(tc.want) == 0 {
+				if err != nil || g == nil || g.log == nil {
+					t.Fatalf("%v %v", g, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
 	}
 }

@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 )
 
 // Labels, annotations and Secret types of SecretStorage. A value Secret
@@ -37,6 +38,32 @@ const (
 	secretValueKey    = "value"
 )
 
+// Defaults of SecretStorageConfig.
+const (
+	DefaultLockTTL        = 30 * time.Second
+	DefaultLockPoll       = time.Second
+	DefaultRequestTimeout = 15 * time.Second
+)
+
+// SecretStorageConfig configures a SecretStorage.
+type SecretStorageConfig struct {
+	// Client reaches the API server that holds the Secrets (required).
+	Client kubernetes.Interface
+	// Namespace holds the Secrets (required).
+	Namespace string
+	// Holder names this process in lock Secrets, e.g. the replica ID
+	// (required).
+	Holder string
+	// LockTTL is how long a lock outlives its last renewal (default
+	// DefaultLockTTL); LockPoll is how often a waiter looks again (default
+	// DefaultLockPoll).
+	LockTTL  time.Duration
+	LockPoll time.Duration
+	// RequestTimeout bounds each API call (default DefaultRequestTimeout).
+	RequestTimeout time.Duration
+	Logger         *zap.Logger
+}
+
 // SecretStorage is a certmagic.Storage that keeps certificates, keys, ACME
 // account data and locks in Kubernetes Secrets of one namespace, so that
 // stub replicas share them: one replica orders a certificate, the others
@@ -51,17 +78,8 @@ const (
 // over (an Update conditional on the resourceVersion it read, so only one
 // waiter wins).
 type SecretStorage struct {
-	Client    kubernetes.Interface
-	Namespace string
-	// Holder names this process in lock Secrets (e.g. the replica ID).
-	Holder string
-	// LockTTL is how long a lock outlives its last renewal (default 30s);
-	// LockPoll is how often a waiter looks again (default 1s).
-	LockTTL  time.Duration
-	LockPoll time.Duration
-	// RequestTimeout bounds each API call (default 15s).
-	RequestTimeout time.Duration
-	Logger         *zap.Logger
+	cfg SecretStorageConfig // defaults filled in
+	log *zap.Logger
 
 	mu     sync.Mutex
 	held   map[string]*heldLock // lock name -> renewal state
@@ -77,35 +95,56 @@ type heldLock struct {
 	mu      sync.Mutex
 }
 
-var _ certmagic.Storage = (*SecretStorage)(nil)
+var (
+	_ certmagic.Storage   = (*SecretStorage)(nil)
+	_ certmagic.TryLocker = (*SecretStorage)(nil)
+)
 
-func (s *SecretStorage) ttl() time.Duration {
-	if s.LockTTL > 0 {
-		return s.LockTTL
+// NewSecretStorage validates cfg, fills in its defaults and returns the
+// storage. It makes no API call: a Secret that cannot be read yet is the
+// error of the first operation. Close releases the locks it holds.
+func NewSecretStorage(cfg SecretStorageConfig) (*SecretStorage, error) {
+	var errs []error
+	if cfg.Client == nil {
+		errs = append(errs, errors.New("SecretStorageConfig.Client is nil; give a client of the API server that holds the Secrets"))
 	}
-	return 30 * time.Second
-}
-
-func (s *SecretStorage) poll() time.Duration {
-	if s.LockPoll > 0 {
-		return s.LockPoll
+	if cfg.Namespace == "" {
+		errs = append(errs, errors.New("SecretStorageConfig.Namespace is empty; name the namespace that holds the Secrets"))
 	}
-	return time.Second
+	if cfg.Holder == "" {
+		errs = append(errs, errors.New("SecretStorageConfig.Holder is empty; name this process in lock Secrets (the replica ID)"))
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"LockTTL", &cfg.LockTTL, DefaultLockTTL},
+		{"LockPoll", &cfg.LockPoll, DefaultLockPoll},
+		{"RequestTimeout", &cfg.RequestTimeout, DefaultRequestTimeout},
+	} {
+		switch {
+		case *d.v < 0:
+			errs = append(errs, fmt.Errorf("SecretStorageConfig.%s %v must not be negative (0: %v)", d.name, *d.v, d.def))
+		case *d.v == 0:
+			*d.v = d.def
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("certs: %w", errors.Join(errs...))
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	return &SecretStorage{cfg: cfg, log: cfg.Logger}, nil
 }
 
 func (s *SecretStorage) reqCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	d := s.RequestTimeout
-	if d <= 0 {
-		d = 15 * time.Second
-	}
-	return context.WithTimeout(ctx, d)
+	return context.WithTimeout(ctx, s.cfg.RequestTimeout)
 }
 
-func (s *SecretStorage) log() *zap.Logger {
-	if s.Logger == nil {
-		return zap.NewNop()
-	}
-	return s.Logger
+func (s *SecretStorage) secrets() corev1client.SecretInterface {
+	return s.cfg.Client.CoreV1().Secrets(s.cfg.Namespace)
 }
 
 func hashName(prefix, key string) string {
@@ -120,7 +159,7 @@ func SecretName(key string) string { return hashName("keyhole-acme-", key) }
 func LockSecretName(name string) string { return hashName("keyhole-acme-lock-", name) }
 
 func (s *SecretStorage) where(key string) string {
-	return fmt.Sprintf("Secret %s/%s (key %q)", s.Namespace, SecretName(key), key)
+	return fmt.Sprintf("Secret %s/%s (key %q)", s.cfg.Namespace, SecretName(key), key)
 }
 
 // Store puts value at key, creating or replacing its Secret.
@@ -129,17 +168,17 @@ func (s *SecretStorage) Store(ctx context.Context, key string, value []byte) err
 	now := time.Now().UTC().Format(time.RFC3339Nano)
 	for attempt := 0; attempt < 5; attempt++ {
 		rctx, cancel := s.reqCtx(ctx)
-		cur, err := s.Client.CoreV1().Secrets(s.Namespace).Get(rctx, name, metav1.GetOptions{})
+		cur, err := s.secrets().Get(rctx, name, metav1.GetOptions{})
 		switch {
 		case apierrors.IsNotFound(err):
 			sec := &corev1.Secret{
-				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.Namespace,
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.cfg.Namespace,
 					Labels:      map[string]string{LabelStorage: "value", LabelManagedBy: ManagedBy},
 					Annotations: map[string]string{AnnotationKey: key, AnnotationModTime: now}},
 				Type: SecretTypeValue,
 				Data: map[string][]byte{secretValueKey: value},
 			}
-			_, err = s.Client.CoreV1().Secrets(s.Namespace).Create(rctx, sec, metav1.CreateOptions{})
+			_, err = s.secrets().Create(rctx, sec, metav1.CreateOptions{})
 		case err == nil:
 			if got := cur.Annotations[AnnotationKey]; got != key {
 				cancel()
@@ -147,7 +186,7 @@ func (s *SecretStorage) Store(ctx context.Context, key string, value []byte) err
 			}
 			cur.Data = map[string][]byte{secretValueKey: value}
 			cur.Annotations[AnnotationModTime] = now
-			_, err = s.Client.CoreV1().Secrets(s.Namespace).Update(rctx, cur, metav1.UpdateOptions{})
+			_, err = s.secrets().Update(rctx, cur, metav1.UpdateOptions{})
 		}
 		cancel()
 		if err == nil {
@@ -164,7 +203,7 @@ func (s *SecretStorage) Store(ctx context.Context, key string, value []byte) err
 func (s *SecretStorage) Load(ctx context.Context, key string) ([]byte, error) {
 	rctx, cancel := s.reqCtx(ctx)
 	defer cancel()
-	sec, err := s.Client.CoreV1().Secrets(s.Namespace).Get(rctx, SecretName(key), metav1.GetOptions{})
+	sec, err := s.secrets().Get(rctx, SecretName(key), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, fmt.Errorf("%s: %w", s.where(key), fs.ErrNotExist)
 	}
@@ -181,9 +220,9 @@ func (s *SecretStorage) Load(ctx context.Context, key string) ([]byte, error) {
 func (s *SecretStorage) entries(ctx context.Context) (map[string]*corev1.Secret, error) {
 	rctx, cancel := s.reqCtx(ctx)
 	defer cancel()
-	l, err := s.Client.CoreV1().Secrets(s.Namespace).List(rctx, metav1.ListOptions{LabelSelector: LabelStorage + "=value"})
+	l, err := s.secrets().List(rctx, metav1.ListOptions{LabelSelector: LabelStorage + "=value"})
 	if err != nil {
-		return nil, fmt.Errorf("listing Secrets in %s with label %s=value: %w", s.Namespace, LabelStorage, err)
+		return nil, fmt.Errorf("listing Secrets in %s with label %s=value: %w", s.cfg.Namespace, LabelStorage, err)
 	}
 	m := make(map[string]*corev1.Secret, len(l.Items))
 	for i := range l.Items {
@@ -211,7 +250,7 @@ func (s *SecretStorage) Delete(ctx context.Context, key string) error {
 			continue
 		}
 		rctx, cancel := s.reqCtx(ctx)
-		err := s.Client.CoreV1().Secrets(s.Namespace).Delete(rctx, SecretName(k), metav1.DeleteOptions{})
+		err := s.secrets().Delete(rctx, SecretName(k), metav1.DeleteOptions{})
 		cancel()
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("deleting %s: %w", s.where(k), err)
@@ -253,7 +292,7 @@ func (s *SecretStorage) List(ctx context.Context, prefix string, recursive bool)
 		seen[path.Join(prefix, first)] = true
 	}
 	if len(seen) == 0 {
-		return nil, fmt.Errorf("no keys under %q in Secrets of %s: %w", prefix, s.Namespace, fs.ErrNotExist)
+		return nil, fmt.Errorf("no keys under %q in Secrets of %s: %w", prefix, s.cfg.Namespace, fs.ErrNotExist)
 	}
 	keys := make([]string, 0, len(seen))
 	for k := range seen {
@@ -268,7 +307,7 @@ func (s *SecretStorage) List(ctx context.Context, prefix string, recursive bool)
 func (s *SecretStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
 	key = strings.Trim(key, "/")
 	rctx, cancel := s.reqCtx(ctx)
-	sec, err := s.Client.CoreV1().Secrets(s.Namespace).Get(rctx, SecretName(key), metav1.GetOptions{})
+	sec, err := s.secrets().Get(rctx, SecretName(key), metav1.GetOptions{})
 	cancel()
 	if err == nil && sec.Annotations[AnnotationKey] == key {
 		mod, _ := time.Parse(time.RFC3339Nano, sec.Annotations[AnnotationModTime])
@@ -291,7 +330,7 @@ func (s *SecretStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo
 
 // String names the storage (certmagic logs it).
 func (s *SecretStorage) String() string {
-	return "kubernetes Secrets in namespace " + s.Namespace
+	return "kubernetes Secrets in namespace " + s.cfg.Namespace
 }
 
 func newToken(holder string) string {
@@ -311,8 +350,8 @@ func (s *SecretStorage) Lock(ctx context.Context, name string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for lock %q (%s/%s): %w", name, s.Namespace, LockSecretName(name), ctx.Err())
-		case <-time.After(s.poll()):
+			return fmt.Errorf("waiting for lock %q (%s/%s): %w", name, s.cfg.Namespace, LockSecretName(name), ctx.Err())
+		case <-time.After(s.cfg.LockPoll):
 		}
 	}
 }
@@ -330,14 +369,14 @@ func (s *SecretStorage) TryLock(ctx context.Context, name string) (bool, error) 
 	}
 	s.mu.Unlock()
 
-	token := newToken(s.Holder)
+	token := newToken(s.cfg.Holder)
 	secName := LockSecretName(name)
-	expires := func() string { return time.Now().Add(s.ttl()).UTC().Format(time.RFC3339Nano) }
+	expires := func() string { return time.Now().Add(s.cfg.LockTTL).UTC().Format(time.RFC3339Nano) }
 	rctx, cancel := s.reqCtx(ctx)
 	defer cancel()
-	secrets := s.Client.CoreV1().Secrets(s.Namespace)
+	secrets := s.secrets()
 	created, err := secrets.Create(rctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: secName, Namespace: s.Namespace,
+		ObjectMeta: metav1.ObjectMeta{Name: secName, Namespace: s.cfg.Namespace,
 			Labels:      map[string]string{LabelStorage: "lock", LabelManagedBy: ManagedBy},
 			Annotations: map[string]string{AnnotationKey: name, AnnotationHolder: token, AnnotationExpires: expires()}},
 		Type: SecretTypeLock,
@@ -346,14 +385,14 @@ func (s *SecretStorage) TryLock(ctx context.Context, name string) (bool, error) 
 		return s.hold(name, token, created.ResourceVersion), nil
 	}
 	if !apierrors.IsAlreadyExists(err) {
-		return false, fmt.Errorf("taking lock %q (Secret %s/%s): %w", name, s.Namespace, secName, err)
+		return false, fmt.Errorf("taking lock %q (Secret %s/%s): %w", name, s.cfg.Namespace, secName, err)
 	}
 	cur, err := secrets.Get(rctx, secName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return false, nil // released meanwhile: the next try creates it
 	}
 	if err != nil {
-		return false, fmt.Errorf("reading lock %q (Secret %s/%s): %w", name, s.Namespace, secName, err)
+		return false, fmt.Errorf("reading lock %q (Secret %s/%s): %w", name, s.cfg.Namespace, secName, err)
 	}
 	exp, perr := time.Parse(time.RFC3339Nano, cur.Annotations[AnnotationExpires])
 	if perr == nil && time.Now().Before(exp) {
@@ -373,10 +412,10 @@ func (s *SecretStorage) TryLock(ctx context.Context, name string) (bool, error) 
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("taking over expired lock %q (Secret %s/%s): %w", name, s.Namespace, secName, err)
+		return false, fmt.Errorf("taking over expired lock %q (Secret %s/%s): %w", name, s.cfg.Namespace, secName, err)
 	}
-	s.log().Warn("took over an expired ACME storage lock", zap.String("lock", name),
-		zap.String("secret", s.Namespace+"/"+secName), zap.String("previous_holder", prev),
+	s.log.Warn("took over an expired ACME storage lock", zap.String("lock", name),
+		zap.String("secret", s.cfg.Namespace+"/"+secName), zap.String("previous_holder", prev),
 		zap.String("expired", cur.Annotations[AnnotationExpires]))
 	return s.hold(name, token, upd.ResourceVersion), nil
 }
@@ -400,7 +439,7 @@ func (s *SecretStorage) hold(name, token, rv string) bool {
 
 // renew keeps the lock's expiry in the future until stopped.
 func (s *SecretStorage) renew(name string, h *heldLock) {
-	every := s.ttl() / 3
+	every := s.cfg.LockTTL / 3
 	secName := LockSecretName(name)
 	for {
 		select {
@@ -416,17 +455,17 @@ func (s *SecretStorage) renew(name string, h *heldLock) {
 			case <-ctx.Done():
 			}
 		}()
-		cur, err := s.Client.CoreV1().Secrets(s.Namespace).Get(ctx, secName, metav1.GetOptions{})
+		cur, err := s.secrets().Get(ctx, secName, metav1.GetOptions{})
 		if err == nil {
 			if cur.Annotations[AnnotationHolder] != h.token {
 				cancel()
-				s.log().Error("lost an ACME storage lock to another holder (renewals did not reach the API server in time)",
+				s.log.Error("lost an ACME storage lock to another holder (renewals did not reach the API server in time)",
 					zap.String("lock", name), zap.String("holder", cur.Annotations[AnnotationHolder]))
 				return
 			}
-			cur.Annotations[AnnotationExpires] = time.Now().Add(s.ttl()).UTC().Format(time.RFC3339Nano)
+			cur.Annotations[AnnotationExpires] = time.Now().Add(s.cfg.LockTTL).UTC().Format(time.RFC3339Nano)
 			var upd *corev1.Secret
-			if upd, err = s.Client.CoreV1().Secrets(s.Namespace).Update(ctx, cur, metav1.UpdateOptions{}); err == nil {
+			if upd, err = s.secrets().Update(ctx, cur, metav1.UpdateOptions{}); err == nil {
 				h.mu.Lock()
 				h.rv = upd.ResourceVersion
 				h.mu.Unlock()
@@ -434,7 +473,7 @@ func (s *SecretStorage) renew(name string, h *heldLock) {
 		}
 		cancel()
 		if err != nil && ctx.Err() == nil {
-			s.log().Warn("renewing ACME storage lock", zap.String("lock", name), zap.Error(err))
+			s.log.Warn("renewing ACME storage lock", zap.String("lock", name), zap.Error(err))
 		}
 	}
 }
@@ -460,13 +499,13 @@ func (s *SecretStorage) release(ctx context.Context, name string, h *heldLock) e
 	rctx, cancel := s.reqCtx(ctx)
 	defer cancel()
 	// Only our own version: a lock taken over by another holder stays theirs.
-	err := s.Client.CoreV1().Secrets(s.Namespace).Delete(rctx, LockSecretName(name),
+	err := s.secrets().Delete(rctx, LockSecretName(name),
 		metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
 	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("releasing lock %q (Secret %s/%s): %w", name, s.Namespace, LockSecretName(name), err)
+		return fmt.Errorf("releasing lock %q (Secret %s/%s): %w", name, s.cfg.Namespace, LockSecretName(name), err)
 	}
 	return nil
 }
@@ -484,7 +523,7 @@ func (s *SecretStorage) Close() {
 		<-h.stopped
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if err := s.release(ctx, name, h); err != nil {
-			s.log().Warn("releasing ACME storage lock on close", zap.Error(err))
+			s.log.Warn("releasing ACME storage lock on close", zap.Error(err))
 		}
 		cancel()
 	}

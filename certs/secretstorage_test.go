@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
 )
@@ -26,7 +28,7 @@ func TestSecretStorage(t *testing.T) {
 		ns := "acme-kv"
 		c.EnsureNamespace(t, ns)
 		defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-		ss := &SecretStorage{Client: c.Client(), Namespace: ns, Holder: "r1", Logger: zaptest.NewLogger(t)}
+		ss := newSecretStorage(t, SecretStorageConfig{Client: c.Client(), Namespace: ns, Holder: "r1", Logger: zaptest.NewLogger(t)})
 		defer ss.Close()
 		sameAsFileStorage(t, ss, &certmagic.FileStorage{Path: t.TempDir()})
 		// Names are hashes; the key is in an annotation.
@@ -47,6 +49,66 @@ func TestSecretStorage(t *testing.T) {
 		defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 		staleLock(t, c, ns)
 	})
+}
+
+func newSecretStorage(t *testing.T, cfg SecretStorageConfig) *SecretStorage {
+	t.Helper()
+	ss, err := NewSecretStorage(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ss
+}
+
+// TestNewSecretStorageConfig: a missing client, namespace or holder and a
+// negative duration are errors naming the field, all of them at once; zero
+// durations take the defaults.
+func TestNewSecretStorageConfig(t *testing.T) {
+	cs := fake.NewClientset()
+	ok := SecretStorageConfig{Client: cs, Namespace: "ns", Holder: "r1"}
+	with := func(f func(*SecretStorageConfig)) SecretStorageConfig {
+		c := ok
+		f(&c)
+		return c
+	}
+	for _, tc := range []struct {
+		name string
+		c    SecretStorageConfig
+		want []string // substrings of the error; none: no error
+	}{
+		{"defaults", ok, nil},
+		{"no client", with(func(c *SecretStorageConfig) { c.Client = nil }), []string{"SecretStorageConfig.Client"}},
+		{"no namespace", with(func(c *SecretStorageConfig) { c.Namespace = "" }), []string{"SecretStorageConfig.Namespace"}},
+		{"no holder", with(func(c *SecretStorageConfig) { c.Holder = "" }), []string{"SecretStorageConfig.Holder"}},
+		{"negative LockTTL", with(func(c *SecretStorageConfig) { c.LockTTL = -time.Second }), []string{"SecretStorageConfig.LockTTL -1s must not be negative"}},
+		{"negative LockPoll", with(func(c *SecretStorageConfig) { c.LockPoll = -1 }), []string{"SecretStorageConfig.LockPoll"}},
+		{"negative RequestTimeout", with(func(c *SecretStorageConfig) { c.RequestTimeout = -1 }), []string{"SecretStorageConfig.RequestTimeout"}},
+		{"everything missing", SecretStorageConfig{LockPoll: -1},
+			[]string{"SecretStorageConfig.Client", "SecretStorageConfig.Namespace", "SecretStorageConfig.Holder", "SecretStorageConfig.LockPoll"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ss, err := NewSecretStorage(tc.c)
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ss.Close()
+				if ss.cfg.LockTTL != DefaultLockTTL || ss.cfg.LockPoll != DefaultLockPoll || ss.cfg.RequestTimeout != DefaultRequestTimeout || ss.log == nil {
+					t.Fatalf("defaults not filled in: %+v", ss.cfg)
+				}
+				return
+			}
+			if err == nil {
+				ss.Close()
+				t.Fatal("no error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
 }
 
 // sameAsFileStorage does the same operations on both stores and compares
@@ -146,8 +208,8 @@ func lockContention(t *testing.T, c *kubetest.Cluster, ns string) {
 	start := time.Now()
 	errs := make(chan error, replicas*rounds)
 	for r := range replicas {
-		ss := &SecretStorage{Client: c.Client(), Namespace: ns, Holder: fmt.Sprintf("r%d", r),
-			LockTTL: 10 * time.Second, LockPoll: 50 * time.Millisecond, Logger: zaptest.NewLogger(t)}
+		ss := newSecretStorage(t, SecretStorageConfig{Client: c.Client(), Namespace: ns, Holder: fmt.Sprintf("r%d", r),
+			LockTTL: 10 * time.Second, LockPoll: 50 * time.Millisecond, Logger: zaptest.NewLogger(t)})
 		defer ss.Close()
 		wg.Add(1)
 		go func() {
@@ -192,7 +254,7 @@ func lockContention(t *testing.T, c *kubetest.Cluster, ns string) {
 		t.Fatalf("lock Secrets left: %v %d", err, len(l.Items))
 	}
 	// Within one process a second Lock waits too.
-	ss := &SecretStorage{Client: c.Client(), Namespace: ns, Holder: "same", LockPoll: 50 * time.Millisecond}
+	ss := newSecretStorage(t, SecretStorageConfig{Client: c.Client(), Namespace: ns, Holder: "same", LockPoll: 50 * time.Millisecond})
 	defer ss.Close()
 	ctx := context.Background()
 	if err := ss.Lock(ctx, "x"); err != nil {
@@ -210,9 +272,9 @@ func staleLock(t *testing.T, c *kubetest.Cluster, ns string) {
 	const ttl = 2 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	crashed := &SecretStorage{Client: c.Client(), Namespace: ns, Holder: "crashed", LockTTL: ttl, Logger: zaptest.NewLogger(t)}
+	crashed := newSecretStorage(t, SecretStorageConfig{Client: c.Client(), Namespace: ns, Holder: "crashed", LockTTL: ttl, Logger: zaptest.NewLogger(t)})
 	defer crashed.Close()
-	waiter := &SecretStorage{Client: c.Client(), Namespace: ns, Holder: "waiter", LockTTL: ttl, LockPoll: 100 * time.Millisecond, Logger: zaptest.NewLogger(t)}
+	waiter := newSecretStorage(t, SecretStorageConfig{Client: c.Client(), Namespace: ns, Holder: "waiter", LockTTL: ttl, LockPoll: 100 * time.Millisecond, Logger: zaptest.NewLogger(t)})
 	defer waiter.Close()
 	if err := crashed.Lock(ctx, "issue_cert_x"); err != nil {
 		t.Fatal(err)

@@ -71,20 +71,33 @@ func tlsNote(cfg config.Stub, bundle *certs.Bundle) string {
 // state directory.
 func acmeStorage(cfg config.Stub, hub kubernetes.Interface, log *zap.Logger) (*certs.GuardedStorage, func(), error) {
 	if hub != nil {
-		ss := &certs.SecretStorage{Client: hub, Namespace: cfg.Hub.Namespace, Holder: cfg.Hub.ReplicaID, Logger: log.Named("storage")}
-		return &certs.GuardedStorage{Storage: ss, Logger: log,
+		ss, err := certs.NewSecretStorage(certs.SecretStorageConfig{Client: hub, Namespace: cfg.Hub.Namespace,
+			Holder: cfg.Hub.ReplicaID, Logger: log.Named("storage")})
+		if err != nil {
+			return nil, nil, err
+		}
+		g, err := certs.NewGuardedStorage(certs.GuardedStorageConfig{Storage: ss, Logger: log,
 			Where: fmt.Sprintf("Secrets in hub namespace %q (hub.namespace)", cfg.Hub.Namespace),
 			Fix:   "check that the hub's API server and etcd accept writes (etcd quota, disk) and that the stub may create, update and delete Secrets there",
-		}, ss.Close, nil
+		})
+		if err != nil {
+			ss.Close()
+			return nil, nil, err
+		}
+		return g, ss.Close, nil
 	}
 	dir := filepath.Join(cfg.StateDir, "acme")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("stateDir: %q: creating %s for ACME certificates: %w (give a directory the stub may write)", cfg.StateDir, dir, err)
 	}
-	return &certs.GuardedStorage{Storage: &certmagic.FileStorage{Path: dir}, Logger: log, Dir: dir, MinFree: acmeMinFree,
+	g, err := certs.NewGuardedStorage(certs.GuardedStorageConfig{Storage: &certmagic.FileStorage{Path: dir}, Logger: log, Dir: dir, MinFree: acmeMinFree,
 		Where: fmt.Sprintf("directory %s (stateDir %q)", dir, cfg.StateDir),
 		Fix:   fmt.Sprintf("free space on the filesystem holding %s, or move stateDir to a larger volume", dir),
-	}, func() {}, nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return g, func() {}, nil
 }
 
 func acmeTLS(cfg config.Stub, hub kubernetes.Interface, log *zap.Logger) (*tls.Config, func(), error) {
