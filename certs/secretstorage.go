@@ -423,6 +423,17 @@ func (s *SecretStorage) TryLock(ctx context.Context, name string) (bool, error) 
 func (s *SecretStorage) hold(name, token, rv string) bool {
 	h := &heldLock{token: token, rv: rv, stop: make(chan struct{}), stopped: make(chan struct{})}
 	s.mu.Lock()
+	if s.closed {
+		// Close ran while this lock was being taken: no renewal may start
+		// after Close waited for them, so give the lock back at once.
+		s.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.release(ctx, name, h); err != nil {
+			s.log.Warn("releasing an ACME storage lock taken during close", zap.Error(err))
+		}
+		return false
+	}
 	if s.held == nil {
 		s.held = map[string]*heldLock{}
 	}
