@@ -8,6 +8,10 @@
 // streams to an agent of that cluster. Connections are kept alive, so a
 // client's keep-alive connection rides one long-lived stream.
 //
+// Both hops set their headers in ReverseProxy's Rewrite, which runs after
+// the hop-by-hop headers are removed, so that a header named in Connection
+// cannot remove one they set.
+//
 // The agent hop (AgentHop) serves those streams. It turns the identity headers
 // into Impersonate-User / Impersonate-Group, lets client-go's transport add
 // the agent's own ServiceAccount token (re-read as it rotates), and forwards

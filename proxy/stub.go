@@ -172,10 +172,27 @@ func newRequestID() string {
 	return hex.EncodeToString(b)
 }
 
-// reqState travels in the outbound request's context: what rewrite,
-// ModifyResponse and the error handler learn, for the audit record.
+// reqState travels in the outbound request's context: what ServeHTTP
+// decided for rewrite to send, and what rewrite, ModifyResponse and the
+// error handler learn, for the audit record.
 type reqState struct {
 	cluster string
+	reqID   string
+	user    *authn.User
+	// asUser and asGroups are kubectl --as / --as-group, for the agent to
+	// decide.
+	asUser   string
+	asGroups []string
+	// callerToken goes to agents that verify callers themselves; "" for
+	// all others.
+	callerToken string
+
+	// sentAsUser and sentAsGroups are the impersonation the outbound request
+	// carried, read from its headers as rewrite left them: the audit record
+	// states what the cluster received, not what the caller asked for.
+	sentAsUser   string
+	sentAsGroups []string
+
 	agent   string                 // from the agent's HeaderServedBy
 	failure *apierrors.StatusError // set by proxyError
 	long    *longReq               // a long-running request (drain.go), else nil
@@ -238,9 +255,11 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(kubestatus.Forbidden(fmt.Sprintf("cluster %q: only kubectl --as (with optional --as-group) is supported through this gateway, not --as-uid or extra fields", cluster)))
 		return
 	}
-	ar.ImpersonatedUser, ar.ImpersonatedGroups = asUser, asGroups
 
-	state := &reqState{cluster: cluster}
+	state := &reqState{cluster: cluster, reqID: reqID, user: user, asUser: asUser, asGroups: asGroups}
+	if s.cfg.WantsCallerToken != nil && authn.LooksLikeJWT(token) && s.cfg.WantsCallerToken(cluster) {
+		state.callerToken = token // that cluster's agents check the caller themselves
+	}
 	ctx := context.WithValue(r.Context(), stateKey, state)
 	if longRunning(r) {
 		tctx, lr, release, ok := s.drain.track(ctx)
@@ -255,26 +274,6 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	out := r.Clone(ctx)
 	out.URL.Path, out.URL.RawPath = rest, ""
-	h := out.Header
-	h.Del("Authorization")
-	h.Del("Cookie")
-	h.Del("Proxy-Authorization")
-	deletePrefix(h, identityPrefix)
-	deletePrefix(h, "Impersonate-")
-	h.Set(HeaderUser, user.Name)
-	for _, g := range user.Groups {
-		h.Add(HeaderGroup, g)
-	}
-	if s.cfg.WantsCallerToken != nil && authn.LooksLikeJWT(token) && s.cfg.WantsCallerToken(cluster) {
-		h.Set(HeaderCallerToken, token) // that cluster's agents check the caller themselves
-	}
-	if asUser != "" { // the agent decides, with the cluster's RBAC
-		h.Set(HeaderAsUser, asUser)
-		for _, g := range asGroups {
-			h.Add(HeaderAsGroup, g)
-		}
-	}
-	h.Set(HeaderRequestID, reqID)
 
 	body := audit.CountRequestBody(out)
 	aw := audit.NewResponseWriter(w)
@@ -283,6 +282,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		upgradedAt = time.Now()
 		s.cfg.Metrics.openAdd("session", 1)
 		ar.Agent = state.agent
+		ar.ImpersonatedUser, ar.ImpersonatedGroups = state.sentAsUser, state.sentAsGroups
 		s.record(ar, auditv1.StageResponseStarted, &audit.Outcome{Code: http.StatusSwitchingProtocols, Finished: upgradedAt})
 	}
 	s.cfg.Metrics.openAdd("request", 1)
@@ -290,6 +290,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.cfg.Metrics.openAdd("request", -1)
 
 	ar.Agent = state.agent
+	ar.ImpersonatedUser, ar.ImpersonatedGroups = state.sentAsUser, state.sentAsGroups
 	o := &audit.Outcome{Code: aw.Code(), Finished: time.Now(), BytesIn: body.BytesRead(), BytesOut: aw.BytesWritten()}
 	if st := state.failure; st != nil {
 		o = audit.StatusOutcome(st.ErrStatus, o.Finished)
@@ -317,12 +318,40 @@ func (s *Stub) record(ar audit.Request, stage auditv1.Stage, o *audit.Outcome) {
 	}
 }
 
+// rewrite sets every header the stub sends to the agent. It runs after
+// httputil.ReverseProxy removed the hop-by-hop headers, including each one
+// the caller named in its Connection header, so no name there can remove or
+// change a header set here: the caller's identity, its --as, the request
+// id, X-Forwarded-For. What the caller may not send (its credentials,
+// Impersonate-*, Keyhole-*) is removed here, from the request as it will be
+// sent.
 func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
-	cluster := pr.In.Context().Value(stateKey).(*reqState).cluster
+	st := pr.In.Context().Value(stateKey).(*reqState)
 	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = cluster
-	pr.Out.Host = cluster
+	pr.Out.URL.Host = st.cluster
+	pr.Out.Host = st.cluster
 	pr.SetXForwarded()
+	h := pr.Out.Header
+	h.Del("Authorization")
+	h.Del("Cookie")
+	h.Del("Proxy-Authorization")
+	deletePrefix(h, identityPrefix)
+	deletePrefix(h, "Impersonate-")
+	h.Set(HeaderUser, st.user.Name)
+	for _, g := range st.user.Groups {
+		h.Add(HeaderGroup, g)
+	}
+	if st.callerToken != "" {
+		h.Set(HeaderCallerToken, st.callerToken)
+	}
+	if st.asUser != "" { // the agent decides, with the cluster's RBAC
+		h.Set(HeaderAsUser, st.asUser)
+		for _, g := range st.asGroups {
+			h.Add(HeaderAsGroup, g)
+		}
+	}
+	h.Set(HeaderRequestID, st.reqID)
+	st.sentAsUser, st.sentAsGroups = h.Get(HeaderAsUser), h.Values(HeaderAsGroup)
 }
 
 // modifyResponse notes which agent answered and keeps that to the stub.
