@@ -2,15 +2,24 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +27,89 @@ import (
 
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
 )
+
+// apiTap stands between an agent and kube-apiserver: a TLS reverse proxy
+// that records every request as the API server receives it (method, path,
+// headers), so a test can say what the cluster was sent.
+type apiTap struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	reqs []tappedRequest
+}
+
+type tappedRequest struct {
+	method, path string
+	header       http.Header
+}
+
+func startAPITap(t *testing.T, c *kubetest.Cluster) *apiTap {
+	t.Helper()
+	target, err := url.Parse(c.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(c.CAData)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	rp := &httputil.ReverseProxy{
+		Rewrite:       func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
+		Transport:     tr,
+		FlushInterval: -1,
+		ErrorLog:      log.New(io.Discard, "", 0),
+	}
+	tap := &apiTap{}
+	tap.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tap.mu.Lock()
+		tap.reqs = append(tap.reqs, tappedRequest{r.Method, r.URL.Path, r.Header.Clone()})
+		tap.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	tap.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	tap.srv.StartTLS()
+	t.Cleanup(func() { tap.srv.CloseClientConnections(); tap.srv.Close(); tr.CloseIdleConnections() })
+	return tap
+}
+
+// kubeconfig writes a kubeconfig that reaches the API server through the
+// tap with token.
+func (tap *apiTap) kubeconfig(t *testing.T, dir, token string) string {
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tap.srv.Certificate().Raw})
+	path := filepath.Join(dir, "tap.kubeconfig")
+	writeFile(t, path, fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: tap
+  cluster: {server: %s, certificate-authority-data: %s}
+users:
+- name: agent
+  user: {token: %s}
+contexts:
+- name: tap
+  context: {cluster: tap, user: agent}
+current-context: tap
+`, tap.srv.URL, base64.StdEncoding.EncodeToString(ca), token))
+	return path
+}
+
+// requests returns the requests the API server received so far.
+func (tap *apiTap) requests() []tappedRequest {
+	tap.mu.Lock()
+	defer tap.mu.Unlock()
+	return append([]tappedRequest(nil), tap.reqs...)
+}
+
+// last returns the last request to path the API server received.
+func (tap *apiTap) last(t *testing.T, path string) tappedRequest {
+	t.Helper()
+	reqs := tap.requests()
+	for i := len(reqs) - 1; i >= 0; i-- {
+		if reqs[i].path == path {
+			return reqs[i]
+		}
+	}
+	t.Fatalf("the API server received no request to %s", path)
+	return tappedRequest{}
+}
 
 // raw sends one HTTP/1.1 request, written as is, to the stub and returns
 // the response with its body read (not for a 101).
@@ -43,6 +135,19 @@ func (g *gateway) raw(t *testing.T, req string) (*http.Response, string) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	return resp, string(b)
+}
+
+// wsRequest is a WebSocket handshake for path with extra header lines
+// ("Name: value\r\n" each).
+func wsRequest(path, extra string) string {
+	return "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + extra + "\r\n"
+}
+
+// bearerSubprotocol is the WebSocket subprotocol kube-apiserver reads a
+// bearer token from.
+func bearerSubprotocol(token string) string {
+	return "base64url.bearer.authorization.k8s.io." + base64.RawURLEncoding.EncodeToString([]byte(token))
 }
 
 // statusMessage is the message of a Kubernetes Status body.
@@ -76,27 +181,140 @@ func (g *gateway) finalRecord(t *testing.T, id string) auditv1.Event {
 	return found
 }
 
-// TestHops drives the two hops the way users meet them, with raw HTTP/1.1,
-// through the real stub and agent to kube-apiserver 1.33:
+// TestHops drives the two hops the way users meet them, with kubectl and
+// raw HTTP/1.1, through the real stub and agent to kube-apiserver 1.33,
+// whose every request a tap records:
 //
+//   - a bearer token in a WebSocket subprotocol is the caller's credential
+//     at the stub and never reaches the cluster;
 //   - no header named in Connection changes what the cluster receives, and
 //     the record states what it received.
 func TestHops(t *testing.T) {
 	c := kubetest.Start(t)
 	g := startGateway(t, c)
 	secretFile, tokenFile := g.install("acc")
-	g.startAgent(agentOpts{cluster: "acc", id: "a1", secretFile: secretFile, apiURL: c.URL, tokenFile: tokenFile, c: c})
+	tap := startAPITap(t, c)
+	agentCfg := agentOpts{cluster: "acc", id: "a1", secretFile: secretFile, kubeconfig: tap.kubeconfig(t, g.dir, readTrimmed(t, tokenFile)), extra: drainFast}
+	agent := g.startAgent(agentCfg)
 
 	_, aliceTok := g.user("alice", "cluster-admin")
 	_, bobTok := g.user("bob", "e2e-reader") // the "view" user
+	hana := g.kubeconfig("hana")             // may get and create pods/exec, attach, portforward, as "edit" may
 	gina := g.kubeconfig("gina", "acc-readers")
 	c.Apply(t, `apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: sessions-create, namespace: default}
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+- apiGroups: [""]
+  resources: [pods/exec, pods/attach, pods/portforward]
+  verbs: [get, create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: hana, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: sessions-create}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: hana}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata: {name: acc-readers}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-reader}
 subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: acc-readers}]
 `)
+	// The API server's admin token is also the stub token of powerless
+	// mallory.
+	sum := sha256.Sum256([]byte(c.AdminToken))
+	f, err := os.OpenFile(filepath.Join(g.dir, "state", "tokens.yaml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "- user: mallory\n  sha256: %s\n", hex.EncodeToString(sum[:]))
+	f.Close()
 	g.waitAgents(aliceTok, "acc", "a1")
+	c.CreatePod(t, "default", "shell", map[string]string{kubetest.PortAnnotationPrefix + "8080": startDataServer(t)})
+	const pod = "/api/v1/namespaces/default/pods/shell"
+
+	t.Run("4a WebSocket bearer subprotocol never reaches the cluster", func(t *testing.T) {
+		hanaTok := tokenOf(t, hana)
+		execPath := pod + "/exec"
+		execURL := "/clusters/acc/api/v1/namespaces/default/pods/shell/exec?command=true&stdout=true"
+		for _, tc := range []struct {
+			name, extra string
+			code        int
+			msg         string // of a refusal
+			user        string // Impersonate-User the API server received, if any
+			protocols   string // Sec-WebSocket-Protocol the API server received
+		}{
+			{"Authorization and the admin token in a subprotocol", "Authorization: Bearer " + hanaTok + "\r\nSec-WebSocket-Protocol: " +
+				bearerSubprotocol(c.AdminToken) + ", v5.channel.k8s.io, v4.channel.k8s.io\r\n", 101, "", "hana", "v5.channel.k8s.io, v4.channel.k8s.io"},
+			{"the caller's token in a subprotocol (a browser)", "Sec-WebSocket-Protocol: v5.channel.k8s.io, " + bearerSubprotocol(hanaTok) + "\r\n",
+				101, "", "hana", "v5.channel.k8s.io"},
+			{"the admin token, which is mallory's stub token", "Sec-WebSocket-Protocol: " + bearerSubprotocol(c.AdminToken) + ", v5.channel.k8s.io\r\n",
+				403, `User "mallory" cannot get resource "pods/exec"`, "mallory", ""},
+			{"a token the stub does not know", "Sec-WebSocket-Protocol: " + bearerSubprotocol("khu_not-a-token") + ", v5.channel.k8s.io\r\n",
+				401, "not valid", "", ""},
+			{"a token and no other subprotocol", "Sec-WebSocket-Protocol: " + bearerSubprotocol(hanaTok) + "\r\n",
+				401, "at least one other subprotocol", "", ""},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				before := len(tap.requests())
+				resp, body := g.raw(t, wsRequest(execURL, tc.extra))
+				if resp.StatusCode != tc.code {
+					t.Fatalf("got %s %s, want %d", resp.Status, body, tc.code)
+				}
+				if tc.code != 101 {
+					if msg := statusMessage(t, body); !strings.Contains(msg, tc.msg) {
+						t.Fatalf("message %q lacks %q", msg, tc.msg)
+					}
+					// Refused by the stub, it never reaches the API server;
+					// refused further on, it reaches it only as tc.user.
+					for _, r := range tap.requests()[before:] {
+						if as := r.header.Get("Impersonate-User"); r.path == execPath && (tc.user == "" || as != tc.user) {
+							t.Fatalf("the refused session reached the API server as %q", as)
+						}
+					}
+					return
+				}
+				if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != "v5.channel.k8s.io" {
+					t.Errorf("the API server chose subprotocol %q", got)
+				}
+				r := tap.last(t, execPath)
+				if got := r.header.Get("Impersonate-User"); got != tc.user {
+					t.Errorf("the API server was asked to run it as %q, want %q", got, tc.user)
+				}
+				if got := strings.Join(r.header.Values("Sec-Websocket-Protocol"), "|"); got != tc.protocols {
+					t.Errorf("the API server received Sec-WebSocket-Protocol %q, want %q", got, tc.protocols)
+				}
+			})
+		}
+		// kubectl's own WebSocket exec: its subprotocols pass in order.
+		if out, err := g.kubectl(hana, nil, nil, "exec", "shell", "--", "echo", "via websocket"); err != nil || out != "via websocket\n" {
+			t.Fatalf("hana's kubectl exec: %q %v", out, err)
+		}
+		if got := tap.last(t, execPath).header.Get("Sec-Websocket-Protocol"); !strings.HasPrefix(got, "v5.channel.k8s.io") || strings.Contains(got, "bearer") {
+			t.Errorf("kubectl's subprotocols at the API server: %q", got)
+		}
+		// Nothing the API server received, in any request of the run so
+		// far, carries the admin token or hana's token in any form.
+		var n int
+		for _, r := range tap.requests() {
+			n++
+			for k, vs := range r.header {
+				for _, v := range vs {
+					for what, secret := range map[string]string{"the admin token": c.AdminToken, "hana's token": hanaTok,
+						"the admin subprotocol": bearerSubprotocol(c.AdminToken), "hana's subprotocol": bearerSubprotocol(hanaTok)} {
+						if strings.Contains(v, secret) {
+							t.Errorf("%s reached the API server in %s of %s %s", what, k, r.method, r.path)
+						}
+					}
+				}
+			}
+		}
+		t.Logf("the tap checked the headers of the %d requests the API server received so far for the admin token and hana's token", n)
+	})
 
 	t.Run("6 Connection cannot remove what the stub sets", func(t *testing.T) {
 		host := strings.TrimPrefix(g.url, "https://")
@@ -178,5 +396,11 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: acc-readers}
 				}
 			}
 		}
+	})
+
+	t.Run("no credential in any log", func(t *testing.T) {
+		g.noSecretsLogged(t, map[string]string{"the API server admin token": c.AdminToken, "the admin token as a subprotocol": bearerSubprotocol(c.AdminToken),
+			"alice's token": aliceTok, "hana's token": tokenOf(t, hana), "bob's token": bobTok,
+			"the agent ServiceAccount token": readTrimmed(t, tokenFile), "the join secret": readTrimmed(t, secretFile)}, agent)
 	})
 }

@@ -181,8 +181,9 @@ const agentIdentityKey ctxKey = 1
 // httputil.ReverseProxy removed the hop-by-hop headers, including each one
 // the incoming request named in its Connection header, so no name there can
 // remove Impersonate-User and leave the request to run with the agent's own
-// rights. Credentials that are not the agent's (Authorization, cookies) and
-// any other Impersonate-* or Keyhole-* header are removed here, from the request as it will be sent; client-go's
+// rights. Credentials that are not the agent's (Authorization, cookies, a
+// WebSocket bearer subprotocol) and any other Impersonate-* or Keyhole-*
+// header are removed here, from the request as it will be sent; client-go's
 // transport then adds the agent's ServiceAccount token (it keeps an
 // Authorization already present, hence the Del).
 func (a *AgentHop) rewrite(pr *httputil.ProxyRequest) {
@@ -199,6 +200,7 @@ func (a *AgentHop) rewrite(pr *httputil.ProxyRequest) {
 	h.Del("Cookie")
 	deletePrefix(h, "Impersonate-")
 	deletePrefix(h, identityPrefix)
+	dropBearerProtocols(h)
 	h.Set("Impersonate-User", id.user)
 	for _, g := range id.groups {
 		h.Add("Impersonate-Group", g)

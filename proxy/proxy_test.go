@@ -119,7 +119,7 @@ func newFakeAPI(t testing.TB) *fakeAPI {
 			_, _ = io.WriteString(w, `{"type":"DELETED"}`+"\n")
 		case "/upgrade":
 			w.Header().Set("Connection", "Upgrade")
-			w.Header().Set("Upgrade", "test-proto")
+			w.Header().Set("Upgrade", r.Header.Get("Upgrade")) // test-proto, websocket…
 			w.WriteHeader(http.StatusSwitchingProtocols)
 			conn, brw, err := http.NewResponseController(w).Hijack()
 			if err != nil {

@@ -218,10 +218,10 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Metrics.observe(metricCluster, int(st.ErrStatus.Code), time.Since(start), 0, 0, false)
 	}
 
-	token, hasToken := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !hasToken || token == "" {
-		log.Info("request refused: no bearer token", zap.String("path", r.URL.Path))
-		refuse(kubestatus.Unauthorized("no bearer token: use a kubeconfig from `stub kubeconfig`"))
+	token, st := callerToken(r)
+	if st != nil {
+		log.Info("request refused: no valid bearer token", zap.String("path", r.URL.Path), zap.String("reason", st.ErrStatus.Message))
+		refuse(st)
 		return
 	}
 	user, err := s.cfg.Auth.Authenticate(r.Context(), token)
@@ -306,6 +306,25 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// callerToken is the caller's bearer token: from Authorization or, for a
+// WebSocket request without one, from a base64url.bearer.authorization.k8s.io
+// subprotocol, which kube-apiserver accepts too (browsers cannot set
+// headers on a WebSocket). A Status (401) refuses the request.
+func callerToken(r *http.Request) (string, *apierrors.StatusError) {
+	if token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && token != "" {
+		return token, nil
+	}
+	if isWebSocket(r) {
+		if b := parseBearerProtocols(r.Header); b.found > 0 {
+			if b.err != nil {
+				return "", kubestatus.Unauthorized("the WebSocket bearer subprotocol is not valid: " + b.err.Error())
+			}
+			return b.token, nil
+		}
+	}
+	return "", kubestatus.Unauthorized("no bearer token: use a kubeconfig from `stub kubeconfig`")
+}
+
 // record writes an audit event, built only when there is a sink; a
 // failing sink is an operator's problem to see, never the caller's.
 func (s *Stub) record(ar audit.Request, stage auditv1.Stage, o *audit.Outcome) {
@@ -322,9 +341,9 @@ func (s *Stub) record(ar audit.Request, stage auditv1.Stage, o *audit.Outcome) {
 // httputil.ReverseProxy removed the hop-by-hop headers, including each one
 // the caller named in its Connection header, so no name there can remove or
 // change a header set here: the caller's identity, its --as, the request
-// id, X-Forwarded-For. What the caller may not send (its credentials,
-// Impersonate-*, Keyhole-*) is removed here, from the request as it will be
-// sent.
+// id, X-Forwarded-For. What the caller may not send (its credentials, in
+// Authorization or a WebSocket bearer subprotocol, Impersonate-*, Keyhole-*)
+// is removed here, from the request as it will be sent.
 func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
 	st := pr.In.Context().Value(stateKey).(*reqState)
 	pr.Out.URL.Scheme = "http"
@@ -337,6 +356,7 @@ func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
 	h.Del("Proxy-Authorization")
 	deletePrefix(h, identityPrefix)
 	deletePrefix(h, "Impersonate-")
+	dropBearerProtocols(h)
 	h.Set(HeaderUser, st.user.Name)
 	for _, g := range st.user.Groups {
 		h.Add(HeaderGroup, g)
