@@ -187,6 +187,7 @@ func (g *gateway) finalRecord(t *testing.T, id string) auditv1.Event {
 //
 //   - a bearer token in a WebSocket subprotocol is the caller's credential
 //     at the stub and never reaches the cluster;
+//   - a WebSocket exec, attach or port-forward needs create, as over SPDY;
 //   - no header named in Connection changes what the cluster receives, and
 //     the record states what it received.
 func TestHops(t *testing.T) {
@@ -197,11 +198,23 @@ func TestHops(t *testing.T) {
 	agentCfg := agentOpts{cluster: "acc", id: "a1", secretFile: secretFile, kubeconfig: tap.kubeconfig(t, g.dir, readTrimmed(t, tokenFile)), extra: drainFast}
 	agent := g.startAgent(agentCfg)
 
-	_, aliceTok := g.user("alice", "cluster-admin")
+	alice, aliceTok := g.user("alice", "cluster-admin")
 	_, bobTok := g.user("bob", "e2e-reader") // the "view" user
-	hana := g.kubeconfig("hana")             // may get and create pods/exec, attach, portforward, as "edit" may
+	gus := g.kubeconfig("gus")               // may only get pods/exec, attach, portforward
+	hana := g.kubeconfig("hana")             // may get and create them, as "edit" may
 	gina := g.kubeconfig("gina", "acc-readers")
 	c.Apply(t, `apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: sessions-get, namespace: default}
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
+- apiGroups: [""]
+  resources: [pods/exec, pods/attach, pods/portforward]
+  verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {name: sessions-create, namespace: default}
 rules:
@@ -211,6 +224,12 @@ rules:
 - apiGroups: [""]
   resources: [pods/exec, pods/attach, pods/portforward]
   verbs: [get, create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: gus, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: sessions-get}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: gus}]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -253,7 +272,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: acc-readers}
 			{"the caller's token in a subprotocol (a browser)", "Sec-WebSocket-Protocol: v5.channel.k8s.io, " + bearerSubprotocol(hanaTok) + "\r\n",
 				101, "", "hana", "v5.channel.k8s.io"},
 			{"the admin token, which is mallory's stub token", "Sec-WebSocket-Protocol: " + bearerSubprotocol(c.AdminToken) + ", v5.channel.k8s.io\r\n",
-				403, `User "mallory" cannot get resource "pods/exec"`, "mallory", ""},
+				403, `User "mallory" cannot create resource "pods/exec"`, "mallory", ""},
 			{"a token the stub does not know", "Sec-WebSocket-Protocol: " + bearerSubprotocol("khu_not-a-token") + ", v5.channel.k8s.io\r\n",
 				401, "not valid", "", ""},
 			{"a token and no other subprotocol", "Sec-WebSocket-Protocol: " + bearerSubprotocol(hanaTok) + "\r\n",
@@ -314,6 +333,68 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: acc-readers}
 			}
 		}
 		t.Logf("the tap checked the headers of the %d requests the API server received so far for the admin token and hana's token", n)
+	})
+
+	t.Run("4b WebSocket exec, attach and port-forward need create", func(t *testing.T) {
+		// For reference: kube-apiserver 1.33 itself lets a user with only
+		// get on pods/exec exec over a WebSocket.
+		direct, derr := g.kubectl(c.AdminKubeconfig, nil, nil, "--as", "gus", "exec", "shell", "--", "echo", "direct")
+		t.Logf("directly at kube-apiserver 1.33, gus (get only) over WebSocket: %q, %v", direct, derr)
+
+		want := func(sub string) string {
+			return `pods "shell" is forbidden: User "gus" cannot create resource "pods/` + sub + `" in API group "" in the namespace "default"`
+		}
+		_, err := g.kubectl(gus, nil, nil, "exec", "shell", "--", "echo", "gus")
+		if err == nil || !strings.Contains(err.Error(), "Error from server (Forbidden): "+want("exec")) {
+			t.Fatalf("gus's kubectl exec through the gateway: want %q, got %v", want("exec"), err)
+		}
+		gusTok, hanaTok := tokenOf(t, gus), tokenOf(t, hana)
+		for _, s := range []struct{ sub, query, protocol string }{
+			{"exec", "command=true&stdout=true", "v5.channel.k8s.io"},
+			{"attach", "container=main&stdout=true", "v5.channel.k8s.io"},
+			{"portforward", "ports=8080", "SPDY/3.1+portforward.k8s.io"},
+		} {
+			path := "/clusters/acc" + pod + "/" + s.sub + "?" + s.query
+			extra := "Sec-WebSocket-Protocol: " + s.protocol + "\r\n"
+			resp, body := g.raw(t, wsRequest(path, "Authorization: Bearer "+gusTok+"\r\n"+extra))
+			if resp.StatusCode != 403 || statusMessage(t, body) != want(s.sub) {
+				t.Errorf("gus, WebSocket %s: %s %s, want 403 %q", s.sub, resp.Status, body, want(s.sub))
+			}
+			if resp, body := g.raw(t, wsRequest(path, "Authorization: Bearer "+hanaTok+"\r\n"+extra)); resp.StatusCode != 101 {
+				t.Errorf("hana, WebSocket %s: %s %s, want 101", s.sub, resp.Status, body)
+			}
+		}
+		// The identity the request runs as decides: alice --as gus is
+		// refused, alice --as hana is not.
+		if _, err := g.kubectl(alice, nil, nil, "--as", "gus", "exec", "shell", "--", "echo"); err == nil || !strings.Contains(err.Error(), want("exec")) {
+			t.Errorf("alice --as gus exec: %v", err)
+		}
+		if out, err := g.kubectl(alice, nil, nil, "--as", "hana", "exec", "shell", "--", "echo", "as hana"); err != nil || out != "as hana\n" {
+			t.Errorf("alice --as hana exec: %q %v", out, err)
+		}
+		// SPDY is unchanged: the API server asks create itself.
+		spdy := []string{"KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false"}
+		if _, err := g.kubectl(gus, spdy, nil, "exec", "shell", "--", "echo"); err == nil || !strings.Contains(err.Error(), want("exec")) {
+			t.Errorf("gus over SPDY: %v", err)
+		}
+		if out, err := g.kubectl(hana, spdy, nil, "exec", "shell", "--", "echo", "spdy"); err != nil || out != "spdy\n" {
+			t.Errorf("hana over SPDY: %q %v", out, err)
+		}
+		// The stub's records: gus's WebSocket attempt (a get) refused by the
+		// agent, then kubectl's SPDY fallback (a create) by the API server.
+		data, _ := os.ReadFile(filepath.Join(g.dir, "audit.log"))
+		verbs := map[string]int{}
+		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			var ev auditv1.Event
+			if json.Unmarshal([]byte(line), &ev) == nil && ev.User.Username == "gus" && ev.ObjectRef != nil && ev.ObjectRef.Subresource == "exec" &&
+				ev.ResponseStatus != nil && ev.ResponseStatus.Code == 403 {
+				verbs[ev.Verb]++
+			}
+		}
+		t.Logf("gus's refused exec records by verb: %v", verbs)
+		if verbs["get"] == 0 || verbs["create"] == 0 {
+			t.Errorf("want refused WebSocket (get) and SPDY (create) exec records for gus, got %v", verbs)
+		}
 	})
 
 	t.Run("6 Connection cannot remove what the stub sets", func(t *testing.T) {
@@ -400,7 +481,7 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: acc-readers}
 
 	t.Run("no credential in any log", func(t *testing.T) {
 		g.noSecretsLogged(t, map[string]string{"the API server admin token": c.AdminToken, "the admin token as a subprotocol": bearerSubprotocol(c.AdminToken),
-			"alice's token": aliceTok, "hana's token": tokenOf(t, hana), "bob's token": bobTok,
+			"alice's token": aliceTok, "hana's token": tokenOf(t, hana), "gus's token": tokenOf(t, gus), "bob's token": bobTok,
 			"the agent ServiceAccount token": readTrimmed(t, tokenFile), "the join secret": readTrimmed(t, secretFile)}, agent)
 	})
 }

@@ -156,6 +156,11 @@ func (a *AgentHop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log = log.With(zap.String("as_user", asUser))
 		user, groups = asUser, asGroups
 	}
+	if st := a.mayConnect(r.Context(), r, user, groups); st != nil {
+		log.Info("pod session refused: no create right on the subresource", zap.String("path", r.URL.Path), zap.String("reason", st.ErrStatus.Message))
+		kubestatus.Write(w, st)
+		return
+	}
 	out := r.Clone(context.WithValue(r.Context(), agentIdentityKey, &agentIdentity{user: user, groups: groups}))
 	start := time.Now()
 	if httpstream.IsUpgradeRequest(r) {

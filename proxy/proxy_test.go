@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,6 +79,7 @@ type fakeAPI struct {
 	mu          sync.Mutex
 	last        *http.Request
 	hits        int
+	sars        []authorizationv1.SubjectAccessReviewSpec
 	release     chan struct{}
 	versionFail atomic.Bool
 }
@@ -103,9 +105,17 @@ func newFakeAPI(t testing.TB) *fakeAPI {
 				http.Error(w, err.Error(), 400)
 				return
 			}
+			f.mu.Lock()
+			f.sars = append(f.sars, sar.Spec)
+			f.mu.Unlock()
 			ra := sar.Spec.ResourceAttributes
 			sar.Status.Allowed = sar.Spec.User == "alice" && ra != nil && ra.Verb == "impersonate" &&
 				((ra.Resource == "users" && ra.Name == "bob") || (ra.Resource == "groups" && ra.Name == "viewers"))
+			// Pod sessions: alice may create them, as an authenticated
+			// user (the group the API server adds to impersonated users).
+			if ra != nil && ra.Verb == "create" && ra.Resource == "pods" && connectSubresources[ra.Subresource] {
+				sar.Status.Allowed = sar.Spec.User == "alice" && slices.Contains(sar.Spec.Groups, "system:authenticated")
+			}
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(sar)
 		case "/watch":
@@ -138,6 +148,13 @@ func newFakeAPI(t testing.TB) *fakeAPI {
 	f.StartTLS()
 	t.Cleanup(f.Close)
 	return f
+}
+
+// reviews returns the SubjectAccessReviews asked so far.
+func (f *fakeAPI) reviews() []authorizationv1.SubjectAccessReviewSpec {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.sars)
 }
 
 func (f *fakeAPI) lastRequest() (*http.Request, int) {
