@@ -28,6 +28,7 @@ const (
 	AnnotationBytesOut = "keyhole.dev/bytes-out"
 	AnnotationSession  = "keyhole.dev/session"
 	AnnotationDuration = "keyhole.dev/duration"
+	AnnotationEnded    = "keyhole.dev/ended"
 )
 
 // Values of AnnotationSession.
@@ -37,6 +38,24 @@ const (
 	SessionPortForward = "portforward"
 	// SessionUpgrade is any other 101 (a WebSocket through pods/proxy, …).
 	SessionUpgrade = "upgrade"
+)
+
+// Values of AnnotationEnded: how a request or session ended.
+const (
+	// EndedComplete: the response (or the session) ran to its end: the
+	// stub's own answer, or the cluster's, delivered whole.
+	EndedComplete = "complete"
+	// EndedClientGone: the caller went away (closed or reset its
+	// connection, or stopped reading) before the response was complete.
+	EndedClientGone = "client-gone"
+	// EndedAgentGone: the tunnel to the agent, or the agent's side of the
+	// response, failed before the response was complete.
+	EndedAgentGone = "agent-gone"
+	// EndedStubStopping: the stub ended it to stop (a graceful drain).
+	EndedStubStopping = "stub-stopping"
+	// EndedStubFailed: the stub's handler failed (a panic that none of the
+	// above explains); the stub logs it as an error.
+	EndedStubFailed = "stub-failed"
 )
 
 // Redacted replaces the value of a sensitive query parameter.
@@ -81,6 +100,9 @@ type Outcome struct {
 	// BytesIn and BytesOut are request and response body bytes, or the
 	// bytes of an upgraded stream in each direction (in: client→cluster).
 	BytesIn, BytesOut int64
+	// Ended is how the request ended (an Ended* value), recorded as
+	// AnnotationEnded; empty leaves the annotation out.
+	Ended string
 }
 
 // StatusOutcome is the Outcome of a refusal answered with st (the
@@ -175,6 +197,9 @@ func NewEvent(r Request, stage auditv1.Stage, o *Outcome) *auditv1.Event {
 	}
 	ev.Annotations[AnnotationBytesIn] = strconv.FormatInt(o.BytesIn, 10)
 	ev.Annotations[AnnotationBytesOut] = strconv.FormatInt(o.BytesOut, 10)
+	if o.Ended != "" {
+		ev.Annotations[AnnotationEnded] = o.Ended
+	}
 
 	upgraded := o.Code == http.StatusSwitchingProtocols
 	responded := finished // when the response (or the 101) went out

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -17,7 +19,9 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -181,13 +185,34 @@ func (g *gateway) finalRecord(t *testing.T, id string) auditv1.Event {
 	return found
 }
 
-// TestHops drives the two hops the way users meet them, with kubectl and
-// raw HTTP/1.1, through the real stub and agent to kube-apiserver 1.33,
+// metric reads one sample of the stub's metrics; -1 if absent.
+func (g *gateway) metric(t *testing.T, sample string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + g.metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(readAll(resp), "\n") {
+		if v, ok := strings.CutPrefix(l, sample+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	return -1
+}
+
+// TestHops drives the two hops the way users meet them, with kubectl, curl
+// and raw HTTP/1.1, through the real stub and agent to kube-apiserver 1.33,
 // whose every request a tap records:
 //
 //   - a bearer token in a WebSocket subprotocol is the caller's credential
 //     at the stub and never reaches the cluster;
 //   - a WebSocket exec, attach or port-forward needs create, as over SPDY;
+//   - callers that hang up, agents that die and a stopping stub still leave
+//     the final audit record, log line and metrics;
 //   - no header named in Connection changes what the cluster receives, and
 //     the record states what it received.
 func TestHops(t *testing.T) {
@@ -479,9 +504,147 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: acc-readers}
 		}
 	})
 
+	t.Run("5 callers that hang up are audited", func(t *testing.T) {
+		secretsWatch := "/clusters/acc/api/v1/namespaces/keyhole-system/secrets?watch=true"
+		gauge := `keyhole_open_streams{kind="request"}`
+		waitGauge := func(what string) time.Duration {
+			start := time.Now()
+			waitFor(t, 15*time.Second, what, func() bool { return g.metric(t, gauge) == 0 }, g.stub)
+			return time.Since(start)
+		}
+		waitGauge("no request in flight before")
+		goroutines0, fds0 := g.metric(t, "go_goroutines"), fdCount(t, g.stub)
+
+		// The issue's input, with curl.
+		hdrFile := filepath.Join(g.dir, "curl-headers")
+		cmd := exec.Command("curl", "-sS", "--max-time", "3", "--cacert", filepath.Join(g.dir, "state", "tls", "ca.crt"), "-D", hdrFile,
+			"-H", "Authorization: Bearer "+aliceTok, g.url+secretsWatch)
+		out, err := cmd.Output()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 28 || !strings.Contains(string(out), `"type":"ADDED"`) {
+			t.Fatalf("curl: %v (want exit 28, a timeout) %.200s", err, out)
+		}
+		hdrs, _ := os.ReadFile(hdrFile)
+		var curlID string
+		for _, l := range strings.Split(string(hdrs), "\n") {
+			if v, ok := strings.CutPrefix(strings.ToLower(strings.TrimSpace(l)), "keyhole-request-id: "); ok {
+				curlID = v
+			}
+		}
+		if ev := g.finalRecord(t, curlID); ev.Annotations["keyhole.dev/ended"] != "client-gone" || ev.ResponseStatus.Code != 200 ||
+			ev.Verb != "watch" || ev.ObjectRef.Resource != "secrets" {
+			t.Fatalf("curl's watch: record %v %+v %s", ev.Annotations, ev.ResponseStatus, ev.Verb)
+		}
+		took := waitGauge("curl's watch to leave the gauge")
+		t.Logf("curl --max-time 3 watch of secrets: final record ended=client-gone; gauge back to 0 %v later", took.Round(time.Millisecond))
+
+		// 50 more, 10 at a time, over HTTP/2 and HTTP/1.1, each hanging up
+		// after a second.
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(g.caPEM)
+		h2 := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+		h1 := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}
+		const n, parallel = 50, 10
+		ids := make([]string, n)
+		errs := make(chan error, n)
+		sem := make(chan struct{}, parallel)
+		var peak float64
+		var wg sync.WaitGroup
+		start := time.Now()
+		for i := 0; i < n; i++ {
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second) // then the caller hangs up
+				defer cancel()
+				req, _ := http.NewRequestWithContext(ctx, "GET", g.url+secretsWatch, nil)
+				req.Header.Set("Authorization", "Bearer "+aliceTok)
+				rt := h2
+				if i%2 == 1 {
+					rt = h1
+				}
+				resp, err := rt.RoundTrip(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer resp.Body.Close()
+				ids[i] = resp.Header.Get("Keyhole-Request-Id")
+				if l, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || !strings.Contains(l, "ADDED") {
+					errs <- fmt.Errorf("watch %d: first event %q, %v", i, l, err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+			}()
+			if i == parallel {
+				peak = g.metric(t, gauge)
+			}
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		h1.CloseIdleConnections()
+		h2.CloseIdleConnections()
+		loop := time.Since(start)
+		took = waitGauge("the 50 watches to leave the gauge")
+		stubLog := g.stub.logText()
+		var records, lines int
+		for _, id := range ids {
+			if id == "" {
+				continue
+			}
+			if ev := g.finalRecord(t, id); ev.Annotations["keyhole.dev/ended"] == "client-gone" && ev.ResponseStatus.Code == 200 && ev.Verb == "watch" {
+				records++
+			}
+			for _, l := range strings.Split(stubLog, "\n") {
+				if strings.Contains(l, `"request_id":"`+id+`"`) && strings.Contains(l, `"msg":"request"`) && strings.Contains(l, `"ended":"client-gone"`) {
+					lines++
+				}
+			}
+		}
+		time.Sleep(time.Second) // let the stub's connection goroutines finish
+		goroutines1, fds1 := g.metric(t, "go_goroutines"), fdCount(t, g.stub)
+		t.Logf("%d watches hung up after 1 s (%d at a time, HTTP/2 and HTTP/1.1) in %v: %d final records ended=client-gone, %d log lines; "+
+			"open request streams: %v with %d open, 0 again %v after the last; goroutines %v → %v, stub descriptors %d → %d",
+			n, parallel, loop.Round(time.Millisecond), records, lines, peak, parallel, took.Round(time.Millisecond), goroutines0, goroutines1, fds0, fds1)
+		if records != n || lines != n {
+			t.Errorf("want %d records and %d log lines, got %d and %d", n, n, records, lines)
+		}
+	})
+
+	t.Run("5 a watch whose agent dies is audited", func(t *testing.T) {
+		resp, br := g.rawWatch(t, aliceTok, true, "/clusters/acc/api/v1/namespaces/keyhole-system/secrets?watch=true")
+		id := resp.Header.Get("Keyhole-Request-Id")
+		agent.kill()
+		if _, err := io.ReadAll(br); err == nil {
+			t.Error("the watch ended cleanly though its agent died")
+		}
+		if ev := g.finalRecord(t, id); ev.Annotations["keyhole.dev/ended"] != "agent-gone" {
+			t.Errorf("record: %v", ev.Annotations)
+		}
+		agent = g.startAgent(agentCfg)
+		g.waitAgents(aliceTok, "acc", "a1")
+	})
+
 	t.Run("no credential in any log", func(t *testing.T) {
 		g.noSecretsLogged(t, map[string]string{"the API server admin token": c.AdminToken, "the admin token as a subprotocol": bearerSubprotocol(c.AdminToken),
 			"alice's token": aliceTok, "hana's token": tokenOf(t, hana), "gus's token": tokenOf(t, gus), "bob's token": bobTok,
 			"the agent ServiceAccount token": readTrimmed(t, tokenFile), "the join secret": readTrimmed(t, secretFile)}, agent)
+	})
+
+	// Last: it stops the stub.
+	t.Run("5 a watch the stub ends to stop is audited", func(t *testing.T) {
+		resp, br := g.rawWatch(t, aliceTok, false, "/clusters/acc/api/v1/namespaces/keyhole-system/secrets?watch=true")
+		id := resp.Header.Get("Keyhole-Request-Id")
+		g.sigterm(t, 60*time.Second)
+		if _, err := io.ReadAll(br); err != nil {
+			t.Errorf("the watch did not end cleanly: %v", err)
+		}
+		if ev := g.finalRecord(t, id); ev.Annotations["keyhole.dev/ended"] != "stub-stopping" {
+			t.Errorf("record: %v", ev.Annotations)
+		}
 	})
 }

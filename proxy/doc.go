@@ -12,8 +12,11 @@
 //
 // Both hops set their headers in ReverseProxy's Rewrite, which runs after
 // the hop-by-hop headers are removed, so that a header named in Connection
-// cannot remove one they set. The agent asks create for pod sessions that
-// would otherwise need only get (connect.go).
+// cannot remove one they set. The stub writes the final audit record, log
+// line and metrics of a request however it ends, including when
+// ReverseProxy aborts it with http.ErrAbortHandler (ending.go). The agent
+// asks create for pod sessions that would otherwise need only get
+// (connect.go).
 //
 // The agent hop (AgentHop) serves those streams. It turns the identity headers
 // into Impersonate-User / Impersonate-Group, lets client-go's transport add

@@ -26,7 +26,9 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc/oidctest"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
@@ -181,6 +183,7 @@ type chain struct {
 	pool    *x509.CertPool
 	api     *fakeAPI
 	stub    *Stub
+	logs    *observer.ObservedLogs // the stub hop's log, with chainOpts.observe
 }
 
 // chainOpts change newChain's defaults.
@@ -189,6 +192,7 @@ type chainOpts struct {
 	verifier *authn.JWT    // the agent checks callers itself
 	pol      Policy        // default: group dev everywhere
 	metrics  bool
+	observe  bool // keep the stub hop's log entries (chain.logs)
 }
 
 func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
@@ -213,6 +217,13 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	if o.metrics {
 		metrics = NewMetrics(tsrv, prober)
 	}
+	stubLog := log
+	var logs *observer.ObservedLogs
+	if o.observe {
+		var core zapcore.Core
+		core, logs = observer.New(zapcore.DebugLevel)
+		stubLog = zap.New(zapcore.NewTee(log.Core(), core))
+	}
 	var auth Authenticator = tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}, "eve-token": {Name: "eve"}}
 	if o.auth != nil {
 		auth = o.auth
@@ -223,7 +234,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	}
 	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: registry{"c1": true, "lonely": true}, Audit: audit.NewWriterSink(auditBuf),
 		Auth:   auth,
-		Policy: pol, Metrics: metrics, Logger: log, WantsCallerToken: AgentsVerifyCallers(tsrv)})
+		Policy: pol, Metrics: metrics, Logger: stubLog, WantsCallerToken: AgentsVerifyCallers(tsrv)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +275,8 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 			t.Fatal("agent did not connect")
 		}
 	}
-	return &chain{metrics: metrics, prober: prober, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api, stub: stub}
+	return &chain{metrics: metrics, prober: prober, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api, stub: stub,
+		logs: logs}
 }
 
 func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {
@@ -644,6 +656,11 @@ func TestAuditRecords(t *testing.T) {
 	}
 	if e := evs[4]; e.Stage != auditv1.StageResponseComplete || e.Annotations["keyhole.dev/bytes-in"] != "5" || e.Annotations["keyhole.dev/bytes-out"] != "8" {
 		t.Errorf("session end: stage %s annotations %v", e.Stage, e.Annotations)
+	}
+	for i, e := range evs {
+		if got := e.Annotations[audit.AnnotationEnded]; e.Stage == auditv1.StageResponseComplete && got != audit.EndedComplete {
+			t.Errorf("record %d ended %q, want complete", i, got)
+		}
 	}
 	all, _ := json.Marshal(evs)
 	for _, secret := range []string{"alice-token", "wrong-token", "agent-sa-token"} {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -125,7 +126,11 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 			if err != nil {
 				host = addr
 			}
-			return cfg.Dialer.DialCluster(ctx, host)
+			c, err := cfg.Dialer.DialCluster(ctx, host)
+			if st, ok := c.(*tunnel.Stream); ok {
+				return tunnelConn{st}, nil // tells a dead agent from an ended response
+			}
+			return c, err
 		},
 		MaxIdleConns:        0, // no global cap; per cluster below
 		MaxIdleConnsPerHost: 256,
@@ -173,8 +178,8 @@ func newRequestID() string {
 }
 
 // reqState travels in the outbound request's context: what ServeHTTP
-// decided for rewrite to send, and what rewrite, ModifyResponse and the
-// error handler learn, for the audit record.
+// decided for rewrite to send, and what rewrite, ModifyResponse, the error
+// handler and the response body learn, for the audit record.
 type reqState struct {
 	cluster string
 	reqID   string
@@ -196,6 +201,7 @@ type reqState struct {
 	agent   string                 // from the agent's HeaderServedBy
 	failure *apierrors.StatusError // set by proxyError
 	long    *longReq               // a long-running request (drain.go), else nil
+	ends    ends                   // how it ended (ending.go)
 }
 
 func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -214,7 +220,9 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	metricCluster := "none"
 	refuse := func(st *apierrors.StatusError) {
 		kubestatus.Write(w, st)
-		s.record(ar, auditv1.StageResponseComplete, audit.StatusOutcome(st.ErrStatus, time.Now()))
+		o := audit.StatusOutcome(st.ErrStatus, time.Now())
+		o.Ended = audit.EndedComplete
+		s.record(ar, auditv1.StageResponseComplete, o)
 		s.cfg.Metrics.observe(metricCluster, int(st.ErrStatus.Code), time.Since(start), 0, 0, false)
 	}
 
@@ -274,36 +282,73 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	out := r.Clone(ctx)
 	out.URL.Path, out.URL.RawPath = rest, ""
+	s.forward(w, r, out, state, ar, log, metricCluster)
+}
 
+// forward sends out to an agent (rewrite sets its headers) and writes the
+// final audit record, log line and metrics of the request however it ends
+// (ending.go): the caller gone, the agent gone, the stub stopping, or
+// complete.
+func (s *Stub) forward(w http.ResponseWriter, in, out *http.Request, state *reqState, ar audit.Request, log *zap.Logger, metricCluster string) {
 	body := audit.CountRequestBody(out)
 	aw := audit.NewResponseWriter(w)
 	var upgradedAt time.Time
-	aw.OnUpgrade = func(*audit.CountingConn) {
+	stopClosing := func() bool { return false }
+	aw.OnUpgrade = func(c *audit.CountingConn) {
 		upgradedAt = time.Now()
+		c.OnError = func(err error) { state.ends.sessionEnd(false, err) }
+		if state.long != nil {
+			// When the request's context ends (Drain), ReverseProxy closes
+			// only the agent's side of the session (golang/go#35559); its
+			// copier from the caller reads on until the caller sends a byte
+			// or leaves, so an idle session would outlive the stub, and its
+			// final record would never be written. Close the caller's side
+			// too; a Drain that came while the upgrade was being set up
+			// closes it at once.
+			stopClosing = context.AfterFunc(out.Context(), func() { _ = c.Close() })
+		}
 		s.cfg.Metrics.openAdd("session", 1)
 		ar.Agent = state.agent
 		ar.ImpersonatedUser, ar.ImpersonatedGroups = state.sentAsUser, state.sentAsGroups
 		s.record(ar, auditv1.StageResponseStarted, &audit.Outcome{Code: http.StatusSwitchingProtocols, Finished: upgradedAt})
 	}
 	s.cfg.Metrics.openAdd("request", 1)
+	returned := false
+	// Deferred, so that it runs when ReverseProxy panics with
+	// http.ErrAbortHandler too; the panic goes on afterwards, and net/http
+	// aborts the connection as it should.
+	defer func() {
+		stopClosing() // the session, if any, is over
+		s.cfg.Metrics.openAdd("request", -1)
+		ended := state.ended(in.Context(), aw, returned)
+		ar.Agent = state.agent
+		ar.ImpersonatedUser, ar.ImpersonatedGroups = state.sentAsUser, state.sentAsGroups
+		o := &audit.Outcome{Code: aw.Code(), Finished: time.Now(), BytesIn: body.BytesRead(), BytesOut: aw.BytesWritten()}
+		if st := state.failure; st != nil {
+			o = audit.StatusOutcome(st.ErrStatus, o.Finished)
+		}
+		if c := aw.Upgraded(); c != nil {
+			o.Upgraded, o.BytesIn, o.BytesOut = upgradedAt, c.BytesRead(), c.BytesWritten()
+			s.cfg.Metrics.openAdd("session", -1)
+		}
+		o.Ended = ended
+		s.record(ar, auditv1.StageResponseComplete, o)
+		latency := o.Finished.Sub(ar.Received)
+		s.cfg.Metrics.observe(metricCluster, o.Code, latency, o.BytesIn, o.BytesOut, aw.Upgraded() != nil)
+		lvl := zap.InfoLevel // an early end is worth a line at info
+		switch ended {
+		case audit.EndedComplete:
+			lvl = zap.DebugLevel
+		case audit.EndedStubFailed:
+			lvl = zap.ErrorLevel // net/http logs the panic itself
+		}
+		if ce := log.Check(lvl, "request"); ce != nil {
+			ce.Write(zap.String("method", in.Method), zap.String("path", ar.Path), zap.Int("code", o.Code),
+				zap.Duration("latency", latency), zap.String("ended", ended))
+		}
+	}()
 	s.rp.ServeHTTP(aw, out)
-	s.cfg.Metrics.openAdd("request", -1)
-
-	ar.Agent = state.agent
-	ar.ImpersonatedUser, ar.ImpersonatedGroups = state.sentAsUser, state.sentAsGroups
-	o := &audit.Outcome{Code: aw.Code(), Finished: time.Now(), BytesIn: body.BytesRead(), BytesOut: aw.BytesWritten()}
-	if st := state.failure; st != nil {
-		o = audit.StatusOutcome(st.ErrStatus, o.Finished)
-	}
-	if c := aw.Upgraded(); c != nil {
-		o.Upgraded, o.BytesIn, o.BytesOut = upgradedAt, c.BytesRead(), c.BytesWritten()
-		s.cfg.Metrics.openAdd("session", -1)
-	}
-	s.record(ar, auditv1.StageResponseComplete, o)
-	s.cfg.Metrics.observe(metricCluster, o.Code, time.Since(start), o.BytesIn, o.BytesOut, aw.Upgraded() != nil)
-	if ce := log.Check(zap.DebugLevel, "request"); ce != nil {
-		ce.Write(zap.String("method", r.Method), zap.String("path", rest), zap.Int("code", o.Code), zap.Duration("latency", time.Since(start)))
-	}
+	returned = true
 }
 
 // callerToken is the caller's bearer token: from Authorization or, for a
@@ -374,12 +419,17 @@ func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
 	st.sentAsUser, st.sentAsGroups = h.Get(HeaderAsUser), h.Values(HeaderAsGroup)
 }
 
-// modifyResponse notes which agent answered and keeps that to the stub.
+// modifyResponse notes which agent answered and keeps that to the stub, and
+// wraps the response so that the stub learns how it ends (ending.go).
 func (s *Stub) modifyResponse(resp *http.Response) error {
 	if st, ok := resp.Request.Context().Value(stateKey).(*reqState); ok {
 		st.agent = resp.Header.Get(HeaderServedBy)
-		if st.long != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			resp.Body = &endBody{ReadCloser: resp.Body, lr: st.long} // a graceful stop ends it cleanly
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+				resp.Body = &sessionConn{ReadWriteCloser: rwc, st: st}
+			}
+		} else {
+			resp.Body = &respBody{ReadCloser: resp.Body, st: st} // a graceful stop ends it cleanly
 		}
 	}
 	resp.Header.Del(HeaderServedBy)
@@ -399,7 +449,7 @@ func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	case r.Context().Err() != nil:
 		// The client left; there is nobody to answer.
 		s.log.Debug("client went away", zap.String("cluster", state.cluster), zap.Error(err))
-		st = &apierrors.StatusError{ErrStatus: metav1.Status{Code: 499, Reason: "ClientClosedRequest", Message: "the client went away"}}
+		st = &apierrors.StatusError{ErrStatus: metav1.Status{Code: statusClientClosed, Reason: "ClientClosedRequest", Message: "the client went away"}}
 		state.failure = st
 		return
 	default:
