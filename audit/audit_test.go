@@ -1130,3 +1130,65 @@ func TestResponseWriterUpgradeThroughReverseProxy(t *testing.T) {
 		t.Errorf("recorded %+v, want %+v", res, want)
 	}
 }
+
+// How a request ended is an annotation of its record, when known.
+func TestNewEventEnded(t *testing.T) {
+	r := audit.Request{ID: "x", Method: "GET", Path: "/api/v1/secrets", RawQuery: "watch=true", Received: time.Now()}
+	ev := audit.NewEvent(r, auditv1.StageResponseComplete, &audit.Outcome{Code: 200, Ended: audit.EndedClientGone})
+	if got := ev.Annotations[audit.AnnotationEnded]; got != "client-gone" || ev.Verb != "watch" {
+		t.Errorf("ended %q verb %q", got, ev.Verb)
+	}
+	if ev := audit.NewEvent(r, auditv1.StageResponseComplete, &audit.Outcome{Code: 200}); ev.Annotations[audit.AnnotationEnded] != "" {
+		t.Errorf("an unknown end was recorded as %q", ev.Annotations[audit.AnnotationEnded])
+	}
+}
+
+// errWriter fails every Write, as the writer of a caller that went
+// away does.
+type errWriter struct {
+	*httptest.ResponseRecorder
+	err error
+}
+
+func (w *errWriter) Write(p []byte) (int, error) { return 0, w.err }
+
+func TestResponseWriterErr(t *testing.T) {
+	gone := errors.New("write: broken pipe")
+	w := audit.NewResponseWriter(&errWriter{httptest.NewRecorder(), gone})
+	if w.Err() != nil {
+		t.Fatal("an error before any write")
+	}
+	_, _ = w.Write([]byte("a"))
+	_, _ = w.Write([]byte("b"))
+	if !errors.Is(w.Err(), gone) {
+		t.Errorf("Err = %v, want the first write's error", w.Err())
+	}
+	ok := audit.NewResponseWriter(httptest.NewRecorder())
+	_, _ = ok.Write([]byte("abc"))
+	_ = ok.FlushError()
+	if ok.Err() != nil {
+		t.Errorf("Err = %v after good writes", ok.Err())
+	}
+}
+
+func TestCountingConnOnError(t *testing.T) {
+	a, b := net.Pipe()
+	c := audit.NewCountingConn(a)
+	var mu sync.Mutex
+	var errs []error
+	c.OnError = func(err error) { mu.Lock(); errs = append(errs, err); mu.Unlock() }
+	go func() { _, _ = b.Write([]byte("hi")); b.Close() }()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "hi" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Fatal("a write to a closed pipe succeeded")
+	}
+	c.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(errs) != 2 || !errors.Is(errs[0], io.EOF) || errors.Is(errs[1], io.EOF) {
+		t.Errorf("OnError saw %v, want io.EOF then the write's error", errs)
+	}
+}

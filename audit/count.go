@@ -24,6 +24,11 @@ import (
 type CountingConn struct {
 	net.Conn
 	read, written atomic.Int64
+	// OnError, if set before the conn is first used, is called with the
+	// error of every Read or Write that fails, io.EOF included (from the
+	// goroutine that called Read or Write). The stub learns from it which
+	// side ended an upgraded session.
+	OnError func(error)
 }
 
 // NewCountingConn wraps c.
@@ -34,6 +39,9 @@ func (c *CountingConn) Read(p []byte) (int, error) {
 	if n > 0 {
 		c.read.Add(int64(n))
 	}
+	if err != nil && c.OnError != nil {
+		c.OnError(err)
+	}
 	return n, err
 }
 
@@ -41,6 +49,9 @@ func (c *CountingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	if n > 0 {
 		c.written.Add(int64(n))
+	}
+	if err != nil && c.OnError != nil {
+		c.OnError(err)
 	}
 	return n, err
 }
@@ -111,6 +122,7 @@ type ResponseWriter struct {
 	code     int
 	written  int64
 	upgraded *CountingConn
+	err      error // first failed Write or flush
 }
 
 // NewResponseWriter wraps w.
@@ -133,6 +145,9 @@ func (w *ResponseWriter) Write(p []byte) (int, error) {
 	}
 	n, err := w.ResponseWriter.Write(p)
 	w.written += int64(n)
+	if err != nil && w.err == nil {
+		w.err = err
+	}
 	return n, err
 }
 
@@ -142,7 +157,11 @@ func (w *ResponseWriter) FlushError() error {
 	if w.code == 0 {
 		w.code = http.StatusOK
 	}
-	return http.NewResponseController(w.ResponseWriter).Flush()
+	err := http.NewResponseController(w.ResponseWriter).Flush()
+	if err != nil && w.err == nil && !errors.Is(err, http.ErrNotSupported) {
+		w.err = err
+	}
+	return err
 }
 
 // Flush implements http.Flusher.
@@ -183,6 +202,10 @@ func (w *ResponseWriter) Code() int {
 // BytesWritten is the number of response body bytes written through
 // Write (not counting an upgraded session; see Upgraded).
 func (w *ResponseWriter) BytesWritten() int64 { return w.written }
+
+// Err is the first error of a Write or a flush: the response did not reach
+// the caller whole (it went away). Nil if none failed.
+func (w *ResponseWriter) Err() error { return w.err }
 
 // Upgraded is the connection handed out by Hijack, or nil.
 func (w *ResponseWriter) Upgraded() *CountingConn { return w.upgraded }

@@ -13,6 +13,9 @@
 //     gets two: ResponseStarted when the 101 goes out, and ResponseComplete
 //     when the session ends, with its duration and the bytes carried each
 //     way.
+//   - The ResponseComplete record is written however the request ends: the
+//     caller hanging up in the middle of a watch, the agent's tunnel
+//     failing, the stub stopping. keyhole.dev/ended says which.
 //
 // # The record
 //
@@ -32,6 +35,7 @@
 //	keyhole.dev/bytes-out  response body bytes, or cluster→client bytes of a session
 //	keyhole.dev/session    exec, attach, portforward (or upgrade), for 101 responses
 //	keyhole.dev/duration   length of the session, on its ResponseComplete record
+//	keyhole.dev/ended      how it ended: complete, client-gone, agent-gone, stub-stopping (or stub-failed)
 //
 // Durations are Go duration strings (time.ParseDuration reads them back).
 //

@@ -28,10 +28,10 @@ const (
 	AnnotationBytesOut = "keyhole.dev/bytes-out"
 	AnnotationSession  = "keyhole.dev/session"
 	AnnotationDuration = "keyhole.dev/duration"
-	// AnnotationEnded says why the stub ended a long-running request
-	// itself (absent when it ended on its own or by its client): e.g.
-	// credential-expired, credential-revoked, policy, cluster-unregistered.
-	AnnotationEnded = "keyhole.dev/ended"
+	// AnnotationEnded says how a request or session ended (an Ended*
+	// value), AnnotationEndedMessage in words when the stub ended it.
+	AnnotationEnded        = "keyhole.dev/ended"
+	AnnotationEndedMessage = "keyhole.dev/ended-message"
 )
 
 // Values of AnnotationSession.
@@ -41,6 +41,32 @@ const (
 	SessionPortForward = "portforward"
 	// SessionUpgrade is any other 101 (a WebSocket through pods/proxy, …).
 	SessionUpgrade = "upgrade"
+)
+
+// Values of AnnotationEnded: how a request or session ended.
+const (
+	// EndedComplete: the response (or the session) ran to its end: the
+	// stub's own answer, or the cluster's, delivered whole.
+	EndedComplete = "complete"
+	// EndedClientGone: the caller went away (closed or reset its
+	// connection, or stopped reading) before the response was complete.
+	EndedClientGone = "client-gone"
+	// EndedAgentGone: the tunnel to the agent, or the agent's side of the
+	// response, failed before the response was complete.
+	EndedAgentGone = "agent-gone"
+	// EndedStubStopping: the stub ended it to stop (a graceful drain).
+	EndedStubStopping = "stub-stopping"
+	// EndedStubFailed: the stub's handler failed (a panic that none of the
+	// above explains); the stub logs it as an error.
+	EndedStubFailed = "stub-failed"
+	// The stub ended a long-running request that was no longer admitted
+	// (see proxy/recheck.go): its credential expired, its credential no
+	// longer authenticates or names another identity, the policy no longer
+	// admits the user, or the cluster was unregistered.
+	EndedCredentialExpired = "credential-expired"
+	EndedCredentialRevoked = "credential-revoked"
+	EndedPolicy            = "policy"
+	EndedUnregistered      = "cluster-unregistered"
 )
 
 // Redacted replaces the value of a sensitive query parameter.
@@ -85,8 +111,9 @@ type Outcome struct {
 	// BytesIn and BytesOut are request and response body bytes, or the
 	// bytes of an upgraded stream in each direction (in: client→cluster).
 	BytesIn, BytesOut int64
-	// Ended is why the stub ended the request itself (AnnotationEnded),
-	// with EndedMessage saying it in words; empty if it did not.
+	// Ended is how the request ended (an Ended* value), recorded as
+	// AnnotationEnded; empty leaves the annotation out. EndedMessage says
+	// in words why the stub ended it, when it did (AnnotationEndedMessage).
 	Ended, EndedMessage string
 }
 
@@ -180,12 +207,14 @@ func NewEvent(r Request, stage auditv1.Stage, o *Outcome) *auditv1.Event {
 	if o.Code >= 400 {
 		ev.ResponseStatus.Status = metav1.StatusFailure
 	}
-	if o.Ended != "" {
-		ev.Annotations[AnnotationEnded] = o.Ended
-		ev.Annotations[AnnotationEnded+"-message"] = o.EndedMessage
-	}
 	ev.Annotations[AnnotationBytesIn] = strconv.FormatInt(o.BytesIn, 10)
 	ev.Annotations[AnnotationBytesOut] = strconv.FormatInt(o.BytesOut, 10)
+	if o.Ended != "" {
+		ev.Annotations[AnnotationEnded] = o.Ended
+	}
+	if o.EndedMessage != "" {
+		ev.Annotations[AnnotationEndedMessage] = o.EndedMessage
+	}
 
 	upgraded := o.Code == http.StatusSwitchingProtocols
 	responded := finished // when the response (or the 101) went out

@@ -156,17 +156,12 @@ func (a *AgentHop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		log = log.With(zap.String("as_user", asUser))
 		user, groups = asUser, asGroups
 	}
-	out := r.Clone(r.Context())
-	h := out.Header
-	h.Del("Authorization") // client-go's bearer round tripper keeps one if present
-	h.Del("Proxy-Authorization")
-	h.Del("Cookie")
-	deletePrefix(h, "Impersonate-")
-	deletePrefix(h, identityPrefix)
-	h.Set("Impersonate-User", user)
-	for _, g := range groups {
-		h.Add("Impersonate-Group", g)
+	if st := a.mayConnect(r.Context(), r, user, groups); st != nil {
+		log.Info("pod session refused: no create right on the subresource", zap.String("path", r.URL.Path), zap.String("reason", st.ErrStatus.Message))
+		kubestatus.Write(w, st)
+		return
 	}
+	out := r.Clone(context.WithValue(r.Context(), agentIdentityKey, &agentIdentity{user: user, groups: groups}))
 	start := time.Now()
 	if httpstream.IsUpgradeRequest(r) {
 		a.upgrade.ServeHTTP(w, out)
@@ -178,12 +173,42 @@ func (a *AgentHop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// agentIdentity is the identity a request runs as at the API server,
+// for rewrite.
+type agentIdentity struct {
+	user   string
+	groups []string
+}
+
+const agentIdentityKey ctxKey = 1
+
+// rewrite sets the impersonation headers. It runs after
+// httputil.ReverseProxy removed the hop-by-hop headers, including each one
+// the incoming request named in its Connection header, so no name there can
+// remove Impersonate-User and leave the request to run with the agent's own
+// rights. Credentials that are not the agent's (Authorization, cookies, a
+// WebSocket bearer subprotocol) and any other Impersonate-* or Keyhole-*
+// header are removed here, from the request as it will be sent; client-go's
+// transport then adds the agent's ServiceAccount token (it keeps an
+// Authorization already present, hence the Del).
 func (a *AgentHop) rewrite(pr *httputil.ProxyRequest) {
+	id := pr.In.Context().Value(agentIdentityKey).(*agentIdentity)
 	pr.SetURL(a.target)
 	// The stub set X-Forwarded-For from the real client; keep it so the API
 	// server's audit log shows the caller's address.
 	if xff := pr.In.Header.Values("X-Forwarded-For"); len(xff) > 0 {
 		pr.Out.Header["X-Forwarded-For"] = xff
+	}
+	h := pr.Out.Header
+	h.Del("Authorization")
+	h.Del("Proxy-Authorization")
+	h.Del("Cookie")
+	deletePrefix(h, "Impersonate-")
+	deletePrefix(h, identityPrefix)
+	dropBearerProtocols(h)
+	h.Set("Impersonate-User", id.user)
+	for _, g := range id.groups {
+		h.Add("Impersonate-Group", g)
 	}
 }
 

@@ -38,10 +38,10 @@ func boundCluster(reg ClusterRegistry, token string) (Cluster, bool) {
 	return Cluster{}, false
 }
 
-// callerToken decides, for a request with token to cluster c, whether the
+// agentToken decides, for a request with token to cluster c, whether the
 // token goes to c's agents (HeaderCallerToken), or why the request is
 // refused.
-func callerToken(reg ClusterRegistry, token string, c Cluster) (forward bool, refusal *apierrors.StatusError) {
+func agentToken(reg ClusterRegistry, token string, c Cluster) (forward bool, refusal *apierrors.StatusError) {
 	bound, isBound := boundCluster(reg, token)
 	switch {
 	case isBound && bound.ID != c.ID:

@@ -1,12 +1,22 @@
 // Package proxy holds the two HTTP hops of Keyhole.
 //
 // The stub hop (Stub) receives kubectl's request at /clusters/{id}/…,
-// authenticates the caller, refuses what a caller may not send
-// (Impersonate-*), strips Authorization, cookies and any Keyhole-* identity
-// header, attaches the caller's identity as Keyhole-User / Keyhole-Group, and
-// forwards the request with an http.Transport whose connections are tunnel
-// streams to an agent of that cluster. Connections are kept alive, so a
-// client's keep-alive connection rides one long-lived stream.
+// authenticates the caller (bearer Authorization, or for a WebSocket the
+// base64url.bearer.authorization.k8s.io subprotocol), refuses what a caller
+// may not send (Impersonate-* beyond --as), strips Authorization, cookies,
+// bearer subprotocols and any Keyhole-* identity header, attaches the
+// caller's identity as Keyhole-User / Keyhole-Group, and forwards the request
+// with an http.Transport whose connections are tunnel streams to an agent of
+// that cluster. Connections are kept alive, so a client's keep-alive
+// connection rides one long-lived stream.
+//
+// Both hops set their headers in ReverseProxy's Rewrite, which runs after
+// the hop-by-hop headers are removed, so that a header named in Connection
+// cannot remove one they set. The stub writes the final audit record, log
+// line and metrics of a request however it ends, including when
+// ReverseProxy aborts it with http.ErrAbortHandler (ending.go). The agent
+// asks create for pod sessions that would otherwise need only get
+// (connect.go).
 //
 // The agent hop (AgentHop) serves those streams. It turns the identity headers
 // into Impersonate-User / Impersonate-Group, lets client-go's transport add

@@ -106,22 +106,6 @@ func (d *drainer) track(ctx context.Context) (_ context.Context, _ *longReq, rel
 	}, true
 }
 
-// endBody turns the read error that follows Drain's cancel into io.EOF, so
-// httputil.ReverseProxy finishes the response normally (it aborts the
-// response, a reset, on any other error).
-type endBody struct {
-	io.ReadCloser
-	lr *longReq
-}
-
-func (b *endBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err != nil && b.lr.ended.Load() {
-		err = io.EOF
-	}
-	return n, err
-}
-
 // Drain ends every long-running request for a graceful stop and refuses
 // new ones (503 with Retry-After, so clients come back to another replica
 // or to this one restarted). Plain requests are left alone: the

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyhole-dev/keyhole/audit"
 )
 
 func TestLongRunning(t *testing.T) {
@@ -142,6 +144,14 @@ func TestDrain(t *testing.T) {
 	}
 	if resp, body := c.do(t, "GET", "/clusters/c1/api/v1/pods", "alice-token", nil); resp.StatusCode != 200 {
 		t.Fatalf("plain request while draining: %d %s", resp.StatusCode, body)
+	}
+	// The records say how each ended: the stub stopped the watches and the
+	// session; the plain request completed.
+	for resp, want := range map[*http.Response]string{watch2: audit.EndedStubStopping, watch1: audit.EndedStubStopping,
+		up: audit.EndedStubStopping, plain: audit.EndedComplete} {
+		if ev := c.finalRecord(t, resp.Header.Get(HeaderRequestID)); ev.Annotations[audit.AnnotationEnded] != want {
+			t.Errorf("%s %s: ended %q, want %q", resp.Request.Method, resp.Request.URL, ev.Annotations[audit.AnnotationEnded], want)
+		}
 	}
 }
 

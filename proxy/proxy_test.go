@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,7 +26,9 @@ import (
 	"github.com/coreos/go-oidc/v3/oidc/oidctest"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	apiserverv1beta1 "k8s.io/apiserver/pkg/apis/apiserver/v1beta1"
@@ -107,6 +110,7 @@ type fakeAPI struct {
 	mu          sync.Mutex
 	last        *http.Request
 	hits        int
+	sars        []authorizationv1.SubjectAccessReviewSpec
 	release     chan struct{}
 	versionFail atomic.Bool
 }
@@ -132,9 +136,17 @@ func newFakeAPI(t testing.TB) *fakeAPI {
 				http.Error(w, err.Error(), 400)
 				return
 			}
+			f.mu.Lock()
+			f.sars = append(f.sars, sar.Spec)
+			f.mu.Unlock()
 			ra := sar.Spec.ResourceAttributes
 			sar.Status.Allowed = sar.Spec.User == "alice" && ra != nil && ra.Verb == "impersonate" &&
 				((ra.Resource == "users" && ra.Name == "bob") || (ra.Resource == "groups" && ra.Name == "viewers"))
+			// Pod sessions: alice may create them, as an authenticated
+			// user (the group the API server adds to impersonated users).
+			if ra != nil && ra.Verb == "create" && ra.Resource == "pods" && connectSubresources[ra.Subresource] {
+				sar.Status.Allowed = sar.Spec.User == "alice" && slices.Contains(sar.Spec.Groups, "system:authenticated")
+			}
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(sar)
 		case "/watch":
@@ -148,7 +160,7 @@ func newFakeAPI(t testing.TB) *fakeAPI {
 			_, _ = io.WriteString(w, `{"type":"DELETED"}`+"\n")
 		case "/upgrade":
 			w.Header().Set("Connection", "Upgrade")
-			w.Header().Set("Upgrade", "test-proto")
+			w.Header().Set("Upgrade", r.Header.Get("Upgrade")) // test-proto, websocket…
 			w.WriteHeader(http.StatusSwitchingProtocols)
 			conn, brw, err := http.NewResponseController(w).Hijack()
 			if err != nil {
@@ -167,6 +179,13 @@ func newFakeAPI(t testing.TB) *fakeAPI {
 	f.StartTLS()
 	t.Cleanup(f.Close)
 	return f
+}
+
+// reviews returns the SubjectAccessReviews asked so far.
+func (f *fakeAPI) reviews() []authorizationv1.SubjectAccessReviewSpec {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.sars)
 }
 
 func (f *fakeAPI) lastRequest() (*http.Request, int) {
@@ -193,6 +212,7 @@ type chain struct {
 	pool    *x509.CertPool
 	api     *fakeAPI
 	stub    *Stub
+	logs    *observer.ObservedLogs // the stub hop's log, with chainOpts.observe
 }
 
 // chainOpts change newChain's defaults.
@@ -206,6 +226,7 @@ type chainOpts struct {
 	// KeepStreamsPastExpiry.
 	recheck        time.Duration
 	keepPastExpiry bool
+	observe        bool // keep the stub hop's log entries (chain.logs)
 }
 
 func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
@@ -230,6 +251,13 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	if o.metrics {
 		metrics = NewMetrics(tsrv, prober)
 	}
+	stubLog := log
+	var logs *observer.ObservedLogs
+	if o.observe {
+		var core zapcore.Core
+		core, logs = observer.New(zapcore.DebugLevel)
+		stubLog = zap.New(zapcore.NewTee(log.Core(), core))
+	}
 	var auth Authenticator = tokens{"alice-token": {Name: "alice", Groups: []string{"dev", "ops"}}, "eve-token": {Name: "eve"}}
 	if o.auth != nil {
 		auth = o.auth
@@ -244,7 +272,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	}
 	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: clusters, Audit: audit.NewWriterSink(auditBuf),
 		Auth:   auth,
-		Policy: pol, Metrics: metrics, Logger: log,
+		Policy: pol, Metrics: metrics, Logger: stubLog,
 		RecheckInterval: o.recheck, KeepStreamsPastExpiry: o.keepPastExpiry})
 	if err != nil {
 		t.Fatal(err)
@@ -286,7 +314,8 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 			t.Fatal("agent did not connect")
 		}
 	}
-	return &chain{metrics: metrics, prober: prober, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api, stub: stub}
+	return &chain{metrics: metrics, prober: prober, tsrv: tsrv, audit: auditBuf, stubURL: ts.URL, client: client, pool: pool, api: api, stub: stub,
+		logs: logs}
 }
 
 func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {
@@ -666,6 +695,11 @@ func TestAuditRecords(t *testing.T) {
 	}
 	if e := evs[4]; e.Stage != auditv1.StageResponseComplete || e.Annotations["keyhole.dev/bytes-in"] != "5" || e.Annotations["keyhole.dev/bytes-out"] != "8" {
 		t.Errorf("session end: stage %s annotations %v", e.Stage, e.Annotations)
+	}
+	for i, e := range evs {
+		if got := e.Annotations[audit.AnnotationEnded]; e.Stage == auditv1.StageResponseComplete && got != audit.EndedComplete {
+			t.Errorf("record %d ended %q, want complete", i, got)
+		}
 	}
 	all, _ := json.Marshal(evs)
 	for _, secret := range []string{"alice-token", "wrong-token", "agent-sa-token"} {

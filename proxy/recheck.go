@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/authn"
 )
 
@@ -38,11 +39,11 @@ const DefaultRecheckInterval = 5 * time.Second
 // Reasons a long-running request is ended by the stub (audit
 // annotation keyhole.dev/ended).
 const (
-	EndedExpired      = "credential-expired"
-	EndedRevoked      = "credential-revoked"
-	EndedPolicy       = "policy"
-	EndedUnregistered = "cluster-unregistered"
-	EndedStopping     = "stub-stopping"
+	EndedExpired      = audit.EndedCredentialExpired
+	EndedRevoked      = audit.EndedCredentialRevoked
+	EndedPolicy       = audit.EndedPolicy
+	EndedUnregistered = audit.EndedUnregistered
+	EndedStopping     = audit.EndedStubStopping
 )
 
 // admission is what admitted a long-running request, for rechecks.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -126,7 +127,11 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 			if err != nil {
 				host = addr
 			}
-			return cfg.Dialer.DialCluster(ctx, host)
+			c, err := cfg.Dialer.DialCluster(ctx, host)
+			if st, ok := c.(*tunnel.Stream); ok {
+				return tunnelConn{st}, nil // tells a dead agent from an ended response
+			}
+			return c, err
 		},
 		MaxIdleConns:        0, // no global cap; per cluster below
 		MaxIdleConnsPerHost: 256,
@@ -173,13 +178,31 @@ func newRequestID() string {
 	return hex.EncodeToString(b)
 }
 
-// reqState travels in the outbound request's context: what rewrite,
-// ModifyResponse and the error handler learn, for the audit record.
+// reqState travels in the outbound request's context: what ServeHTTP
+// decided for rewrite to send, and what rewrite, ModifyResponse, the error
+// handler and the response body learn, for the audit record.
 type reqState struct {
 	cluster string
+	reqID   string
+	user    *authn.User
+	// asUser and asGroups are kubectl --as / --as-group, for the agent to
+	// decide.
+	asUser   string
+	asGroups []string
+	// callerToken goes to agents that verify callers themselves; "" for
+	// all others.
+	callerToken string
+
+	// sentAsUser and sentAsGroups are the impersonation the outbound request
+	// carried, read from its headers as rewrite left them: the audit record
+	// states what the cluster received, not what the caller asked for.
+	sentAsUser   string
+	sentAsGroups []string
+
 	agent   string                 // from the agent's HeaderServedBy
 	failure *apierrors.StatusError // set by proxyError
 	long    *longReq               // a long-running request (drain.go), else nil
+	ends    ends                   // how it ended (ending.go)
 }
 
 func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -198,14 +221,16 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	metricCluster := "none"
 	refuse := func(st *apierrors.StatusError) {
 		kubestatus.Write(w, st)
-		s.record(ar, auditv1.StageResponseComplete, audit.StatusOutcome(st.ErrStatus, time.Now()))
+		o := audit.StatusOutcome(st.ErrStatus, time.Now())
+		o.Ended = audit.EndedComplete
+		s.record(ar, auditv1.StageResponseComplete, o)
 		s.cfg.Metrics.observe(metricCluster, int(st.ErrStatus.Code), time.Since(start), 0, 0, false)
 	}
 
-	token, hasToken := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !hasToken || token == "" {
-		log.Info("request refused: no bearer token", zap.String("path", r.URL.Path))
-		refuse(kubestatus.Unauthorized("no bearer token: use a kubeconfig from `stub kubeconfig`"))
+	token, st := callerToken(r)
+	if st != nil {
+		log.Info("request refused: no valid bearer token", zap.String("path", r.URL.Path), zap.String("reason", st.ErrStatus.Message))
+		refuse(st)
 		return
 	}
 	user, err := s.cfg.Auth.Authenticate(r.Context(), token)
@@ -228,7 +253,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	metricCluster = cluster
-	forwardToken, st := callerToken(s.cfg.Clusters, token, entry)
+	forwardToken, st := agentToken(s.cfg.Clusters, token, entry)
 	if st != nil {
 		log.Info("request refused: caller token and cluster do not match", zap.String("reason", st.ErrStatus.Message))
 		refuse(st)
@@ -245,9 +270,11 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(kubestatus.Forbidden(fmt.Sprintf("cluster %q: only kubectl --as (with optional --as-group) is supported through this gateway, not --as-uid or extra fields", cluster)))
 		return
 	}
-	ar.ImpersonatedUser, ar.ImpersonatedGroups = asUser, asGroups
 
-	state := &reqState{cluster: cluster}
+	state := &reqState{cluster: cluster, reqID: reqID, user: user, asUser: asUser, asGroups: asGroups}
+	if forwardToken {
+		state.callerToken = token // that cluster's agents check the caller themselves (callers.go)
+	}
 	ctx := context.WithValue(r.Context(), stateKey, state)
 	if longRunning(r) {
 		tctx, lr, release, ok := s.drain.track(ctx)
@@ -268,71 +295,96 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	out := r.Clone(ctx)
 	out.URL.Path, out.URL.RawPath = rest, ""
-	h := out.Header
-	h.Del("Authorization")
-	h.Del("Cookie")
-	h.Del("Proxy-Authorization")
-	deletePrefix(h, identityPrefix)
-	deletePrefix(h, "Impersonate-")
-	h.Set(HeaderUser, user.Name)
-	for _, g := range user.Groups {
-		h.Add(HeaderGroup, g)
-	}
-	if forwardToken {
-		h.Set(HeaderCallerToken, token) // that cluster's agents check the caller themselves (callers.go)
-	}
-	if asUser != "" { // the agent decides, with the cluster's RBAC
-		h.Set(HeaderAsUser, asUser)
-		for _, g := range asGroups {
-			h.Add(HeaderAsGroup, g)
-		}
-	}
-	h.Set(HeaderRequestID, reqID)
+	s.forward(w, r, out, state, ar, log, metricCluster)
+}
 
+// forward sends out to an agent (rewrite sets its headers) and writes the
+// final audit record, log line and metrics of the request however it ends
+// (ending.go): the caller gone, the agent gone, the stub stopping, or
+// complete.
+func (s *Stub) forward(w http.ResponseWriter, in, out *http.Request, state *reqState, ar audit.Request, log *zap.Logger, metricCluster string) {
 	body := audit.CountRequestBody(out)
 	aw := audit.NewResponseWriter(w)
 	var upgradedAt time.Time
 	stopClosing := func() bool { return false }
 	aw.OnUpgrade = func(c *audit.CountingConn) {
 		upgradedAt = time.Now()
+		c.OnError = func(err error) { state.ends.sessionEnd(false, err) }
 		if state.long != nil {
 			// When the request's context ends (Drain), ReverseProxy closes
 			// only the agent's side of the session (golang/go#35559); its
-			// copier from the client goes on reading until the client
-			// sends a byte or leaves, so an idle session (an exec nobody
-			// types into) would outlive the drain. Close the client's side
-			// too (this also serves recheck.go). context.AfterFunc also
-			// covers an end that came while the upgrade was being set up: the context is done already
-			// and the conn is closed at once.
-			stopClosing = context.AfterFunc(ctx, func() { _ = c.Close() })
+			// copier from the caller reads on until the caller sends a byte
+			// or leaves, so an idle session would outlive the stub, and its
+			// final record would never be written. Close the caller's side
+			// too; a Drain that came while the upgrade was being set up
+			// closes it at once.
+			stopClosing = context.AfterFunc(out.Context(), func() { _ = c.Close() })
 			state.long.upgraded(c) // the stub's own end closes it first (longReq.end)
 		}
 		s.cfg.Metrics.openAdd("session", 1)
 		ar.Agent = state.agent
+		ar.ImpersonatedUser, ar.ImpersonatedGroups = state.sentAsUser, state.sentAsGroups
 		s.record(ar, auditv1.StageResponseStarted, &audit.Outcome{Code: http.StatusSwitchingProtocols, Finished: upgradedAt})
 	}
 	s.cfg.Metrics.openAdd("request", 1)
+	returned := false
+	// Deferred, so that it runs when ReverseProxy panics with
+	// http.ErrAbortHandler too; the panic goes on afterwards, and net/http
+	// aborts the connection as it should.
+	defer func() {
+		stopClosing() // the session, if any, is over
+		s.cfg.Metrics.openAdd("request", -1)
+		ended := state.ended(in.Context(), aw, returned)
+		ar.Agent = state.agent
+		ar.ImpersonatedUser, ar.ImpersonatedGroups = state.sentAsUser, state.sentAsGroups
+		o := &audit.Outcome{Code: aw.Code(), Finished: time.Now(), BytesIn: body.BytesRead(), BytesOut: aw.BytesWritten()}
+		if st := state.failure; st != nil {
+			o = audit.StatusOutcome(st.ErrStatus, o.Finished)
+		}
+		if c := aw.Upgraded(); c != nil {
+			o.Upgraded, o.BytesIn, o.BytesOut = upgradedAt, c.BytesRead(), c.BytesWritten()
+			s.cfg.Metrics.openAdd("session", -1)
+		}
+		o.Ended = ended
+		if state.long != nil {
+			_, o.EndedMessage = state.long.Reason()
+		}
+		s.record(ar, auditv1.StageResponseComplete, o)
+		latency := o.Finished.Sub(ar.Received)
+		s.cfg.Metrics.observe(metricCluster, o.Code, latency, o.BytesIn, o.BytesOut, aw.Upgraded() != nil)
+		lvl := zap.InfoLevel // an early end is worth a line at info
+		switch ended {
+		case audit.EndedComplete:
+			lvl = zap.DebugLevel
+		case audit.EndedStubFailed:
+			lvl = zap.ErrorLevel // net/http logs the panic itself
+		}
+		if ce := log.Check(lvl, "request"); ce != nil {
+			ce.Write(zap.String("method", in.Method), zap.String("path", ar.Path), zap.Int("code", o.Code),
+				zap.Duration("latency", latency), zap.String("ended", ended))
+		}
+	}()
 	s.rp.ServeHTTP(aw, out)
-	stopClosing() // the session is over; ReverseProxy closed the conn
-	s.cfg.Metrics.openAdd("request", -1)
+	returned = true
+}
 
-	ar.Agent = state.agent
-	o := &audit.Outcome{Code: aw.Code(), Finished: time.Now(), BytesIn: body.BytesRead(), BytesOut: aw.BytesWritten()}
-	if st := state.failure; st != nil {
-		o = audit.StatusOutcome(st.ErrStatus, o.Finished)
+// callerToken is the caller's bearer token: from Authorization or, for a
+// WebSocket request without one, from a base64url.bearer.authorization.k8s.io
+// subprotocol, which kube-apiserver accepts too (browsers cannot set
+// headers on a WebSocket). A Status (401) refuses the request.
+func callerToken(r *http.Request) (string, *apierrors.StatusError) {
+	if token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && token != "" {
+		return token, nil
 	}
-	if c := aw.Upgraded(); c != nil {
-		o.Upgraded, o.BytesIn, o.BytesOut = upgradedAt, c.BytesRead(), c.BytesWritten()
-		s.cfg.Metrics.openAdd("session", -1)
+	if isWebSocket(r) {
+		if b := parseBearerProtocols(r.Header); b.found > 0 {
+			if b.err != nil {
+				return "", kubestatus.Unauthorized("the WebSocket bearer subprotocol is not valid: " + b.err.Error())
+			}
+			return b.token, nil
+		}
 	}
-	if state.long != nil {
-		o.Ended, o.EndedMessage = state.long.Reason()
-	}
-	s.record(ar, auditv1.StageResponseComplete, o)
-	s.cfg.Metrics.observe(metricCluster, o.Code, time.Since(start), o.BytesIn, o.BytesOut, aw.Upgraded() != nil)
-	if ce := log.Check(zap.DebugLevel, "request"); ce != nil {
-		ce.Write(zap.String("method", r.Method), zap.String("path", rest), zap.Int("code", o.Code), zap.Duration("latency", time.Since(start)))
-	}
+	return "", kubestatus.Unauthorized("no bearer token: use a kubeconfig from `stub kubeconfig`")
 }
 
 // record writes an audit event, built only when there is a sink; a
@@ -347,20 +399,54 @@ func (s *Stub) record(ar audit.Request, stage auditv1.Stage, o *audit.Outcome) {
 	}
 }
 
+// rewrite sets every header the stub sends to the agent. It runs after
+// httputil.ReverseProxy removed the hop-by-hop headers, including each one
+// the caller named in its Connection header, so no name there can remove or
+// change a header set here: the caller's identity, its --as, the request
+// id, X-Forwarded-For. What the caller may not send (its credentials, in
+// Authorization or a WebSocket bearer subprotocol, Impersonate-*, Keyhole-*)
+// is removed here, from the request as it will be sent.
 func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
-	cluster := pr.In.Context().Value(stateKey).(*reqState).cluster
+	st := pr.In.Context().Value(stateKey).(*reqState)
 	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = cluster
-	pr.Out.Host = cluster
+	pr.Out.URL.Host = st.cluster
+	pr.Out.Host = st.cluster
 	pr.SetXForwarded()
+	h := pr.Out.Header
+	h.Del("Authorization")
+	h.Del("Cookie")
+	h.Del("Proxy-Authorization")
+	deletePrefix(h, identityPrefix)
+	deletePrefix(h, "Impersonate-")
+	dropBearerProtocols(h)
+	h.Set(HeaderUser, st.user.Name)
+	for _, g := range st.user.Groups {
+		h.Add(HeaderGroup, g)
+	}
+	if st.callerToken != "" {
+		h.Set(HeaderCallerToken, st.callerToken)
+	}
+	if st.asUser != "" { // the agent decides, with the cluster's RBAC
+		h.Set(HeaderAsUser, st.asUser)
+		for _, g := range st.asGroups {
+			h.Add(HeaderAsGroup, g)
+		}
+	}
+	h.Set(HeaderRequestID, st.reqID)
+	st.sentAsUser, st.sentAsGroups = h.Get(HeaderAsUser), h.Values(HeaderAsGroup)
 }
 
-// modifyResponse notes which agent answered and keeps that to the stub.
+// modifyResponse notes which agent answered and keeps that to the stub, and
+// wraps the response so that the stub learns how it ends (ending.go).
 func (s *Stub) modifyResponse(resp *http.Response) error {
 	if st, ok := resp.Request.Context().Value(stateKey).(*reqState); ok {
 		st.agent = resp.Header.Get(HeaderServedBy)
-		if st.long != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			resp.Body = &endBody{ReadCloser: resp.Body, lr: st.long} // a graceful stop ends it cleanly
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+				resp.Body = &sessionConn{ReadWriteCloser: rwc, st: st}
+			}
+		} else {
+			resp.Body = &respBody{ReadCloser: resp.Body, st: st} // a graceful stop ends it cleanly
 		}
 	}
 	resp.Header.Del(HeaderServedBy)
@@ -397,7 +483,7 @@ func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	case r.Context().Err() != nil:
 		// The client left; there is nobody to answer.
 		s.log.Debug("client went away", zap.String("cluster", state.cluster), zap.Error(err))
-		st = &apierrors.StatusError{ErrStatus: metav1.Status{Code: 499, Reason: "ClientClosedRequest", Message: "the client went away"}}
+		st = &apierrors.StatusError{ErrStatus: metav1.Status{Code: statusClientClosed, Reason: "ClientClosedRequest", Message: "the client went away"}}
 		state.failure = st
 		return
 	default:
