@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -19,14 +20,33 @@ import (
 // without that drain a peer blocked writing into a full window would wait for
 // the five-minute StreamCloseTimeout; with it, the peer's writes complete, its
 // next read sees our FIN and it closes its side promptly.
+//
+// A stream has one reader at a time: yamux's Read is not made for two
+// goroutines waiting on one stream (a wake-up meant for one can be taken by
+// the other, and one can wait for good). Close therefore makes a Read in
+// progress return at once and starts draining only after it did; a Read
+// after Close returns net.ErrClosed.
 type Stream struct {
 	*yamux.Stream
 	once    sync.Once
 	onClose func()
+
+	readMu sync.Mutex // held by the one Read in progress, or by the drain
+	closed atomic.Bool
 }
 
 func newStream(s *yamux.Stream, onClose func()) *Stream {
 	return &Stream{Stream: s, onClose: onClose}
+}
+
+// Read reads from the stream; after Close it returns net.ErrClosed.
+func (s *Stream) Read(b []byte) (int, error) {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	if s.closed.Load() {
+		return 0, net.ErrClosed
+	}
+	return s.Stream.Read(b)
 }
 
 // CloseWrite half-closes the stream: the peer reads EOF, we can still read.
@@ -37,14 +57,21 @@ func (s *Stream) CloseWrite() error { return s.Stream.Close() }
 func (s *Stream) Close() error {
 	var err error
 	s.once.Do(func() {
+		s.closed.Store(true)
 		err = s.Stream.Close()
 		if s.onClose != nil {
 			s.onClose()
 		}
-		_ = s.Stream.SetReadDeadline(time.Now().Add(drainTimeout))
+		// A deadline in the past wakes a Read in progress, which returns.
+		_ = s.Stream.SetReadDeadline(time.Now())
 		// The drain goroutine is owned by the stream and ends on the peer's
 		// FIN, a reset, the session's end or the deadline, whichever is first.
-		go func() { _, _ = io.Copy(io.Discard, s.Stream) }()
+		go func() {
+			s.readMu.Lock() // once no Read is in progress
+			defer s.readMu.Unlock()
+			_ = s.Stream.SetReadDeadline(time.Now().Add(drainTimeout))
+			_, _ = io.Copy(io.Discard, s.Stream)
+		}()
 	})
 	return err
 }
