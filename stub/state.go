@@ -13,10 +13,13 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyhole-dev/keyhole/authn"
@@ -71,7 +74,9 @@ var (
 	// ErrAudienceInUse: a caller audience another cluster has already.
 	ErrAudienceInUse = errors.New("caller audience is another cluster's")
 	// ErrInvalidClusterID: an ID that is not a DNS label.
-	ErrInvalidClusterID = errors.New("cluster ID must be a DNS label: lower-case letters, digits and '-', at most 63")
+	ErrInvalidClusterID = errors.New("cluster ID must be a DNS label: lower-case letters, digits and '-', at most 63 characters")
+	// ErrInvalidLabel: a label that Kubernetes would not accept.
+	ErrInvalidLabel = errors.New("cluster labels follow Kubernetes' rules for label keys and values")
 	// errUnchanged ends an edit that has nothing to write.
 	errUnchanged = errors.New("unchanged")
 )
@@ -114,6 +119,10 @@ type State struct {
 	clusters  *statefile.File[map[string]Cluster]
 	tokens    *statefile.File[[]authn.StaticToken]
 	now       func() time.Time
+	log       *zap.Logger
+
+	mu      sync.Mutex
+	lastErr map[string]string // file → the error last reported ("" once fixed)
 }
 
 // OpenState reads the state in cfg.Dir (a missing file is an empty list,
@@ -126,7 +135,7 @@ func OpenState(cfg StateConfig) (*State, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	s := &State{dir: cfg.Dir, now: time.Now, hubClient: cfg.Hub}
+	s := &State{dir: cfg.Dir, now: time.Now, hubClient: cfg.Hub, log: cfg.Logger, lastErr: map[string]string{}}
 	if cfg.Hub != nil {
 		s.mirror = ha.NewState(cfg.Hub, cfg.Namespace, map[string]string{
 			clustersFile: s.path(clustersFile), tokensFile: s.path(tokensFile)}, cfg.Logger)
@@ -173,6 +182,51 @@ func (s *State) Pull(ctx context.Context) error {
 	_ = s.clusters.Reload()
 	_ = s.tokens.Reload()
 	return nil
+}
+
+// clusterMap and tokenList read the state files (re-read when they changed;
+// fresh: at once) and report a file that stopped parsing, or parses again.
+func (s *State) clusterMap(fresh bool) map[string]Cluster {
+	var m map[string]Cluster
+	if fresh {
+		m = s.clusters.Fresh()
+	} else {
+		m = s.clusters.Get()
+	}
+	s.report(clustersFile, s.clusters.Err())
+	return m
+}
+
+func (s *State) tokenList(fresh bool) []authn.StaticToken {
+	var l []authn.StaticToken
+	if fresh {
+		l = s.tokens.Fresh()
+	} else {
+		l = s.tokens.Get()
+	}
+	s.report(tokensFile, s.tokens.Err())
+	return l
+}
+
+// report logs once when a state file stops parsing (its last good contents
+// stay in force, so a half-done edit revokes nothing) and once when it
+// parses again.
+func (s *State) report(name string, err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastErr[name] == msg {
+		return
+	}
+	if msg != "" {
+		s.log.Error("state file does not parse: its last good contents stay in force until it is fixed", zap.String("file", s.path(name)), zap.String("error", msg))
+	} else {
+		s.log.Info("state file parses again; its contents are in force", zap.String("file", s.path(name)))
+	}
+	s.lastErr[name] = msg
 }
 
 // Err is the error of a state file that does not parse now (the previous
@@ -275,6 +329,11 @@ func (s *State) Register(ctx context.Context, id string, o RegisterOptions) (str
 	if !tunnel.ValidClusterID(id) {
 		return "", fmt.Errorf("%q: %w", id, ErrInvalidClusterID)
 	}
+	for k, v := range o.Labels {
+		if errs := append(validation.IsQualifiedName(k), validation.IsValidLabelValue(v)...); len(errs) > 0 {
+			return "", fmt.Errorf("label %q=%q: %s: %w", k, v, strings.Join(errs, "; "), ErrInvalidLabel)
+		}
+	}
 	secret, sum := mint(joinSecretPrefix)
 	err := s.editClusters(ctx, func(doc *clustersDoc) error {
 		if slices.ContainsFunc(doc.Clusters, func(c Cluster) bool { return c.ID == id }) {
@@ -367,6 +426,26 @@ func (s *State) AddToken(ctx context.Context, r TokenRequest) (string, error) {
 	return token, nil
 }
 
+// RevokeTokens removes every static token of user and returns how many it
+// removed (0 and nothing written if user has none). Requests with them are
+// refused at once; their open streams end within the stub's recheck
+// interval (proxy/recheck.go).
+func (s *State) RevokeTokens(ctx context.Context, user string) (int, error) {
+	n := 0
+	err := s.editTokens(ctx, func(doc *tokensDoc) error {
+		before := len(doc.Tokens)
+		doc.Tokens = slices.DeleteFunc(doc.Tokens, func(t Token) bool { return t.User == user })
+		if n = before - len(doc.Tokens); n == 0 {
+			return errUnchanged
+		}
+		return nil
+	})
+	if errors.Is(err, errUnchanged) {
+		return 0, nil
+	}
+	return n, err
+}
+
 // PruneTokens removes tokens that expired before now (they are refused
 // anyway; this keeps the list from growing) and returns how many it
 // removed. Nothing is written when none expired.
@@ -404,16 +483,16 @@ func mint(prefix string) (secret, sum string) {
 
 // Cluster returns registered cluster id.
 func (s *State) Cluster(id string) (Cluster, bool) {
-	c, ok := s.clusters.Get()[id]
+	c, ok := s.clusterMap(false)[id]
 	if !ok {
-		c, ok = s.clusters.Fresh()[id] // registered a moment ago?
+		c, ok = s.clusterMap(true)[id] // registered a moment ago?
 	}
 	return c, ok
 }
 
 // Clusters lists the registered clusters by ID.
 func (s *State) Clusters() []Cluster {
-	m := s.clusters.Get()
+	m := s.clusterMap(false)
 	out := make([]Cluster, 0, len(m))
 	for _, c := range m {
 		out = append(out, c)
@@ -443,7 +522,7 @@ func (s *State) AuthenticateAgent(cluster, secret string) error {
 // the secret it presented is the cluster's current one (not expired) or
 // the one before the last rotation.
 func (s *State) CheckSession(cluster string, secretSHA256 [sha256.Size]byte) error {
-	c, ok := s.clusters.Get()[cluster]
+	c, ok := s.clusterMap(false)[cluster]
 	if !ok {
 		return tunnel.ErrUnknownCluster
 	}
@@ -466,9 +545,9 @@ func sameHash(hexSum string, sum [sha256.Size]byte) bool {
 
 // AuthenticateToken implements authn.StaticTokens.
 func (s *State) AuthenticateToken(token string) (*authn.User, error) {
-	u, err := authn.MatchToken(s.tokens.Get(), token, s.now())
+	u, err := authn.MatchToken(s.tokenList(false), token, s.now())
 	if err != nil {
-		u, err = authn.MatchToken(s.tokens.Fresh(), token, s.now()) // minted a moment ago?
+		u, err = authn.MatchToken(s.tokenList(true), token, s.now()) // minted a moment ago?
 	}
 	return u, err
 }
@@ -500,7 +579,7 @@ func (r registry) Clusters() []proxy.Cluster {
 // ByCallerAudience finds the cluster whose caller audience is aud (a scan:
 // only JWT callers ask, once per audience of their token).
 func (r registry) ByCallerAudience(aud string) (proxy.Cluster, bool) {
-	for _, c := range r.s.clusters.Get() {
+	for _, c := range r.s.clusterMap(false) {
 		if c.CallerAudience != "" && c.CallerAudience == aud {
 			return c.forProxy(), true
 		}

@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
@@ -321,5 +324,67 @@ func TestStateCallerAudience(t *testing.T) {
 	}
 	if _, err := OpenState(StateConfig{Dir: dir}); err == nil || !strings.Contains(err.Error(), `clusters[1].callerAudience "x": also cluster "a"'s`) {
 		t.Fatalf("two clusters with one audience in the file: %v", err)
+	}
+}
+
+// Labels follow Kubernetes' rules, checked before anything is written.
+func TestStateLabels(t *testing.T) {
+	st := openDir(t)
+	for _, l := range []map[string]string{{"Bad Key": "v"}, {"k": "bad value!"}, {"": "v"}} {
+		if _, err := st.Register(context.Background(), "c", RegisterOptions{Labels: l}); !errors.Is(err, ErrInvalidLabel) {
+			t.Errorf("labels %v: %v, want ErrInvalidLabel", l, err)
+		}
+	}
+	if len(st.Clusters()) != 0 {
+		t.Fatal("a refused registration was written")
+	}
+	if _, err := st.Register(context.Background(), "c", RegisterOptions{Labels: map[string]string{"env": "prod", "example.com/team": "a-b_c.d"}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A state file broken by hand is reported once, its last good contents
+// stay in force, and its repair is reported once.
+func TestStateReportsBrokenFile(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	st, err := OpenState(StateConfig{Dir: t.TempDir(), Logger: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := st.AddToken(context.Background(), TokenRequest{User: "eve"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(st.dir, tokensFile)
+	good, _ := os.ReadFile(path)
+	// Half of an entry deleted, as a hand edit may leave it.
+	var kept []string
+	for _, l := range strings.Split(string(good), "\n") {
+		if !strings.Contains(l, "sha256:") {
+			kept = append(kept, l)
+		}
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(kept, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(2 * time.Second)
+	_ = os.Chtimes(path, later, later)
+	_, _ = st.AuthenticateToken("khu_unknown") // a miss re-reads at once
+	for range 3 {
+		if _, err := st.AuthenticateToken(tok); err != nil {
+			t.Fatalf("a broken edit revoked the token: %v", err)
+		}
+	}
+	if n := logs.FilterMessageSnippet("does not parse").Len(); n != 1 {
+		t.Fatalf("the broken file was reported %d times, want once", n)
+	}
+	if err := os.WriteFile(path, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	later = later.Add(2 * time.Second)
+	_ = os.Chtimes(path, later, later)
+	_, _ = st.AuthenticateToken("khu_unknown") // a miss re-reads at once
+	if n := logs.FilterMessageSnippet("parses again").Len(); n != 1 {
+		t.Fatalf("the repair was reported %d times, want once", n)
 	}
 }

@@ -54,7 +54,7 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ids, err := kubeconfigClusters(st, f.clusters)
+	ids, err := kubeconfigClusters(st, f.clusters, !*f.oidc)
 	if err != nil {
 		return err
 	}
@@ -73,26 +73,32 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 }
 
 // kubeconfigClusters is the list of contexts: the clusters asked for, all
-// registered, or every registered cluster.
-func kubeconfigClusters(st *stub.State, only []string) ([]string, error) {
+// registered, or every registered cluster; for a static token, none whose
+// agents verify callers (they accept only ID tokens issued for them).
+func kubeconfigClusters(st *stub.State, only []string, static bool) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
 	defer cancel()
 	if err := st.Pull(ctx); err != nil {
 		return nil, err
 	}
-	ids := only
-	if len(ids) == 0 {
-		for _, c := range st.Clusters() {
+	var ids []string
+	for _, c := range st.Clusters() {
+		if len(only) == 0 && !(static && c.CallerAudience != "") {
 			ids = append(ids, c.ID)
 		}
 	}
-	for _, id := range ids {
-		if _, ok := st.Cluster(id); !ok {
+	for _, id := range only {
+		c, ok := st.Cluster(id)
+		switch {
+		case !ok:
 			return nil, fmt.Errorf("--cluster %q is not registered (see `stub register`)", id)
+		case static && c.CallerAudience != "":
+			return nil, fmt.Errorf("--cluster %q: its agents verify callers themselves and accept no static token; use `stub kubeconfig --oidc`", id)
 		}
+		ids = append(ids, id)
 	}
 	if len(ids) == 0 {
-		return nil, errors.New("no cluster is registered yet: run `stub register CLUSTER-ID` first")
+		return nil, errors.New("no cluster to put in the kubeconfig: run `stub register CLUSTER-ID` first (clusters whose agents verify callers need `stub kubeconfig --oidc`)")
 	}
 	return ids, nil
 }
@@ -103,9 +109,13 @@ func kubeconfigClusters(st *stub.State, only []string) ([]string, error) {
 func kubeconfigUser(cfg config.Stub, st *stub.State, f kubeconfigFlags, params *install.KubeconfigParams) (string, error) {
 	ids := strings.Join(params.Clusters, ", ")
 	if !*f.oidc {
+		expires, err := parseExpiry(*f.expires)
+		if err != nil {
+			return "", err
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
 		defer cancel()
-		tok, err := st.AddToken(ctx, stub.TokenRequest{User: *f.user, Groups: f.groups, Expires: parseExpiry(*f.expires),
+		tok, err := st.AddToken(ctx, stub.TokenRequest{User: *f.user, Groups: f.groups, Expires: expires,
 			Description: "kubeconfig " + time.Now().UTC().Format(time.RFC3339)})
 		params.Token = tok
 		return fmt.Sprintf("kubeconfig for %q with contexts %s; its token is stored only as a hash.", *f.user, ids), err

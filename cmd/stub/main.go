@@ -4,12 +4,14 @@
 //	stub [serve] [--config FILE]      run the gateway (embedded defaults without --config)
 //	stub register ID [flags]          register a cluster; print the agent manifest
 //	stub unregister ID                remove a cluster; its agents are disconnected
+//	stub revoke --user NAME           revoke a user's static tokens; their streams end
 //	stub kubeconfig --user NAME ...   mint a token; print a kubeconfig for every cluster
 //	stub version
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,11 +25,27 @@ import (
 var version = "dev"
 
 func main() {
-	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); errors.Is(err, flag.ErrHelp) {
+		return // the flag set printed the usage
+	} else if err != nil {
 		fmt.Fprintln(os.Stderr, "stub:", err)
 		os.Exit(1)
 	}
 }
+
+// usage is what `stub help` and `stub --help` print.
+const usage = `Keyhole stub: the public side of the gateway.
+
+  stub [serve] [--config FILE]      run the gateway (embedded defaults without --config)
+  stub register ID [flags]          register a cluster; print the agent manifest
+  stub unregister ID                remove a cluster; its agents are disconnected
+  stub kubeconfig --user NAME ...   mint a token; print a kubeconfig for every cluster
+  stub kubeconfig --oidc ...        print a kubeconfig that logs in with kubelogin
+  stub revoke --user NAME           revoke a user's static tokens; their streams end
+  stub version
+
+Each command takes --config FILE (or $KEYHOLE_CONFIG); "stub COMMAND -h" lists its flags.
+`
 
 func run(args []string, stdout, stderr io.Writer) error {
 	cmd := "serve"
@@ -37,6 +55,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	switch cmd {
 	case "serve":
 		fs := flag.NewFlagSet("stub serve", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		fs.Usage = func() { fmt.Fprint(stderr, usage+"\nFlags of serve:\n"); fs.PrintDefaults() }
 		cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of a StubConfig file (default: embedded defaults)")
 		if err := fs.Parse(args); err != nil {
 			return err
@@ -48,13 +68,18 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return register(args, stdout, stderr)
 	case "unregister":
 		return unregister(args, stderr)
+	case "revoke":
+		return revoke(args, stderr)
 	case "kubeconfig":
 		return kubeconfig(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return nil
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return nil
 	default:
-		return fmt.Errorf("unknown command %q: use serve, register, unregister, kubeconfig or version", cmd)
+		return fmt.Errorf("unknown command %q: use serve, register, unregister, kubeconfig, revoke or version (stub help lists them)", cmd)
 	}
 }
 
@@ -80,10 +105,14 @@ type stringList []string
 func (s *stringList) String() string     { return strings.Join(*s, ",") }
 func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 
-func parseExpiry(d time.Duration) *time.Time {
-	if d <= 0 {
-		return nil
+// parseExpiry turns an --expires lifetime into an end (nil: none).
+func parseExpiry(d time.Duration) (*time.Time, error) {
+	switch {
+	case d < 0:
+		return nil, fmt.Errorf("--expires %v: a lifetime must be positive, e.g. 720h; leave it out for no expiry", d)
+	case d == 0:
+		return nil, nil
 	}
 	t := time.Now().Add(d).UTC().Truncate(time.Second)
-	return &t
+	return &t, nil
 }
