@@ -66,7 +66,7 @@ func TestAuthenticationIsKubernetes(t *testing.T) {
 			[]string{`authentication.jwt[0].issuer.audienceMatchPolicy: Invalid value: "": audienceMatchPolicy must be MatchAny for multiple audiences`}},
 		"bad CEL": {entry("    claimMappings:\n      username: {expression: 'claims.sub +'}\n"),
 			[]string{"authentication.jwt[0].claimMappings.username.expression: Invalid value: \"claims.sub +\": compilation failed"}},
-		"misspelt key": {entry("    claimMapping:\n      username: {claim: sub, prefix: \"\"}\n"), []string{`unknown key "claimMapping"`}},
+		"misspelt key": {entry("    claimMapping:\n      username: {claim: sub, prefix: \"\"}\n"), []string{`unknown key "authentication.jwt[0].claimMapping"`}},
 		"twice": {entry("    claimMappings: {username: {claim: sub, prefix: \"\"}}\n  - issuer: {url: https://idp.example.com, audiences: [x]}\n    claimMappings: {username: {claim: sub, prefix: \"\"}}\n"),
 			[]string{`authentication.jwt[1].issuer.url: Duplicate value: "https://idp.example.com"`}},
 	}

@@ -73,8 +73,18 @@ func decode(path string, data []byte, kind string, v any) error {
 	}
 	if err := yaml.UnmarshalStrict(data, v); err != nil {
 		msg := err.Error()
+		var tree any
+		_ = yaml.Unmarshal(data, &tree)
+		where := locate(reflect.TypeOf(v).Elem(), tree, "")
 		if m := unknownField.FindStringSubmatch(msg); m != nil {
-			return fmt.Errorf("config %s: unknown key %q: check its spelling; the keys of %s are %s", path, m[1], kind, strings.Join(jsonKeys(reflect.TypeOf(v).Elem(), ""), ", "))
+			key := m[1]
+			if where.unknown != "" {
+				key = where.unknown
+			}
+			return fmt.Errorf("config %s: unknown key %q: check its spelling; the keys of %s are %s", path, key, kind, strings.Join(jsonKeys(reflect.TypeOf(v).Elem(), ""), ", "))
+		}
+		if where.duration != "" {
+			return fmt.Errorf("config %s: key %q: %s is not a duration; write one such as \"5s\", \"1m30s\" or \"2h\"", path, where.duration, where.value)
 		}
 		if m := typeError.FindStringSubmatch(msg); m != nil {
 			return fmt.Errorf("config %s: key %q: got a %s, want a %s", path, m[2], m[1], m[3])
@@ -85,6 +95,103 @@ func decode(path string, data []byte, kind string, v any) error {
 		return fmt.Errorf("config %s: %s", path, msg)
 	}
 	return nil
+}
+
+// found is what locate found wrong in a decoded YAML tree: the dotted path
+// of the first unknown key, or of the first value that is not a duration
+// where one is wanted (with that value, quoted).
+type found struct{ unknown, duration, value string }
+
+// locate walks tree (YAML decoded into maps and slices) along struct type t
+// and names the first key t does not have, or the first Duration field
+// whose value does not parse: the strict decoder's errors give neither the
+// path of a nested key nor, for a Duration, any key at all.
+func locate(t reflect.Type, tree any, prefix string) found {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch node := tree.(type) {
+	case map[string]any:
+		if t.Kind() == reflect.Map {
+			for k, v := range node {
+				if f := locate(t.Elem(), v, prefix+k+"."); f != (found{}) {
+					return f
+				}
+			}
+			return found{}
+		}
+		if t.Kind() != reflect.Struct {
+			return found{}
+		}
+		fields := fieldsOf(t)
+		for _, k := range sortedKeys(node) {
+			ft, ok := fields[k]
+			switch {
+			case !ok:
+				return found{unknown: prefix + k}
+			case ft == reflect.TypeOf(Duration{}):
+				if str, isStr := node[k].(string); !isStr || !validDuration(str) {
+					return found{duration: prefix + k, value: fmt.Sprintf("%q", fmt.Sprint(node[k]))}
+				}
+			default:
+				if f := locate(ft, node[k], prefix+k+"."); f != (found{}) {
+					return f
+				}
+			}
+		}
+	case []any:
+		if t.Kind() == reflect.Slice {
+			for i, v := range node {
+				if f := locate(t.Elem(), v, fmt.Sprintf("%s[%d].", strings.TrimSuffix(prefix, "."), i)); f != (found{}) {
+					return f
+				}
+			}
+		}
+	}
+	return found{}
+}
+
+// fieldsOf maps the JSON names of struct t's fields to their types,
+// promoted ones too unless a field of t itself has the name (as
+// encoding/json does).
+func fieldsOf(t reflect.Type) map[string]reflect.Type {
+	out, promoted := map[string]reflect.Type{}, map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		switch {
+		case f.Anonymous && name == "" && ft.Kind() == reflect.Struct:
+			for k, v := range fieldsOf(ft) {
+				promoted[k] = v
+			}
+		case name != "" && name != "-":
+			out[name] = f.Type
+		}
+	}
+	for k, v := range promoted {
+		if _, own := out[k]; !own {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func sortedKeys(m map[string]any) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func validDuration(s string) bool {
+	_, err := time.ParseDuration(s)
+	return err == nil
 }
 
 // jsonKeys lists the dotted keys of struct type t.

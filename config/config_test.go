@@ -39,9 +39,10 @@ func TestLoadStub(t *testing.T) {
 		"no version":      {body: "kind: StubConfig\n", want: []string{`apiVersion ""`, "apiVersion: keyhole.dev/v1alpha1"}},
 		"wrong kind":      {body: "apiVersion: keyhole.dev/v1alpha1\nkind: AgentConfig\n", want: []string{`kind "AgentConfig"`}},
 		"unknown key":     {body: head + "listn: :1\n", want: []string{`unknown key "listn"`, "listen"}},
-		"nested unknown":  {body: head + "tls: {cert: x}\n", want: []string{`unknown key "cert"`, "tls.certFile"}},
+		"nested unknown":  {body: head + "tls: {cert: x}\n", want: []string{`unknown key "tls.cert"`, "tls.certFile"}},
 		"wrong type":      {body: head + "listen: [1]\n", want: []string{`"listen"`, "array"}},
-		"bad duration":    {body: head + "tunnel: {keepAliveInterval: fast}\n", want: []string{`"fast"`, "5s"}},
+		"bad duration":    {body: head + "tunnel: {keepAliveInterval: fast}\n", want: []string{`key "tunnel.keepAliveInterval": "fast" is not a duration`, "5s"}},
+		"bare number":     {body: head + "streams: {recheckInterval: 5}\n", want: []string{`key "streams.recheckInterval": "5" is not a duration`}},
 		"bad listen":      {body: head + "listen: nope\n", want: []string{`listen: "nope"`, ":8443"}},
 		"bad port":        {body: head + "listen: :99999\n", want: []string{`port "99999"`}},
 		"http public url": {body: head + "publicURL: http://x\n", want: []string{`publicURL: "http://x"`, "https://"}},
@@ -51,7 +52,7 @@ func TestLoadStub(t *testing.T) {
 		"tiny keepalive":  {body: head + "tunnel: {keepAliveInterval: 1ms}\n", want: []string{"tunnel.keepAliveInterval", "default (5s)"}},
 		"zero keepalive":  {body: head + "tunnel: {keepAliveInterval: 0s, keepAliveTimeout: 0s, maxSessions: 0}\n"},
 		"tunnel limits":   {body: head + "tunnel: {maxSessions: -1, maxHandshakesPerSecond: -1}\n", want: []string{"tunnel.maxSessions: -1", "default (10000)", "tunnel.maxHandshakesPerSecond: -1"}},
-		"tunnel unknown":  {body: head + "tunnel: {keepAlive: 1s}\n", want: []string{`unknown key "keepAlive"`, "tunnel.keepAliveInterval", "tunnel.keepAliveTimeout", "tunnel.maxSessions"}},
+		"tunnel unknown":  {body: head + "tunnel: {keepAlive: 1s}\n", want: []string{`unknown key "tunnel.keepAlive"`, "tunnel.keepAliveInterval", "tunnel.keepAliveTimeout", "tunnel.maxSessions"}},
 		"two problems":    {body: head + "listen: nope\nlog: {level: loud}\n", want: []string{"listen", "log.level"}},
 		"not yaml":        {body: "\t: :", want: []string{"not valid YAML"}},
 		"hub":             {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: stub-7d9c-x2}\n"},
@@ -196,7 +197,7 @@ func TestStubTunnelKeys(t *testing.T) {
 		t.Fatalf("written as:\n%s", s)
 	}
 	_, err = ParseStub("c.yaml", []byte(head+"tunnel: {Tunnel: {keepAliveInterval: 2s}}\n"), noEnv)
-	if err == nil || !strings.Contains(err.Error(), `unknown key "Tunnel"`) {
+	if err == nil || !strings.Contains(err.Error(), `unknown key "tunnel.Tunnel"`) {
 		t.Fatalf("the embedded struct's name as a key: %v", err)
 	}
 	for _, k := range []string{"tunnel.keepAliveInterval", "tunnel.keepAliveTimeout", "tunnel.maxHandshakesPerSecond", "tunnel.maxSessions"} {
