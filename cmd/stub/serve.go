@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/internal/logging"
@@ -35,6 +37,15 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	return srv.Run(ctx)
 }
 
+// self is how the person runs this command: "go run ./cmd/stub" when go
+// run built it in a temporary directory, else the binary as invoked.
+func self() string {
+	if exe := os.Args[0]; !strings.Contains(exe, "go-build") {
+		return exe
+	}
+	return "go run ./cmd/stub"
+}
+
 // banner tells a person who just started the stub what to do next.
 func banner(w io.Writer, st stub.Started, cfgPath string) {
 	flag := ""
@@ -45,10 +56,10 @@ func banner(w io.Writer, st stub.Started, cfgPath string) {
 Keyhole stub is up on %s (listening on %s; %s).
 Next steps:
   1. register a cluster and install its agent there:
-       go run ./cmd/stub register my-cluster%s > agent.yaml && kubectl apply -f agent.yaml
+       %[5]s register my-cluster%[4]s > agent.yaml && kubectl apply -f agent.yaml
   2. give yourself a kubeconfig:
-       go run ./cmd/stub kubeconfig --user you@example.com%s > keyhole.kubeconfig
+       %[5]s kubeconfig --user you@example.com%[4]s > keyhole.kubeconfig
        kubectl --kubeconfig keyhole.kubeconfig get ns
 
-`, st.PublicURL, st.Addr, st.TLS, flag, flag)
+`, st.PublicURL, st.Addr, st.TLS, flag, self())
 }
