@@ -44,7 +44,10 @@ func boundCluster(reg ClusterRegistry, token string) (Cluster, bool) {
 func agentToken(reg ClusterRegistry, token string, c Cluster) (forward bool, refusal *apierrors.StatusError) {
 	bound, isBound := boundCluster(reg, token)
 	switch {
-	case isBound && bound.ID != c.ID:
+	case isBound && bound.Unregistered:
+		return false, kubestatus.Forbidden(fmt.Sprintf("this ID token is bound to cluster %q (its audience %q), which is no longer registered: log in again for the cluster you want",
+			bound.ID, bound.CallerAudience))
+	case isBound && (bound.ID != c.ID || bound.CallerAudience != c.CallerAudience):
 		return false, kubestatus.Forbidden(fmt.Sprintf("this ID token is bound to cluster %q (its audience %q) and is accepted for that cluster only; use that cluster's context for it and your usual login for the others",
 			bound.ID, bound.CallerAudience))
 	case c.CallerAudience == "":

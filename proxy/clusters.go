@@ -4,8 +4,12 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
-	"strings"
+	"time"
 
+	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
+
+	"github.com/keyhole-dev/keyhole/audit"
+	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/internal/kubestatus"
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
@@ -36,35 +40,55 @@ type AgentStatus struct {
 	Health Health `json:"health"`
 }
 
-// ClustersHandler serves ClustersPath: the clusters in clusters that the
-// caller may reach, their agents and the prober's view of them.
-func ClustersHandler(auth Authenticator, pol Policy, clusters ClusterRegistry, agents AgentLister, prober *Prober) http.Handler {
+// ClusterList serves ClustersPath: the registered clusters the caller may
+// reach (with a token bound to one cluster: that one), their agents and the
+// prober's view of them. Every request is audited like a request to a
+// cluster, refusals included.
+func (s *Stub) ClusterList(agents AgentLister, prober *Prober) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
-			kubestatus.Write(w, kubestatus.Unauthorized("no bearer token"))
+		start := time.Now()
+		ar := audit.Request{ID: newRequestID(), Received: start, SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
+			Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
+		w.Header().Set(HeaderRequestID, ar.ID)
+		token, st := callerToken(r)
+		var user *authn.User
+		if st == nil {
+			var err error
+			if user, err = s.cfg.Auth.Authenticate(r.Context(), token); err != nil {
+				st = kubestatus.Unauthorized(unauthorizedMessage(err))
+			}
+		}
+		if st != nil {
+			kubestatus.Write(w, st)
+			o := audit.StatusOutcome(st.ErrStatus, time.Now())
+			o.Ended = audit.EndedComplete
+			s.record(ar, auditv1.StageResponseComplete, o)
 			return
 		}
-		user, err := auth.Authenticate(r.Context(), token)
-		if err != nil {
-			kubestatus.Write(w, kubestatus.Unauthorized(unauthorizedMessage(err)))
-			return
-		}
-		out := []ClusterStatus{}
-		bound, isBound := boundCluster(clusters, token)
-		for _, c := range clusters.Clusters() {
-			if !pol.Allowed(user, c.ID, c.Labels) || (isBound && c.ID != bound.ID) {
-				continue // callers see only the clusters they may reach (with a bound token: that one)
-			}
-			list := []AgentStatus{}
-			for _, a := range agents.Agents(c.ID) {
-				h, _ := prober.Health(a.Cluster, a.ID)
-				list = append(list, AgentStatus{AgentInfo: a, Health: h})
-			}
-			out = append(out, ClusterStatus{ID: c.ID, Labels: c.Labels, Ready: prober.Ready(c.ID), Agents: list})
-		}
-		sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+		ar.User, ar.Groups = user.Name, user.Groups
+		out := clusterStatuses(s.cfg.Clusters, s.cfg.Policy, user, token, agents, prober)
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(out)
+		aw := audit.NewResponseWriter(w)
+		_ = json.NewEncoder(aw).Encode(out)
+		s.record(ar, auditv1.StageResponseComplete, &audit.Outcome{Code: http.StatusOK, Finished: time.Now(), BytesOut: aw.BytesWritten(), Ended: audit.EndedComplete})
 	})
+}
+
+// clusterStatuses lists, for user with token, the clusters it may reach.
+func clusterStatuses(clusters ClusterRegistry, pol Policy, user *authn.User, token string, agents AgentLister, prober *Prober) []ClusterStatus {
+	out := []ClusterStatus{}
+	bound, isBound := boundCluster(clusters, token)
+	for _, c := range clusters.Clusters() {
+		if !pol.Allowed(user, c.ID, c.Labels) || (isBound && (bound.Unregistered || c.ID != bound.ID)) {
+			continue // callers see only the clusters they may reach (with a bound token: that one)
+		}
+		list := []AgentStatus{}
+		for _, a := range agents.Agents(c.ID) {
+			h, _ := prober.Health(a.Cluster, a.ID)
+			list = append(list, AgentStatus{AgentInfo: a, Health: h})
+		}
+		out = append(out, ClusterStatus{ID: c.ID, Labels: c.Labels, Ready: prober.Ready(c.ID), Agents: list})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }

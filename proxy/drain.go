@@ -4,10 +4,15 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/url"
+	"path"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/sets"
+	apirequest "k8s.io/apiserver/pkg/endpoints/request"
 )
 
 // A graceful stop of the stub (Stub.Drain). http.Server.Shutdown stops
@@ -25,21 +30,53 @@ import (
 //   - an upgraded session (exec, attach, port-forward, cp) is closed, so
 //     the client sees its connection end instead of a hang.
 
-// longRunning reports whether r runs until someone ends it: a watch, a
-// followed log, or an upgrade. The same split as the API server's own
-// (verbs watch, subresources exec/attach/portforward/log), except that a
-// log without follow is a plain request that ends by itself.
-func longRunning(r *http.Request) bool {
+// longRunningCheck is kube-apiserver's own split: the verbs and
+// subresources kube-apiserver hands to k8s.io/apiserver's
+// BasicLongRunningRequestCheck (pkg/server/filters). That package is not
+// imported for its five lines: it would bring etcd's client, gRPC and
+// OpenTelemetry into the stub's module graph.
+var (
+	longRunningVerbs        = sets.NewString("watch", "proxy")
+	longRunningSubresources = sets.NewString("attach", "exec", "proxy", "log", "portforward")
+)
+
+func longRunningCheck(info *apirequest.RequestInfo) bool {
+	return longRunningVerbs.Has(info.Verb) || (info.IsResourceRequest && longRunningSubresources.Has(info.Subresource))
+}
+
+// longRunning reports whether r (whose path in the cluster is rest) runs
+// until someone ends it: an upgrade, a watch (watch= read as the API server
+// reads a bool: watch=yes, ?watch and WATCH=TRUE are watches too, on any
+// path), a followed log, or what kube-apiserver's own long-running check
+// says of the path (a /watch/ path, the proxy subresources, exec, attach,
+// portforward). A log without follow is a plain request that ends by
+// itself. The path is read as sent and cleaned, as connectTarget does.
+func longRunning(r *http.Request, rest string) bool {
 	q := r.URL.Query()
-	switch {
-	case isUpgrade(r.Header):
-		return true
-	case q.Get("watch") == "true" || q.Get("watch") == "1" || strings.Contains(r.URL.Path, "/watch/"):
-		return true
-	case strings.HasSuffix(r.URL.Path, "/log") && (q.Get("follow") == "true" || q.Get("follow") == "1"):
+	if isUpgrade(r.Header) || boolParam(q, "watch") {
 		return true
 	}
+	for _, p := range []string{rest, path.Clean("/" + rest)} {
+		if strings.HasSuffix(p, "/log") {
+			if boolParam(q, "follow") {
+				return true
+			}
+			continue
+		}
+		req := &http.Request{Method: r.Method, URL: &url.URL{Path: p}}
+		if info, err := requestInfoFactory.NewRequestInfo(req); err == nil && longRunningCheck(info) {
+			return true
+		}
+	}
 	return false
+}
+
+// boolParam reads query parameter name as the API server decodes a bool
+// (apimachinery's Convert_Slice_string_To_bool): present, and not "0" or
+// "false" in any letter case; an empty value is true.
+func boolParam(q url.Values, name string) bool {
+	v, ok := q[name]
+	return ok && (len(v) == 0 || (v[0] != "0" && !strings.EqualFold(v[0], "false")))
 }
 
 func isUpgrade(h http.Header) bool {

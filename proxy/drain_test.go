@@ -23,15 +23,31 @@ func TestLongRunning(t *testing.T) {
 		"/api/v1/pods":                                      false,
 		"/api/v1/pods?watch=false":                          false,
 		"/apis/apps/v1/deployments?limit=500":               false,
+		// The API server reads watch and follow as bools: any value but
+		// 0 and false, an empty one included.
+		"/api/v1/pods?watch=yes":                       true,
+		"/api/v1/pods?watch=TRUE":                      true,
+		"/api/v1/pods?watch":                           true,
+		"/api/v1/pods?watch=":                          true,
+		"/api/v1/pods?watch=False":                     false,
+		"/api/v1/namespaces/d/pods/p/log?follow":       true,
+		"/api/v1/namespaces/d/pods/p/log?follow=yes":   true,
+		"/api/v1/namespaces/d/pods/p/log/?follow=true": true,
+		"/api/v1/namespaces/d/pods/p/log?follow=0":     false,
+		"/api/v1/namespaces/d/pods/p/proxy/ui":         true,
+		"/api/v1/namespaces/d/services/s:80/proxy/":    true,
+		"/api/v1/nodes/n/proxy/stats":                  true,
+		"/api/v1/namespaces/d/pods/p/exec?command=sh":  true,
 	} {
-		r, _ := http.NewRequest("GET", "https://x"+target, nil)
-		if got := longRunning(r); got != want {
+		r, _ := http.NewRequest("GET", "https://x/clusters/c1"+target, nil)
+		rest, _, _ := strings.Cut(target, "?")
+		if got := longRunning(r, rest); got != want {
 			t.Errorf("%s: longRunning %v, want %v", target, got, want)
 		}
 	}
 	r, _ := http.NewRequest("POST", "https://x/api/v1/namespaces/d/pods/p/exec?command=sh", nil)
 	r.Header.Set("Connection", "keep-alive, Upgrade")
-	if !longRunning(r) {
+	if !longRunning(r, "/api/v1/namespaces/d/pods/p/exec") {
 		t.Error("an upgrade is long-running")
 	}
 }

@@ -68,6 +68,20 @@ func (r registry) Clusters() []Cluster {
 
 func (r registry) ByCallerAudience(string) (Cluster, bool) { return Cluster{}, false }
 
+// retiredRegistry is audRegistry plus caller audiences of clusters that were
+// unregistered (audience → cluster).
+type retiredRegistry struct {
+	audRegistry
+	retired map[string]string
+}
+
+func (r retiredRegistry) ByCallerAudience(aud string) (Cluster, bool) {
+	if id, ok := r.retired[aud]; ok {
+		return Cluster{ID: id, CallerAudience: aud, Unregistered: true}, true
+	}
+	return r.audRegistry.ByCallerAudience(aud)
+}
+
 // audRegistry is a set of registered clusters with their caller audiences
 // ("" for a cluster whose agents do not verify callers).
 type audRegistry map[string]string
@@ -280,7 +294,7 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.ConnectPath, tsrv)
 	mux.Handle(ClustersPrefix, stub)
-	mux.Handle("/", NotFoundHandler())
+	mux.Handle("/", stub)
 	ts := httptest.NewUnstartedServer(mux)
 	ts.EnableHTTP2 = true
 	ts.StartTLS()
@@ -759,6 +773,10 @@ func TestAgentVerifiesCallers(t *testing.T) {
 		// did not register the cluster so: no token reaches it, and it
 		// refuses the request for want of one.
 		{"agent asks, operator did not", registry{"c1": true}, tokens{general: alice}, general, 403, "accepts only OIDC tokens"},
+		// c2 was unregistered (its agent harvested forC2): the token is
+		// refused everywhere, even where it would be an everyday token.
+		{"token bound to an unregistered cluster", retiredRegistry{audRegistry{"c1": ""}, map[string]string{"keyhole-c2": "c2"}},
+			tokens{forC2: alice}, forC2, 403, `bound to cluster "c2" (its audience "keyhole-c2"), which is no longer registered`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -787,7 +805,11 @@ func TestAgentVerifiesCallers(t *testing.T) {
 	req := httptest.NewRequest("GET", ClustersPath, nil)
 	req.Header.Set("Authorization", "Bearer "+forC2)
 	p, _ := NewProber(ProberConfig{Target: agentTarget{}})
-	ClustersHandler(tokens{forC2: alice}, policy.Open(), verifying, agentList{}, p).ServeHTTP(rec, req)
+	lister, err := NewStub(StubConfig{Dialer: agentTarget{}, Clusters: verifying, Auth: tokens{forC2: alice}, Policy: policy.Open()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lister.ClusterList(agentList{}, p).ServeHTTP(rec, req)
 	var list []ClusterStatus
 	if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil || len(list) != 1 || list[0].ID != "c2" {
 		t.Fatalf("clusters listed for a token bound to c2: %s %v", rec.Body, err)
@@ -835,10 +857,10 @@ func TestProber(t *testing.T) {
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest("GET", ClustersPath, nil)
 		req.Header.Set("Authorization", "Bearer alice-token")
-		ClustersHandler(tokens{"alice-token": {Name: "alice", Groups: []string{"dev"}}}, policy.Open(), registry{"c1": true}, c.tsrv, c.prober).ServeHTTP(rec, req)
+		c.stub.ClusterList(c.tsrv, c.prober).ServeHTTP(rec, req)
 		var list []ClusterStatus
-		if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil || len(list) != 1 {
-			t.Fatalf("%s %v", rec.Body, err)
+		if err := json.Unmarshal(rec.Body.Bytes(), &list); err != nil || len(list) != 2 || list[0].ID != "c1" {
+			t.Fatalf("want c1 and lonely: %s %v", rec.Body, err)
 		}
 		return list[0]
 	}
@@ -910,6 +932,9 @@ type agentTarget struct{ agentList }
 
 func (agentTarget) DialAgent(string, string) (net.Conn, error)      { return nil, tunnel.ErrNoAgent }
 func (agentTarget) PingAgent(string, string) (time.Duration, error) { return 0, tunnel.ErrNoAgent }
+func (agentTarget) DialCluster(context.Context, string) (net.Conn, error) {
+	return nil, tunnel.ErrNoAgent
+}
 
 func TestMetrics(t *testing.T) {
 	api := newFakeAPI(t)

@@ -41,6 +41,9 @@ type Cluster struct {
 	// is handed to them only when its audience includes this value, and a
 	// token with it is accepted for this cluster only (callers.go).
 	CallerAudience string
+	// Unregistered: the cluster is gone and CallerAudience retired
+	// (ByCallerAudience only); tokens bound to it are refused everywhere.
+	Unregistered bool
 }
 
 // ClusterRegistry tells whether a cluster ID is registered, lists the
@@ -242,7 +245,10 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ar.User, ar.Groups = user.Name, user.Groups
 	log = log.With(zap.String("user", user.Name))
 	if !pathOK {
-		refuse(kubestatus.NotFound(fmt.Sprintf("no cluster in path %q: expected %s{cluster-id}/…", r.URL.Path, ClustersPrefix)))
+		// Any path outside /clusters/{id}/ (the stub serves its other paths
+		// itself): kubectl --raw ignores the kubeconfig's path, so say where
+		// clusters live.
+		refuse(kubestatus.NotFound(fmt.Sprintf("no cluster in path %q: cluster APIs live under %s{cluster-id}/ (with kubectl --raw, include that prefix)", r.URL.Path, ClustersPrefix)))
 		return
 	}
 	log = log.With(zap.String("cluster", cluster))
@@ -276,7 +282,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		state.callerToken = token // that cluster's agents check the caller themselves (callers.go)
 	}
 	ctx := context.WithValue(r.Context(), stateKey, state)
-	if longRunning(r) {
+	if longRunning(r, rest) {
 		tctx, lr, release, ok := s.drain.track(ctx)
 		if !ok {
 			log.Info("request refused: the stub is stopping")
@@ -335,6 +341,11 @@ func (s *Stub) forward(w http.ResponseWriter, in, out *http.Request, state *reqS
 		stopClosing() // the session, if any, is over
 		s.cfg.Metrics.openAdd("request", -1)
 		ended := state.ended(in.Context(), aw, returned)
+		if ended == audit.EndedClientGone && s.Draining() {
+			// The stub stopping closes connections still open at the end of
+			// shutdownTimeout: the caller did not leave, it was cut.
+			ended = audit.EndedStubStopping
+		}
 		ar.Agent = state.agent
 		ar.ImpersonatedUser, ar.ImpersonatedGroups = state.sentAsUser, state.sentAsGroups
 		o := &audit.Outcome{Code: aw.Code(), Finished: time.Now(), BytesIn: body.BytesRead(), BytesOut: aw.BytesWritten()}
@@ -502,15 +513,6 @@ func newBufferPool() *bufferPool {
 }
 func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
 func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
-
-// NotFoundHandler answers any path outside /clusters/ with a 404 Status that
-// says where clusters live (kubectl --raw ignores the kubeconfig's path, so
-// its users need the hint).
-func NotFoundHandler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		kubestatus.Write(w, kubestatus.NotFound(fmt.Sprintf("%q is not served here: cluster APIs live under %s{cluster-id}/ (with kubectl --raw, include that prefix)", r.URL.Path, ClustersPrefix)))
-	})
-}
 
 // unauthorizedMessage tells the caller why its token was refused; static
 // token failures stay generic.

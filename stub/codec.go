@@ -2,6 +2,7 @@ package stub
 
 import (
 	"fmt"
+	"time"
 
 	"sigs.k8s.io/yaml"
 )
@@ -31,6 +32,18 @@ type clustersDoc struct {
 	APIVersion string    `json:"apiVersion"`
 	Kind       string    `json:"kind"`
 	Clusters   []Cluster `json:"clusters"`
+	// RetiredCallerAudiences are the caller audiences of clusters that were
+	// unregistered: tokens issued for them stay bound to nothing, so what
+	// their agents saw is refused everywhere, and no cluster may take one
+	// again.
+	RetiredCallerAudiences []RetiredAudience `json:"retiredCallerAudiences,omitempty"`
+}
+
+// RetiredAudience is the caller audience of a cluster that was unregistered.
+type RetiredAudience struct {
+	Audience string    `json:"audience"`
+	Cluster  string    `json:"cluster"`
+	Retired  time.Time `json:"retired"`
 }
 
 type tokensDoc struct {

@@ -226,10 +226,10 @@ func (s *Server) handler(r *running) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.ConnectPath, r.tunnel)
 	mux.Handle(proxy.ClustersPrefix, r.proxy)
-	mux.Handle(proxy.ClustersPath, proxy.ClustersHandler(s.access, s.access, s.state.Registry(), r.tunnel, r.prober))
+	mux.Handle(proxy.ClustersPath, r.proxy.ClusterList(r.tunnel, r.prober))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", s.readyz)
-	mux.Handle("/", proxy.NotFoundHandler())
+	mux.Handle("/", r.proxy) // any other path: authenticated, audited, 404
 	return mux
 }
 

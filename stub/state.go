@@ -73,6 +73,10 @@ var (
 	ErrClusterNotFound = errors.New("cluster is not registered")
 	// ErrAudienceInUse: a caller audience another cluster has already.
 	ErrAudienceInUse = errors.New("caller audience is another cluster's")
+	// ErrAudienceRetired: a caller audience of a cluster that was
+	// unregistered; tokens issued for it may have been seen by that
+	// cluster's agents.
+	ErrAudienceRetired = errors.New("caller audience belonged to an unregistered cluster; tokens issued for it may have been seen by that cluster's agents: pick a new one")
 	// ErrInvalidClusterID: an ID that is not a DNS label.
 	ErrInvalidClusterID = errors.New("cluster ID must be a DNS label: lower-case letters, digits and '-', at most 63 characters")
 	// ErrInvalidLabel: a label that Kubernetes would not accept.
@@ -116,7 +120,7 @@ type State struct {
 	dir       string
 	mirror    *ha.State            // nil for a single stub
 	hubClient kubernetes.Interface // nil for a single stub
-	clusters  *statefile.File[map[string]Cluster]
+	clusters  *statefile.File[clusterSet]
 	tokens    *statefile.File[[]authn.StaticToken]
 	now       func() time.Time
 	log       *zap.Logger
@@ -186,8 +190,10 @@ func (s *State) Pull(ctx context.Context) error {
 
 // clusterMap and tokenList read the state files (re-read when they changed;
 // fresh: at once) and report a file that stopped parsing, or parses again.
-func (s *State) clusterMap(fresh bool) map[string]Cluster {
-	var m map[string]Cluster
+func (s *State) clusterMap(fresh bool) map[string]Cluster { return s.clusterSet(fresh).byID }
+
+func (s *State) clusterSet(fresh bool) clusterSet {
+	var m clusterSet
 	if fresh {
 		m = s.clusters.Fresh()
 	} else {
@@ -342,6 +348,9 @@ func (s *State) Register(ctx context.Context, id string, o RegisterOptions) (str
 		if i := slices.IndexFunc(doc.Clusters, func(c Cluster) bool { return o.CallerAudience != "" && c.CallerAudience == o.CallerAudience }); i >= 0 {
 			return fmt.Errorf("%q (cluster %q): %w", o.CallerAudience, doc.Clusters[i].ID, ErrAudienceInUse)
 		}
+		if i := slices.IndexFunc(doc.RetiredCallerAudiences, func(r RetiredAudience) bool { return r.Audience == o.CallerAudience }); o.CallerAudience != "" && i >= 0 {
+			return fmt.Errorf("%q (cluster %q): %w", o.CallerAudience, doc.RetiredCallerAudiences[i].Cluster, ErrAudienceRetired)
+		}
 		doc.Clusters = append(doc.Clusters, Cluster{ID: id, SecretSHA256: sum, SecretExpires: o.Expires, Labels: o.Labels,
 			Registered: s.now().UTC().Truncate(time.Second), CallerAudience: o.CallerAudience})
 		return nil
@@ -385,15 +394,22 @@ func (s *State) Rotate(ctx context.Context, id string, o RotateOptions) (string,
 }
 
 // Unregister removes cluster id: its join secret stops working and the
-// stubs close its agents' sessions within tunnel.SessionCheckInterval.
+// stubs close its agents' sessions within tunnel.SessionCheckInterval. Its
+// caller audience, if any, is retired: tokens issued for it are refused
+// for every cluster, and no cluster may take it again.
 // ErrClusterNotFound if id is not registered.
 func (s *State) Unregister(ctx context.Context, id string) error {
 	return s.editClusters(ctx, func(doc *clustersDoc) error {
-		n := len(doc.Clusters)
-		doc.Clusters = slices.DeleteFunc(doc.Clusters, func(c Cluster) bool { return c.ID == id })
-		if len(doc.Clusters) == n {
+		i := slices.IndexFunc(doc.Clusters, func(c Cluster) bool { return c.ID == id })
+		if i < 0 {
 			return fmt.Errorf("%q: %w", id, ErrClusterNotFound)
 		}
+		if aud := doc.Clusters[i].CallerAudience; aud != "" {
+			// Tokens issued for it stay bound to it: refused everywhere.
+			doc.RetiredCallerAudiences = append(doc.RetiredCallerAudiences,
+				RetiredAudience{Audience: aud, Cluster: id, Retired: s.now().UTC().Truncate(time.Second)})
+		}
+		doc.Clusters = slices.Delete(doc.Clusters, i, i+1)
 		return nil
 	})
 }
@@ -579,41 +595,57 @@ func (r registry) Clusters() []proxy.Cluster {
 // ByCallerAudience finds the cluster whose caller audience is aud (a scan:
 // only JWT callers ask, once per audience of their token).
 func (r registry) ByCallerAudience(aud string) (proxy.Cluster, bool) {
-	for _, c := range r.s.clusterMap(false) {
+	set := r.s.clusterSet(false)
+	for _, c := range set.byID {
 		if c.CallerAudience != "" && c.CallerAudience == aud {
 			return c.forProxy(), true
 		}
 	}
+	if ra, ok := set.retired[aud]; ok {
+		return proxy.Cluster{ID: ra.Cluster, CallerAudience: aud, Unregistered: true}, true
+	}
 	return proxy.Cluster{}, false
 }
 
-func parseClusters(data []byte) (map[string]Cluster, error) {
+// clusterSet is the parsed clusters file.
+type clusterSet struct {
+	byID    map[string]Cluster
+	retired map[string]RetiredAudience // by audience
+}
+
+func parseClusters(data []byte) (clusterSet, error) {
 	var doc clustersDoc
 	if err := decodeDoc(data, clustersKind, &doc); err != nil {
-		return nil, err
+		return clusterSet{}, err
 	}
-	out := make(map[string]Cluster, len(doc.Clusters))
+	out := clusterSet{byID: make(map[string]Cluster, len(doc.Clusters)), retired: map[string]RetiredAudience{}}
 	auds := map[string]string{} // caller audience → cluster
+	for i, r := range doc.RetiredCallerAudiences {
+		if r.Audience == "" {
+			return clusterSet{}, fmt.Errorf("retiredCallerAudiences[%d].audience: empty", i)
+		}
+		out.retired[r.Audience], auds[r.Audience] = r, r.Cluster+" (unregistered)"
+	}
 	for i, c := range doc.Clusters {
 		if !tunnel.ValidClusterID(c.ID) {
-			return nil, fmt.Errorf("clusters[%d].id %q: must be a DNS label", i, c.ID)
+			return clusterSet{}, fmt.Errorf("clusters[%d].id %q: must be a DNS label", i, c.ID)
 		}
 		if h, err := hex.DecodeString(c.SecretSHA256); err != nil || len(h) != sha256.Size {
-			return nil, fmt.Errorf("clusters[%d].secretSHA256: want 64 hex digits", i)
+			return clusterSet{}, fmt.Errorf("clusters[%d].secretSHA256: want 64 hex digits", i)
 		}
 		if h, err := hex.DecodeString(c.PreviousSecretSHA256); c.PreviousSecretSHA256 != "" && (err != nil || len(h) != sha256.Size) {
-			return nil, fmt.Errorf("clusters[%d].previousSecretSHA256: want 64 hex digits or nothing", i)
+			return clusterSet{}, fmt.Errorf("clusters[%d].previousSecretSHA256: want 64 hex digits or nothing", i)
 		}
-		if _, dup := out[c.ID]; dup {
-			return nil, fmt.Errorf("clusters[%d].id %q: registered twice", i, c.ID)
+		if _, dup := out.byID[c.ID]; dup {
+			return clusterSet{}, fmt.Errorf("clusters[%d].id %q: registered twice", i, c.ID)
 		}
 		if c.CallerAudience != "" {
 			if other, dup := auds[c.CallerAudience]; dup {
-				return nil, fmt.Errorf("clusters[%d].callerAudience %q: also cluster %q's; a token bound to one would be accepted for both", i, c.CallerAudience, other)
+				return clusterSet{}, fmt.Errorf("clusters[%d].callerAudience %q: also cluster %q's; a token bound to one would be accepted for both", i, c.CallerAudience, other)
 			}
 			auds[c.CallerAudience] = c.ID
 		}
-		out[c.ID] = c
+		out.byID[c.ID] = c
 	}
 	return out, nil
 }

@@ -316,6 +316,20 @@ func TestStateCallerAudience(t *testing.T) {
 	if c, _ := reg.Cluster("plain"); c.CallerAudience != "" {
 		t.Fatalf("plain cluster: %+v", c)
 	}
+	// Unregistering retires the audience: tokens for it stay bound to the
+	// gone cluster, and no cluster may take it again.
+	if err := st.Unregister(ctx, "acc"); err != nil {
+		t.Fatal(err)
+	}
+	if c, ok := reg.ByCallerAudience("keyhole-acc"); !ok || !c.Unregistered || c.ID != "acc" {
+		t.Fatalf("a retired audience: %+v %v", c, ok)
+	}
+	if _, err := st.Register(ctx, "acc", RegisterOptions{CallerAudience: "keyhole-acc"}); !errors.Is(err, ErrAudienceRetired) {
+		t.Fatalf("re-registering with a retired audience: %v", err)
+	}
+	if _, err := st.Register(ctx, "acc", RegisterOptions{CallerAudience: "keyhole-acc-2"}); err != nil {
+		t.Fatalf("re-registering with a new audience: %v", err)
+	}
 	h := strings.Repeat("a", 64)
 	dir := t.TempDir()
 	body := "apiVersion: keyhole.dev/v1alpha1\nkind: Clusters\nclusters:\n- {id: a, secretSHA256: " + h + ", callerAudience: x}\n- {id: b, secretSHA256: " + h + ", callerAudience: x}\n"

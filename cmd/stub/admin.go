@@ -88,6 +88,9 @@ func register(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := checkCallerAudience(cfg, id, *f.audience); err != nil {
+		return err
+	}
 	bundle, err := stub.LoadBundle(cfg)
 	if err != nil {
 		return err
@@ -110,6 +113,18 @@ func register(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "note: the manifest sends agents to %s (publicURL), which is this machine only: an agent in a cluster cannot reach it. Set publicURL in the config to an address the cluster can reach.\n", cfg.PublicURL)
 	}
 	return err
+}
+
+// checkCallerAudience refuses a caller audience that everyday logins carry
+// (an issuer's login client ID): every user's token would then be handed to
+// that cluster's agents and bound to it.
+func checkCallerAudience(cfg config.Stub, id, aud string) error {
+	for i, j := range cfg.Authentication.JWT {
+		if aud != "" && j.Login != nil && j.Login.ClientID == aud {
+			return fmt.Errorf("--caller-audience %q is authentication.jwt[%d].login.clientID, the audience of everyday logins: every user's token would go to this cluster's agents; give the cluster an audience of its own (e.g. %q)", aud, i, aud+"-"+id)
+		}
+	}
+	return nil
 }
 
 func isLoopback(host string) bool {
