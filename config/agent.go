@@ -27,7 +27,8 @@ type Agent struct {
 	// system roots.
 	StubCAFile string `json:"stubCAFile"`
 	// Kubeconfig reaches the API server from outside the cluster; empty
-	// means in-cluster (ServiceAccount token and CA from the pod).
+	// means in-cluster (ServiceAccount token and CA from the pod). Its
+	// cluster's proxy-url, if any, is the proxy to the API server.
 	Kubeconfig string `json:"kubeconfig"`
 	// APIServer overrides the in-cluster defaults (used by tests and by
 	// agents that run beside, not inside, a cluster).
@@ -58,6 +59,13 @@ type APIServer struct {
 	URL       string `json:"url"`
 	TokenFile string `json:"tokenFile"`
 	CAFile    string `json:"caFile"`
+	// ProxyURL is a proxy (http, https or socks5) between the agent and its
+	// API server, in-cluster or apiServer.url (with kubeconfig, the
+	// kubeconfig's proxy-url). Empty: the API server is reached directly.
+	// HTTPS_PROXY and NO_PROXY never apply to it: they are for the tunnel
+	// to the stub, and a corporate proxy usually cannot reach, or must not
+	// see, a cluster's API server.
+	ProxyURL string `json:"proxyURL"`
 }
 
 // DefaultAgent returns the defaults this package owns. Tunnel keepalive
@@ -132,6 +140,14 @@ func (c Agent) Validate() error {
 		}
 		if c.APIServer.TokenFile == "" {
 			p.addf("apiServer.tokenFile: required with apiServer.url (the agent's ServiceAccount token)")
+		}
+	}
+	if c.APIServer.ProxyURL != "" {
+		switch u, err := url.Parse(c.APIServer.ProxyURL); {
+		case c.Kubeconfig != "":
+			p.addf("apiServer.proxyURL %q: with kubeconfig %q, set proxy-url in the kubeconfig's cluster instead (the agent honours it)", c.APIServer.ProxyURL, c.Kubeconfig)
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "socks5") || u.Host == "":
+			p.addf("apiServer.proxyURL: %q must be a proxy URL such as \"http://proxy.corp.example:3128\" (http, https or socks5), or left out to reach the API server directly", c.APIServer.ProxyURL)
 		}
 	}
 	checkTunnel(&p, c.Tunnel)

@@ -258,13 +258,16 @@ func TestLoadAgent(t *testing.T) {
 		t.Fatalf("%+v %v", c, err)
 	}
 	cases := map[string][]string{
-		ah + "cluster: prod\n":                               {"stubURL"},
-		ah + "stubURL: https://x\n":                          {"cluster:"},
-		ok + "kubeconfig: /k\napiServer: {url: https://a}\n": {"give one of them", "apiServer.tokenFile"},
-		ok + "apiServer: {url: http://a, tokenFile: /t}\n":   {`apiServer.url: "http://a"`},
-		ok + "joinSecret: abc\n":                             {`unknown key "joinSecret"`, "joinSecretFile"},
-		ok + "drainTimeout: -1s\n":                           {"drainTimeout: -1s", "default (25s)"},
-		ok + "tunnel: {keepAliveTimeout: 1ms}\n":             {"tunnel.keepAliveTimeout: 1ms"},
+		ah + "cluster: prod\n":                                        {"stubURL"},
+		ah + "stubURL: https://x\n":                                   {"cluster:"},
+		ok + "kubeconfig: /k\napiServer: {url: https://a}\n":          {"give one of them", "apiServer.tokenFile"},
+		ok + "apiServer: {url: http://a, tokenFile: /t}\n":            {`apiServer.url: "http://a"`},
+		ok + "joinSecret: abc\n":                                      {`unknown key "joinSecret"`, "joinSecretFile"},
+		ok + "apiServer: {proxyURL: proxy:3128}\n":                    {`apiServer.proxyURL: "proxy:3128" must be a proxy URL`, "http://proxy.corp.example:3128"},
+		ok + "apiServer: {proxyURL: ftp://p}\n":                       {`apiServer.proxyURL: "ftp://p"`},
+		ok + "kubeconfig: /k\napiServer: {proxyURL: http://p:3128}\n": {`apiServer.proxyURL "http://p:3128": with kubeconfig "/k", set proxy-url in the kubeconfig`},
+		ok + "drainTimeout: -1s\n":                                    {"drainTimeout: -1s", "default (25s)"},
+		ok + "tunnel: {keepAliveTimeout: 1ms}\n":                      {"tunnel.keepAliveTimeout: 1ms"},
 	}
 	for body, want := range cases {
 		_, err := LoadAgent(write(t, body), noEnv)
@@ -272,6 +275,12 @@ func TestLoadAgent(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), w) {
 				t.Errorf("%q: error %v lacks %q", body, err, w)
 			}
+		}
+	}
+	for _, body := range []string{ok + "apiServer: {proxyURL: \"http://p.corp:3128\"}\n",
+		ok + "apiServer: {url: https://a:6443, tokenFile: /t, proxyURL: socks5://127.0.0.1:1080}\n"} {
+		if c, err := LoadAgent(write(t, body), noEnv); err != nil || c.APIServer.ProxyURL == "" {
+			t.Errorf("%q: %+v %v", body, c.APIServer, err)
 		}
 	}
 	if _, err := LoadAgent("", noEnv); err == nil || !strings.Contains(err.Error(), "--config") {

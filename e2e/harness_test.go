@@ -292,10 +292,14 @@ type agentOpts struct {
 	kubeconfig              string            // out-of-cluster mode
 	inCluster               bool              // as in a pod: rest.InClusterConfig, token file re-read
 	apiURL, tokenFile       string            // in-cluster-like mode (token file re-read)
+	apiProxyURL             string            // apiServer.proxyURL
 	extra                   string            // more YAML
 	logLevel                string            // default debug
 	env                     []string          // e.g. HTTPS_PROXY
 	c                       *kubetest.Cluster // whose CA for apiServer mode
+	// hosts is bound over /etc/hosts in the agent's own mount namespace:
+	// names only the agent resolves (the host is untouched).
+	hosts string
 }
 
 func (g *gateway) startAgent(o agentOpts) *process {
@@ -316,12 +320,20 @@ log: {level: %s}
 	case o.kubeconfig != "":
 		cfg += "kubeconfig: " + o.kubeconfig + "\n"
 	default:
-		cfg += fmt.Sprintf("apiServer: {url: %s, tokenFile: %s, caFile: %s}\n", o.apiURL, o.tokenFile, o.c.CAFile)
+		cfg += fmt.Sprintf("apiServer: {url: %s, tokenFile: %s, caFile: %s, proxyURL: %q}\n", o.apiURL, o.tokenFile, o.c.CAFile, o.apiProxyURL)
 	}
 	cfg += o.extra
 	path := filepath.Join(g.dir, "agent-"+o.id+".yaml")
 	writeFile(g.t, path, cfg)
 	logPath := filepath.Join(g.dir, "agent-"+o.id+".log")
+	hosts := ""
+	if o.hosts != "" {
+		hosts = "mount --bind " + o.hosts + " /etc/hosts && "
+	}
+	if !o.inCluster && hosts != "" {
+		return startProcess(g.t, "agent "+o.id, logPath, o.env, "unshare", "--mount", "--", "sh", "-c",
+			hosts+"exec "+g.agentBin+" --config "+path)
+	}
 	if !o.inCluster {
 		return startProcess(g.t, "agent "+o.id, logPath, o.env, g.agentBin, "--config", path)
 	}
@@ -342,7 +354,7 @@ log: {level: %s}
 		g.t.Fatal(err)
 	}
 	env := append([]string{"KUBERNETES_SERVICE_HOST=" + u.Hostname(), "KUBERNETES_SERVICE_PORT=" + u.Port()}, o.env...)
-	script := fmt.Sprintf("mount -t tmpfs tmpfs /run && mkdir -p %[1]s && mount --bind %[2]s %[1]s && exec %[3]s --config %[4]s",
+	script := hosts + fmt.Sprintf("mount -t tmpfs tmpfs /run && mkdir -p %[1]s && mount --bind %[2]s %[1]s && exec %[3]s --config %[4]s",
 		"/run/secrets/kubernetes.io/serviceaccount", saDir, g.agentBin, path)
 	return startProcess(g.t, "agent "+o.id, logPath, env, "unshare", "--mount", "--", "sh", "-c", script)
 }

@@ -10,6 +10,7 @@ package install
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/base64"
 	"fmt"
 	"maps"
@@ -70,6 +71,42 @@ func Kubelogin(p KubeloginParams) *clientcmdapi.ExecConfig {
 		Args:            append(args, p.ExtraArgs...),
 		InteractiveMode: clientcmdapi.IfAvailableExecInteractiveMode,
 		InstallHint:     "kubelogin is not installed: see https://github.com/int128/kubelogin (e.g. kubectl krew install oidc-login)",
+	}
+}
+
+// The CI systems `stub ci-token` gets ID tokens from.
+const (
+	CIGitHubActions = "github-actions"
+	CIGitLab        = "gitlab"
+	// DefaultCITokenEnv is the id_tokens variable a GitLab job's
+	// kubeconfig reads by default.
+	DefaultCITokenEnv = "KEYHOLE_TOKEN"
+)
+
+// CITokenParams describe the credential plugin of a CI job's kubeconfig.
+type CITokenParams struct {
+	Command  string // the stub binary as the job runs it: a name on PATH or a path; default "stub"
+	Provider string // CIGitHubActions or CIGitLab
+	Audience string // of the job's ID tokens
+	TokenEnv string // CIGitLab: the id_tokens variable (default DefaultCITokenEnv)
+}
+
+// CIToken returns the exec credential plugin entry that has kubectl run
+// `stub ci-token` for the job's ID token, again each time the last one
+// expired: on GitHub Actions a fresh token from the job's token endpoint,
+// on GitLab the job's id_tokens variable. The kubeconfig holds no secret.
+func CIToken(p CITokenParams) *clientcmdapi.ExecConfig {
+	args := []string{"ci-token", "--provider", p.Provider, "--audience", p.Audience}
+	if p.Provider == CIGitLab {
+		args = append(args, "--token-env", cmp.Or(p.TokenEnv, DefaultCITokenEnv))
+	}
+	return &clientcmdapi.ExecConfig{
+		APIVersion:      "client.authentication.k8s.io/v1",
+		Command:         cmp.Or(p.Command, "stub"),
+		Args:            args,
+		InteractiveMode: clientcmdapi.NeverExecInteractiveMode,
+		InstallHint: "the job needs Keyhole's stub binary for `stub ci-token`, e.g. `go install github.com/keyhole-dev/keyhole/cmd/stub@VERSION` " +
+			"or copied out of the stub image: see docs/authentication.md, GitHub Actions and GitLab CI",
 	}
 }
 

@@ -456,3 +456,30 @@ func TestKubeloginKubeconfig(t *testing.T) {
 		t.Fatal("token and exec together accepted")
 	}
 }
+
+// A CI job's kubeconfig runs `stub ci-token`, never interactively, and
+// holds no secret.
+func TestCITokenKubeconfig(t *testing.T) {
+	for _, tc := range []struct {
+		p       CITokenParams
+		command string
+		args    string
+	}{
+		{CITokenParams{Provider: CIGitHubActions, Audience: "keyhole"}, "stub", "ci-token --provider github-actions --audience keyhole"},
+		{CITokenParams{Provider: CIGitLab, Audience: "keyhole", Command: "./bin/stub"}, "./bin/stub", "ci-token --provider gitlab --audience keyhole --token-env KEYHOLE_TOKEN"},
+		{CITokenParams{Provider: CIGitLab, Audience: "k", TokenEnv: "DEPLOY"}, "stub", "ci-token --provider gitlab --audience k --token-env DEPLOY"},
+	} {
+		exec := CIToken(tc.p)
+		if exec.Command != tc.command || strings.Join(exec.Args, " ") != tc.args || exec.APIVersion != "client.authentication.k8s.io/v1" ||
+			exec.InteractiveMode != "Never" || len(exec.Env) != 0 || exec.InstallHint == "" {
+			t.Errorf("%+v: %+v", tc.p, exec)
+		}
+		out, err := Kubeconfig(KubeconfigParams{PublicURL: "https://kh.example.com", Clusters: []string{"prod"}, User: "ci-" + tc.p.Provider, Exec: exec})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg, err := clientcmd.Load(out); err != nil || cfg.AuthInfos["keyhole-ci-"+tc.p.Provider].Exec == nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+}

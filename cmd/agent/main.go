@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -62,6 +63,10 @@ func run(args []string) error {
 	log = log.With(zap.String("cluster", cfg.Cluster), zap.String("agent", cfg.AgentID))
 
 	rc, source, err := restConfig(cfg)
+	if err != nil {
+		return err
+	}
+	apiProxy, err := setAPIServerProxy(rc, cfg)
 	if err != nil {
 		return err
 	}
@@ -118,7 +123,8 @@ func run(args []string) error {
 		go func() { _ = hs.Serve(hl) }()
 		defer hs.Close()
 	}
-	log.Info("agent starting", zap.String("stub", cfg.StubURL), zap.String("api_server", rc.Host), zap.String("api_source", source), zap.String("fingerprint", fp), zap.String("version", version))
+	log.Info("agent starting", zap.String("stub", cfg.StubURL), zap.String("api_server", rc.Host), zap.String("api_source", source),
+		zap.String("api_proxy", apiProxy), zap.String("fingerprint", fp), zap.String("version", version))
 	return agent.Run(ctx)
 }
 
@@ -142,6 +148,37 @@ func restConfig(cfg config.Agent) (*rest.Config, string, error) {
 			return nil, "", fmt.Errorf("in-cluster config: %w (outside a cluster set kubeconfig or apiServer in the config)", err)
 		}
 		return rc, "in-cluster", nil
+	}
+}
+
+// setAPIServerProxy decides how the agent reaches its own API server:
+// through apiServer.proxyURL or the kubeconfig's proxy-url when one is
+// given, else directly. Never through HTTPS_PROXY: that proxy is for the
+// tunnel to the stub (tunnel.AgentConfig.Proxy), and client-go would
+// otherwise apply it to the API server too (rest.Config.Proxy nil means
+// http.ProxyFromEnvironment), sending the fingerprint read and every
+// proxied request to a proxy that usually cannot reach the cluster's
+// Service network (e.g. 172.30.0.1 on OpenShift, not in a NO_PROXY of
+// 10.0.0.0/8) and must not see its traffic. It returns what it chose, for
+// the log, without a password.
+func setAPIServerProxy(rc *rest.Config, cfg config.Agent) (string, error) {
+	switch {
+	case cfg.APIServer.ProxyURL != "":
+		u, err := url.Parse(cfg.APIServer.ProxyURL)
+		if err != nil {
+			return "", fmt.Errorf("apiServer.proxyURL: %w", err)
+		}
+		rc.Proxy = http.ProxyURL(u)
+		return u.Redacted(), nil
+	case rc.Proxy != nil: // the kubeconfig's proxy-url
+		u, err := rc.Proxy(&http.Request{URL: &url.URL{Scheme: "https", Host: "api"}})
+		if err != nil || u == nil {
+			return "kubeconfig proxy-url", err
+		}
+		return u.Redacted(), nil
+	default:
+		rc.Proxy = func(*http.Request) (*url.URL, error) { return nil, nil }
+		return "none", nil
 	}
 }
 

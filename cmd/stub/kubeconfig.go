@@ -22,6 +22,8 @@ import (
 type kubeconfigFlags struct {
 	cfgPath, user, issuer *string
 	audienceScope         *string
+	ci, audience          *string
+	tokenEnv, ciCommand   *string
 	oidc                  *bool
 	expires               *time.Duration
 	loginArgs, groups     stringList
@@ -36,15 +38,25 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 		issuer: fs.String("issuer", "", "with --oidc: which issuer (default: the only one with a login section)"),
 		audienceScope: fs.String("audience-scope", "audience:server:client_id:%s",
 			"with --oidc: the scope that asks the IdP for a token whose audience is a verifying cluster's caller audience (%s); Dex's cross-client form by default"),
-		expires: fs.Duration("expires", 0, "token lifetime, e.g. 720h (default: no expiry)")}
+		expires: fs.Duration("expires", 0, "token lifetime, e.g. 720h (default: no expiry)"),
+		ci: fs.String("ci", "", "a kubeconfig for CI jobs on "+install.CIGitHubActions+" or "+install.CIGitLab+
+			": its user runs `stub ci-token` for the job's own ID token, again whenever the last one expired; it holds no secret"),
+		audience:  fs.String("audience", "", "with --ci: the audience of the job's ID tokens (one of an authentication.jwt issuer's audiences)"),
+		tokenEnv:  fs.String("token-env", install.DefaultCITokenEnv, "with --ci "+install.CIGitLab+": the variable of the job's id_tokens entry"),
+		ciCommand: fs.String("ci-command", "stub", "with --ci: the stub binary as the job runs it (a name on PATH or a path)")}
 	fs.Var(&f.loginArgs, "login-arg", "with --oidc: extra kubelogin argument, e.g. --grant-type=device-code (repeatable)")
 	fs.Var(&f.groups, "group", "group of the user (repeatable)")
 	fs.Var(&f.clusters, "cluster", "only this cluster (repeatable; default: every registered cluster)")
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return err
 	}
-	if *f.user == "" && !*f.oidc {
-		return errors.New("usage: stub kubeconfig --user NAME [--group G]... [--cluster ID]... [--expires 720h] [--config FILE]\n   or: stub kubeconfig --oidc [--issuer URL] [--login-arg ARG]... [--cluster ID]... [--config FILE]")
+	if n := btoi(*f.user != "") + btoi(*f.oidc) + btoi(*f.ci != ""); n != 1 {
+		return errors.New("usage: stub kubeconfig --user NAME [--group G]... [--cluster ID]... [--expires 720h] [--config FILE]\n" +
+			"   or: stub kubeconfig --oidc [--issuer URL] [--login-arg ARG]... [--cluster ID]... [--config FILE]\n" +
+			"   or: stub kubeconfig --ci github-actions|gitlab --audience AUD [--token-env VAR] [--ci-command PATH] [--cluster ID]... [--config FILE]")
+	}
+	if err := checkCIFlags(f); err != nil {
+		return err
 	}
 	cfg, st, err := openState(*f.cfgPath)
 	if err != nil {
@@ -54,7 +66,7 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ids, err := kubeconfigClusters(st, f.clusters, !*f.oidc)
+	ids, err := kubeconfigClusters(st, f.clusters, refusedBy(f))
 	if err != nil {
 		return err
 	}
@@ -72,10 +84,10 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
-// kubeconfigClusters is the list of contexts: the clusters asked for, all
-// registered, or every registered cluster; for a static token, none whose
-// agents verify callers (they accept only ID tokens issued for them).
-func kubeconfigClusters(st *stub.State, only []string, static bool) ([]string, error) {
+// kubeconfigClusters is the list of contexts: the clusters asked for, or
+// every registered cluster the kubeconfig's user can reach (refused says
+// why it cannot reach one; "" when it can).
+func kubeconfigClusters(st *stub.State, only []string, refused func(stub.Cluster) string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
 	defer cancel()
 	if err := st.Pull(ctx); err != nil {
@@ -83,24 +95,78 @@ func kubeconfigClusters(st *stub.State, only []string, static bool) ([]string, e
 	}
 	var ids []string
 	for _, c := range st.Clusters() {
-		if len(only) == 0 && !(static && c.CallerAudience != "") {
+		if len(only) == 0 && refused(c) == "" {
 			ids = append(ids, c.ID)
 		}
 	}
 	for _, id := range only {
 		c, ok := st.Cluster(id)
-		switch {
-		case !ok:
+		if !ok {
 			return nil, fmt.Errorf("--cluster %q is not registered (see `stub register`)", id)
-		case static && c.CallerAudience != "":
-			return nil, fmt.Errorf("--cluster %q: its agents verify callers themselves and accept no static token; use `stub kubeconfig --oidc`", id)
+		}
+		if why := refused(c); why != "" {
+			return nil, fmt.Errorf("--cluster %q: %s", id, why)
 		}
 		ids = append(ids, id)
 	}
 	if len(ids) == 0 {
-		return nil, errors.New("no cluster to put in the kubeconfig: run `stub register CLUSTER-ID` first (clusters whose agents verify callers need `stub kubeconfig --oidc`)")
+		return nil, errors.New("no cluster to put in the kubeconfig: run `stub register CLUSTER-ID` first (clusters whose agents verify callers need `stub kubeconfig --oidc`, or --ci with their caller audience)")
 	}
 	return ids, nil
+}
+
+// refusedBy says which clusters the user a kubeconfig's flags describe
+// cannot reach: a cluster whose agents verify callers accepts only ID
+// tokens issued for its caller audience. Static tokens are none; a
+// GitHub Actions job asks for a token per cluster, with its audience; a
+// GitLab job's token has the one audience of its id_tokens entry.
+func refusedBy(f kubeconfigFlags) func(stub.Cluster) string {
+	return func(c stub.Cluster) string {
+		switch {
+		case c.CallerAudience == "" || *f.oidc || *f.ci == install.CIGitHubActions:
+			return ""
+		case *f.ci == install.CIGitLab && c.CallerAudience != *f.audience:
+			return fmt.Sprintf("its agents verify callers themselves and accept only ID tokens for audience %q: make its kubeconfig with --audience %[1]q --token-env VAR, and give the job `id_tokens: {VAR: {aud: %[1]q}}`", c.CallerAudience)
+		case *f.ci == install.CIGitLab:
+			return ""
+		}
+		return "its agents verify callers themselves and accept no static token; use `stub kubeconfig --oidc`"
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// checkCIFlags checks the --ci flags before anything is read.
+func checkCIFlags(f kubeconfigFlags) error {
+	if *f.ci == "" {
+		for _, fl := range []struct {
+			name string
+			set  bool
+		}{{"--audience", *f.audience != ""}, {"--token-env", *f.tokenEnv != install.DefaultCITokenEnv}, {"--ci-command", *f.ciCommand != "stub"}} {
+			if fl.set {
+				return fmt.Errorf("%s goes with --ci", fl.name)
+			}
+		}
+		return nil
+	}
+	switch {
+	case *f.ci != install.CIGitHubActions && *f.ci != install.CIGitLab:
+		return fmt.Errorf("--ci %q: use %s or %s", *f.ci, install.CIGitHubActions, install.CIGitLab)
+	case *f.audience == "":
+		return errors.New("--ci needs --audience: the audience of the job's ID tokens, as listed in an authentication.jwt issuer's audiences (e.g. keyhole)")
+	case len(f.groups) > 0 || *f.expires != 0:
+		return errors.New("--group and --expires are for static tokens: a CI job's groups come from its token's claims (claimMappings), and each token expires on its own")
+	case *f.ci != install.CIGitLab && *f.tokenEnv != install.DefaultCITokenEnv:
+		return fmt.Errorf("--token-env goes with --ci %s (GitHub Actions tokens come from the job's token endpoint)", install.CIGitLab)
+	case *f.ciCommand == "":
+		return errors.New("--ci-command: must name the stub binary as the job runs it, e.g. stub or ./bin/stub")
+	}
+	return nil
 }
 
 // kubeconfigUser sets the kubeconfig's user: a kubelogin exec plugin
@@ -108,6 +174,9 @@ func kubeconfigClusters(st *stub.State, only []string, static bool) ([]string, e
 // stderr.
 func kubeconfigUser(cfg config.Stub, st *stub.State, f kubeconfigFlags, params *install.KubeconfigParams) (string, error) {
 	ids := strings.Join(params.Clusters, ", ")
+	if *f.ci != "" {
+		return ciUser(cfg, st, f, params)
+	}
 	if !*f.oidc {
 		expires, err := parseExpiry(*f.expires)
 		if err != nil {
@@ -148,6 +217,45 @@ func kubeconfigUser(cfg config.Stub, st *stub.State, f kubeconfigFlags, params *
 		}
 	}
 	return fmt.Sprintf("kubeconfig logging in through %s with kubelogin, contexts %s.", is.Issuer.URL, ids), nil
+}
+
+// ciUser makes the kubeconfig's user a CI job's: the credential plugin
+// `stub ci-token`. On GitHub Actions, a cluster whose agents verify
+// callers gets a user of its own asking for a token with its caller
+// audience.
+func ciUser(cfg config.Stub, st *stub.State, f kubeconfigFlags, params *install.KubeconfigParams) (string, error) {
+	if !issuerAccepts(cfg, *f.audience) {
+		return "", fmt.Errorf("--audience %q: no authentication.jwt issuer of the config lists it in its audiences, so the stub would refuse every token; add it to the CI issuer's issuer.audiences", *f.audience)
+	}
+	p := install.CITokenParams{Command: *f.ciCommand, Provider: *f.ci, Audience: *f.audience, TokenEnv: *f.tokenEnv}
+	params.User = "ci-" + *f.ci
+	params.Exec = install.CIToken(p)
+	for _, id := range params.Clusters {
+		if c, _ := st.Cluster(id); c.CallerAudience != "" && c.CallerAudience != p.Audience {
+			bound := p
+			bound.Audience = c.CallerAudience
+			if params.ClusterExec == nil {
+				params.ClusterExec = map[string]*clientcmdapi.ExecConfig{}
+			}
+			params.ClusterExec[id] = install.CIToken(bound)
+		}
+	}
+	how := "a fresh ID token from the job's token endpoint whenever the last one expired"
+	if *f.ci == install.CIGitLab {
+		how = "the job's ID token from $" + p.TokenEnv + " (GitLab issues it once, valid for the job's timeout)"
+	}
+	return fmt.Sprintf("kubeconfig for %s jobs with contexts %s: kubectl runs `%s ci-token` for %s, audience %q; it holds no secret.",
+		*f.ci, strings.Join(params.Clusters, ", "), p.Command, how, p.Audience), nil
+}
+
+// issuerAccepts says whether an authentication.jwt issuer lists aud.
+func issuerAccepts(cfg config.Stub, aud string) bool {
+	for _, j := range cfg.Authentication.JWT {
+		if slices.Contains(j.Issuer.Audiences, aud) {
+			return true
+		}
+	}
+	return false
 }
 
 // loginIssuer picks the issuer a --oidc kubeconfig logs in with.

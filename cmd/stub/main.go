@@ -6,6 +6,7 @@
 //	stub unregister ID                remove a cluster; its agents are disconnected
 //	stub revoke --user NAME           revoke a user's static tokens; their streams end
 //	stub kubeconfig --user NAME ...   mint a token; print a kubeconfig for every cluster
+//	stub ci-token --provider P ...    a CI job's kubectl credential plugin (stub kubeconfig --ci)
 //	stub version
 package main
 
@@ -41,10 +42,12 @@ const usage = `Keyhole stub: the public side of the gateway.
   stub unregister ID                remove a cluster; its agents are disconnected
   stub kubeconfig --user NAME ...   mint a token; print a kubeconfig for every cluster
   stub kubeconfig --oidc ...        print a kubeconfig that logs in with kubelogin
+  stub kubeconfig --ci PROVIDER ... print a kubeconfig for CI jobs (github-actions, gitlab)
+  stub ci-token --provider P ...    the credential plugin such a kubeconfig runs
   stub revoke --user NAME           revoke a user's static tokens; their streams end
   stub version
 
-Each command takes --config FILE (or $KEYHOLE_CONFIG); "stub COMMAND -h" lists its flags.
+Each command but ci-token takes --config FILE (or $KEYHOLE_CONFIG); "stub COMMAND -h" lists its flags.
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -72,6 +75,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return revoke(args, stderr)
 	case "kubeconfig":
 		return kubeconfig(args, stdout, stderr)
+	case "ci-token":
+		return ciToken(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return nil
@@ -79,7 +84,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return nil
 	default:
-		return fmt.Errorf("unknown command %q: use serve, register, unregister, kubeconfig, revoke or version (stub help lists them)", cmd)
+		return fmt.Errorf("unknown command %q: use serve, register, unregister, kubeconfig, ci-token, revoke or version (stub help lists them)", cmd)
 	}
 }
 
