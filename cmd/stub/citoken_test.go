@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/keyhole-dev/keyhole/credplugin"
 )
 
 // fakeJWT is a JWT-shaped token with these claims (unsigned: ci-token
@@ -60,11 +62,11 @@ func TestCITokenGitHubActions(t *testing.T) {
 		fmt.Fprintf(w, `{"count":1,"value":%q}`, fakeJWT(map[string]any{"aud": aud, "exp": now.Unix() + 300, "iat": now.Unix()}))
 	}))
 	defer srv.Close()
-	env := func(vars map[string]string) ciTokenEnv {
-		return ciTokenEnv{getenv: func(k string) string { return vars[k] }, client: srv.Client(), now: func() time.Time { return now }}
+	env := func(vars map[string]string) credplugin.Env {
+		return credplugin.Env{Getenv: func(k string) string { return vars[k] }, Client: srv.Client(), Now: func() time.Time { return now }}
 	}
 	gh := env(map[string]string{"ACTIONS_ID_TOKEN_REQUEST_URL": srv.URL + "/idtoken?api-version=2.0", "ACTIONS_ID_TOKEN_REQUEST_TOKEN": "request-token"})
-	run := func(e ciTokenEnv, args ...string) (execCredential, error) {
+	run := func(e credplugin.Env, args ...string) (execCredential, error) {
 		var out, errb bytes.Buffer
 		var cred execCredential
 		err := ciTokenWith(args, &out, &errb, e)
@@ -104,14 +106,14 @@ func TestCITokenGitHubActions(t *testing.T) {
 	status.Store(http.StatusOK)
 
 	for name, tc := range map[string]struct {
-		env  ciTokenEnv
+		env  credplugin.Env
 		args []string
 		want string
 	}{
 		"no permission":   {env(nil), []string{"--provider", "github-actions", "--audience", "keyhole"}, "permissions: {id-token: write}"},
 		"no audience":     {gh, []string{"--provider", "github-actions"}, "--audience is required"},
 		"unknown":         {gh, []string{"--provider", "jenkins"}, `--provider "jenkins": use github-actions or gitlab`},
-		"expired at once": {func() ciTokenEnv { e := gh; e.now = func() time.Time { return now.Add(time.Hour) }; return e }(), []string{"--provider", "github-actions", "--audience", "keyhole"}, "returned a token that expired"},
+		"expired at once": {func() credplugin.Env { e := gh; e.Now = func() time.Time { return now.Add(time.Hour) }; return e }(), []string{"--provider", "github-actions", "--audience", "keyhole"}, "returned a token that expired"},
 	} {
 		if _, err := run(tc.env, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)
@@ -139,7 +141,7 @@ func TestCITokenGitLab(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			var out, errb bytes.Buffer
 			err := ciTokenWith(append([]string{"--provider", "gitlab"}, tc.args...), &out, &errb,
-				ciTokenEnv{getenv: func(k string) string { return tc.vars[k] }, now: func() time.Time { return now }})
+				credplugin.Env{Getenv: func(k string) string { return tc.vars[k] }, Now: func() time.Time { return now }})
 			if tc.fail != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.fail) || out.Len() > 0 {
 					t.Fatalf("%v (printed %q), want %q", err, out.String(), tc.fail)
