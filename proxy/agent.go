@@ -224,8 +224,24 @@ func (a *AgentHop) proxyError(w http.ResponseWriter, r *http.Request, err error)
 	if r.Context().Err() != nil {
 		return // the stub or its client went away
 	}
+	if headerListTooLarge(err) {
+		a.log.Info("request refused: header larger than the API server accepts", zap.Error(err))
+		kubestatus.Write(w, kubestatus.RequestHeaderFieldsTooLarge(fmt.Sprintf(
+			"cluster %q: the request header, with the identity the gateway adds to it, is larger than the API server accepts", a.cfg.Cluster)))
+		return
+	}
 	a.log.Warn("API server request failed", zap.Error(err))
 	kubestatus.Write(w, kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q: the agent cannot reach its API server: %v", a.cfg.Cluster, err)))
+}
+
+// headerListTooLarge reports whether err is Go's HTTP/2 client refusing to
+// send a request whose header list is over the API server's
+// SETTINGS_MAX_HEADER_LIST_SIZE (net/http does not export that error). The
+// stub refuses such requests itself below the API server's limit
+// (stub/server.go); this catches what the hops add beyond its margin, with
+// the same answer, not a 503.
+func headerListTooLarge(err error) bool {
+	return strings.Contains(err.Error(), "request header list larger than peer's advertised limit")
 }
 
 // Fingerprint returns the UID of the kube-system namespace, which tells one
