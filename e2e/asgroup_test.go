@@ -173,7 +173,7 @@ subjects: [{kind: ServiceAccount, name: imp, namespace: default}]
 		}
 		directTimes = append(directTimes, mustRun("direct", direct, false, asArgs(user, groups)))
 	}
-	t.Logf("kubectl --as=u 40×--as-group get ns: direct %v; via the gateway first call %v, repeats within the TTL %v",
+	t.Logf("kubectl --as=U 40×--as-group get ns: direct %v; via the gateway first call %v, repeats within the TTL %v",
 		medianDuration(directTimes), medianDuration(cold), medianDuration(warm))
 	t.Logf("  samples: direct %v; first calls %v; repeats %v", directTimes, cold, warm)
 
