@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	authorizationv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/httpstream"
@@ -47,7 +46,8 @@ type AgentHopConfig struct {
 // AgentHop is the http.Handler the agent serves on tunnel streams.
 type AgentHop struct {
 	cfg     AgentHopConfig
-	authz   kubernetes.Interface // SubjectAccessReviews for kubectl --as
+	authz   kubernetes.Interface // the agent's own requests (the stub's probe)
+	reviews *reviewer            // SubjectAccessReviews (reviews.go), on a client of their own
 	log     *zap.Logger
 	plain   *httputil.ReverseProxy // HTTP/2 when the API server offers it
 	upgrade *httputil.ReverseProxy // HTTP/1.1 only
@@ -83,7 +83,12 @@ func NewAgentHop(cfg AgentHopConfig) (*AgentHop, error) {
 	if err != nil {
 		return nil, fmt.Errorf("API server client: %w", err)
 	}
-	a := &AgentHop{cfg: cfg, log: cfg.Logger, target: target, authz: cs}
+	rcs, err := kubernetes.NewForConfig(reviewsConfig(cfg.Rest))
+	if err != nil {
+		return nil, fmt.Errorf("API server client (reviews): %w", err)
+	}
+	a := &AgentHop{cfg: cfg, log: cfg.Logger, target: target, authz: cs,
+		reviews: newReviewer(rcs.AuthorizationV1().SubjectAccessReviews(), reviewTTL, reviewCacheSize, nil)}
 	mk := func(rt http.RoundTripper) *httputil.ReverseProxy {
 		return &httputil.ReverseProxy{
 			Rewrite:   a.rewrite,
@@ -148,7 +153,10 @@ func (a *AgentHop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("cluster %q refuses to impersonate this identity: %v", a.cfg.Cluster, err)))
 			return
 		}
-		if st := a.mayImpersonate(r.Context(), user, groups, asUser, asGroups); st != nil {
+		checked := time.Now()
+		st, tally := a.mayImpersonate(r.Context(), user, groups, asUser, asGroups)
+		logReviews(log, tally, time.Since(checked))
+		if st != nil {
 			log.Info("impersonation denied by the cluster", zap.String("as_user", asUser), zap.String("reason", st.ErrStatus.Message))
 			kubestatus.Write(w, st)
 			return
@@ -216,8 +224,24 @@ func (a *AgentHop) proxyError(w http.ResponseWriter, r *http.Request, err error)
 	if r.Context().Err() != nil {
 		return // the stub or its client went away
 	}
+	if headerListTooLarge(err) {
+		a.log.Info("request refused: header larger than the API server accepts", zap.Error(err))
+		kubestatus.Write(w, kubestatus.RequestHeaderFieldsTooLarge(fmt.Sprintf(
+			"cluster %q: the request header, with the identity the gateway adds to it, is larger than the API server accepts", a.cfg.Cluster)))
+		return
+	}
 	a.log.Warn("API server request failed", zap.Error(err))
 	kubestatus.Write(w, kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q: the agent cannot reach its API server: %v", a.cfg.Cluster, err)))
+}
+
+// headerListTooLarge reports whether err is Go's HTTP/2 client refusing to
+// send a request whose header list is over the API server's
+// SETTINGS_MAX_HEADER_LIST_SIZE (net/http does not export that error). The
+// stub refuses such requests itself below the API server's limit
+// (stub/server.go); this catches what the hops add beyond its margin, with
+// the same answer, not a 503.
+func headerListTooLarge(err error) bool {
+	return strings.Contains(err.Error(), "request header list larger than peer's advertised limit")
 }
 
 // Fingerprint returns the UID of the kube-system namespace, which tells one
@@ -232,34 +256,6 @@ func Fingerprint(ctx context.Context, cfg *rest.Config) (string, error) {
 		return "", fmt.Errorf("read the kube-system namespace for the cluster fingerprint: %w", err)
 	}
 	return strings.TrimSpace(string(ns.UID)), nil
-}
-
-// mayImpersonate asks the API server, with a SubjectAccessReview per
-// target, whether the caller may impersonate asUser and each of asGroups,
-// as the API server itself would for kubectl --as. It returns the Status to
-// answer with, or nil when every review allows.
-func (a *AgentHop) mayImpersonate(ctx context.Context, user string, groups []string, asUser string, asGroups []string) *apierrors.StatusError {
-	type target struct{ resource, name string }
-	targets := []target{{"users", asUser}}
-	for _, g := range asGroups {
-		targets = append(targets, target{"groups", g})
-	}
-	for _, tg := range targets {
-		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-			User: user, Groups: groups,
-			ResourceAttributes: &authorizationv1.ResourceAttributes{Verb: "impersonate", Resource: tg.resource, Name: tg.name},
-		}}
-		res, err := a.authz.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
-		if err != nil {
-			return kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q: the agent cannot check impersonation rights: %v", a.cfg.Cluster, err))
-		}
-		if !res.Status.Allowed {
-			// The API server's own wording for a denied impersonation.
-			return kubestatus.Forbidden(fmt.Sprintf("%s %q is forbidden: User %q cannot impersonate resource %q in API group \"\" at the cluster scope",
-				tg.resource, tg.name, user, tg.resource))
-		}
-	}
-	return nil
 }
 
 // verifyCaller checks the caller's token itself and that the stub's

@@ -12,7 +12,6 @@ import (
 
 	authorizationv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/sets"
 	apirequest "k8s.io/apiserver/pkg/endpoints/request"
@@ -67,7 +66,7 @@ func connectTarget(r *http.Request) *apirequest.RequestInfo {
 	return nil
 }
 
-// mayConnect asks the API server whether user (in groups, as the request
+// mayConnect asks the API server (through the reviewer, reviews.go) whether user (in groups, as the request
 // will run at the API server) may create the pod subresource r opens a
 // session to, when r's own verb would not ask that. It returns the Status
 // to answer with, or nil to go on.
@@ -76,16 +75,12 @@ func (a *AgentHop) mayConnect(ctx context.Context, r *http.Request, user string,
 	if info == nil {
 		return nil
 	}
-	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-		User: user, Groups: impersonatedGroups(groups),
-		ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: info.Namespace, Verb: "create",
-			Resource: "pods", Subresource: info.Subresource, Name: info.Name},
-	}}
-	res, err := a.authz.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+	d, _, err := a.reviews.decide(ctx, user, impersonatedGroups(groups), authorizationv1.ResourceAttributes{Namespace: info.Namespace, Verb: "create",
+		Resource: "pods", Subresource: info.Subresource, Name: info.Name})
 	if err != nil {
 		return kubestatus.ServiceUnavailable(fmt.Sprintf("cluster %q: the agent cannot check the right to open a pod session: %v", a.cfg.Cluster, err))
 	}
-	if res.Status.Allowed {
+	if d.allowed {
 		return nil
 	}
 	// The API server's own wording (endpoints/handlers/responsewriters).
@@ -94,8 +89,8 @@ func (a *AgentHop) mayConnect(ctx context.Context, r *http.Request, user string,
 		scope = fmt.Sprintf("in the namespace %q", info.Namespace)
 	}
 	msg := fmt.Sprintf("User %q cannot create resource %q in API group \"\" %s", user, "pods/"+info.Subresource, scope)
-	if res.Status.Reason != "" {
-		msg += ": " + res.Status.Reason
+	if d.reason != "" {
+		msg += ": " + d.reason
 	}
 	return apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, info.Name, errors.New(msg))
 }

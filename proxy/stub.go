@@ -398,6 +398,20 @@ func callerToken(r *http.Request) (string, *apierrors.StatusError) {
 	return "", kubestatus.Unauthorized("no bearer token: use a kubeconfig from `stub kubeconfig`")
 }
 
+// AuditRefusal writes the audit record of a request that the stub refused
+// with st before it reached the stub hop (an oversized header): no user,
+// since nothing was authenticated.
+func (s *Stub) AuditRefusal(r *http.Request, st *apierrors.StatusError) {
+	ar := audit.Request{ID: newRequestID(), Received: time.Now(), SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
+		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
+	if cluster, rest, ok := ParseClusterPath(r.URL.Path); ok {
+		ar.Cluster, ar.Path = cluster, rest
+	}
+	o := audit.StatusOutcome(st.ErrStatus, time.Now())
+	o.Ended = audit.EndedComplete
+	s.record(ar, auditv1.StageResponseComplete, o)
+}
+
 // record writes an audit event, built only when there is a sink; a
 // failing sink is an operator's problem to see, never the caller's.
 func (s *Stub) record(ar audit.Request, stage auditv1.Stage, o *audit.Outcome) {

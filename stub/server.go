@@ -15,6 +15,7 @@ import (
 	"github.com/keyhole-dev/keyhole/certs"
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/ha"
+	"github.com/keyhole-dev/keyhole/internal/kubestatus"
 	"github.com/keyhole-dev/keyhole/proxy"
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
@@ -230,7 +231,74 @@ func (s *Server) handler(r *running) http.Handler {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", s.readyz)
 	mux.Handle("/", r.proxy) // any other path: authenticated, audited, 404
-	return mux
+	return limitHeaders(mux, r.proxy, s.log.Named("http"))
+}
+
+// Request headers. kube-apiserver accepts a request header of up to 1 MiB
+// (its http.Server's MaxHeaderBytes: over HTTP/1.1, 1 MiB of header lines;
+// over HTTP/2, a SETTINGS_MAX_HEADER_LIST_SIZE of 1 MiB + 320 bytes). A
+// request through the gateway arrives there with more header than it had at
+// the stub: the stub adds the caller's identity, the request ID and
+// X-Forwarded-*, the agent turns them into Impersonate-* and adds its
+// ServiceAccount token. Left to the API server, an oversized request failed
+// in the agent's HTTP/2 client (a 503 naming the peer's limit) or, over
+// HTTP/2 to the stub, as a protocol error that ends every stream of the
+// connection. So the stub decides, for every path and both protocols,
+// before anything is routed: a header list over maxRequestHeaderBytes is
+// answered 431 with a Status (limitHeaders), and the 64 KiB left below
+// 1 MiB are for what the hops add.
+//
+// Go's server answers a request whose header is over its MaxHeaderBytes
+// itself, before any handler: over HTTP/1.1 with a plain-text 431 (the
+// connection then closes), over HTTP/2 with a plain-text 431 or, for a
+// header block far over the limit it advertised, by closing the
+// connection. serverMaxHeaderBytes is therefore twice the API server's
+// limit, so that every header up to that size gets the Status; beyond it,
+// Go's own answer stands (and Go's HTTP/2 client, kubectl's, refuses to
+// send it at all).
+const (
+	maxRequestHeaderBytes = 1<<20 - 64<<10
+	serverMaxHeaderBytes  = 2 << 20
+)
+
+// headerListSize is r's header as HTTP/2 counts it (RFC 9113 §6.5.2: each
+// field's name and value plus 32 bytes, pseudo-header fields included),
+// whichever protocol r came by: one measure for both, never below the
+// bytes of an HTTP/1.1 header.
+func headerListSize(r *http.Request) int {
+	const perField = 32
+	n := len(":method") + len(r.Method) + len(":scheme") + len("https") + len(":authority") + len(r.Host) +
+		len(":path") + len(r.RequestURI) + 4*perField
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + perField
+		}
+	}
+	return n
+}
+
+// limitHeaders answers a request whose header list is over
+// maxRequestHeaderBytes with 431 and a Status, without passing it on.
+func limitHeaders(next http.Handler, hop *proxy.Stub, log *zap.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := headerListSize(r)
+		if n <= maxRequestHeaderBytes {
+			next.ServeHTTP(w, r)
+			return
+		}
+		path := r.URL.Path
+		if len(path) > 256 {
+			path = path[:256] + "…"
+		}
+		log.Info("request refused: header too large", zap.String("remote_addr", r.RemoteAddr), zap.String("proto", r.Proto),
+			zap.String("path", path), zap.Int("header_bytes", n), zap.Int("limit", maxRequestHeaderBytes))
+		st := kubestatus.RequestHeaderFieldsTooLarge(fmt.Sprintf(
+			"the request header is %d bytes; this gateway accepts at most %d (each field counted as its name, its value and 32 bytes, as HTTP/2 does)",
+			n, maxRequestHeaderBytes))
+		kubestatus.Write(w, st)
+		hop.AuditRefusal(r, st) // a refusal like any other, before authentication
+
+	})
 }
 
 // readyz is the one readiness predicate: ready until the stop begins.
@@ -271,8 +339,10 @@ func (s *Server) startHTTPS(r *running) error {
 		// An HTTP/2 connection with nothing to say (an idle watch) is pinged
 		// after 30 s: load balancers that cut idle connections (often at
 		// 60 s) see traffic, and a client that vanished is found within 45 s.
+		// MaxHeaderBytes is also the header list size HTTP/2 advertises;
+		// the limit itself is limitHeaders' (see serverMaxHeaderBytes).
 		HTTP2:          &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
-		MaxHeaderBytes: 1 << 20,
+		MaxHeaderBytes: serverMaxHeaderBytes,
 		ErrorLog:       zap.NewStdLog(s.log.Named("http")),
 	}
 	r.serveErr = make(chan error, 1)

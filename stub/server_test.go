@@ -2,18 +2,22 @@ package stub
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,8 +26,12 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/keyhole-dev/keyhole/audit"
+	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/config"
+	"github.com/keyhole-dev/keyhole/proxy"
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
 
@@ -92,10 +100,16 @@ func streamingAPI() http.Handler {
 // runAgent connects an agent of cluster to the stub until the test ends.
 func runAgent(t *testing.T, addr net.Addr, caPEM []byte, cluster, secret string) {
 	t.Helper()
+	runAgentWith(t, addr, caPEM, cluster, secret, streamingAPI())
+}
+
+// runAgentWith is runAgent whose agent serves h.
+func runAgentWith(t *testing.T, addr net.Addr, caPEM []byte, cluster, secret string, h http.Handler) {
+	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 	a, err := tunnel.NewAgent(tunnel.AgentConfig{StubURL: "https://" + addr.String(), Cluster: cluster, AgentID: "a1", Fingerprint: "fp",
-		Secret: func() (string, error) { return secret, nil }, TLS: &tls.Config{RootCAs: pool}, Handler: streamingAPI(),
+		Secret: func() (string, error) { return secret, nil }, TLS: &tls.Config{RootCAs: pool}, Handler: h,
 		Logger: zaptest.NewLogger(t).Named("agent"), DrainTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +119,24 @@ func runAgent(t *testing.T, addr net.Addr, caPEM []byte, cluster, secret string)
 	go func() { defer close(done); _ = a.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 }
+
+// Stand-ins for a stub hop that only records refusals.
+type (
+	noDialer   struct{}
+	noClusters struct{}
+	noAuth     struct{}
+)
+
+func (noDialer) DialCluster(context.Context, string) (net.Conn, error) {
+	return nil, errors.New("no agent")
+}
+func (noClusters) Cluster(string) (proxy.Cluster, bool)          { return proxy.Cluster{}, false }
+func (noClusters) Clusters() []proxy.Cluster                     { return nil }
+func (noClusters) ByCallerAudience(string) (proxy.Cluster, bool) { return proxy.Cluster{}, false }
+func (noAuth) Authenticate(context.Context, string) (*authn.User, error) {
+	return nil, authn.ErrInvalidToken
+}
+func (noAuth) Allowed(*authn.User, string, map[string]string) bool { return false }
 
 // TestRunAndStop runs a stub in-process with an agent and an open watch,
 // stops it, and checks the stop: readiness fails first, the watch ends
@@ -294,5 +326,207 @@ func TestAccessReload(t *testing.T) {
 	waitFor(t, "the fixed config", func() bool { return srv.access.Allowed(u, "a", nil) && !srv.access.Allowed(u, "b", nil) })
 	if errs := logs.FilterMessage("config reloaded: authentication and policy").Len(); errs < 1 {
 		t.Fatal("the fix was not reported")
+	}
+}
+
+// headerListSize counts as HTTP/2 does, whatever the protocol, and
+// limitHeaders passes a header list of exactly maxRequestHeaderBytes on
+// and answers one byte more with 431 and a Status.
+func TestLimitHeaders(t *testing.T) {
+	req := func(value string) *http.Request {
+		r := httptest.NewRequest("GET", "/clusters/acc/api?x=1", nil)
+		r.Host = "stub.example"
+		r.Header.Set("X-Big", value)
+		return r
+	}
+	// :method GET, :scheme https, :authority stub.example, :path, X-Big.
+	base := len(":methodGET") + len(":schemehttps") + len(":authoritystub.example") + len(":path/clusters/acc/api?x=1") + len("X-Big") + 5*32
+	if got := headerListSize(req("")); got != base {
+		t.Fatalf("headerListSize of an empty X-Big: %d, want %d", got, base)
+	}
+	// The refusal is audited like any other.
+	var auditLog bytes.Buffer
+	hop, err := proxy.NewStub(proxy.StubConfig{Dialer: noDialer{}, Clusters: noClusters{}, Auth: noAuth{}, Policy: noAuth{},
+		Audit: audit.NewWriterSink(&auditLog)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if n := strings.Count(auditLog.String(), `"code":431`); n != 2 {
+			t.Errorf("%d audited 431 refusals, want 2:\n%s", n, auditLog.String())
+		}
+	}()
+	for _, tc := range []struct {
+		size     int
+		wantCode int
+	}{
+		{maxRequestHeaderBytes, http.StatusOK},
+		{maxRequestHeaderBytes + 1, http.StatusRequestHeaderFieldsTooLarge},
+		{1 << 20, http.StatusRequestHeaderFieldsTooLarge},
+	} {
+		r := req(strings.Repeat("a", tc.size-base))
+		if got := headerListSize(r); got != tc.size {
+			t.Fatalf("headerListSize %d, want %d", got, tc.size)
+		}
+		passed := false
+		h := limitHeaders(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { passed = true }), hop, zap.NewNop())
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tc.wantCode || passed != (tc.wantCode == http.StatusOK) {
+			t.Fatalf("header list of %d bytes: %d, passed on %v; want %d", tc.size, w.Code, passed, tc.wantCode)
+		}
+		if tc.wantCode == http.StatusOK {
+			continue
+		}
+		var st metav1.Status
+		if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil || st.Kind != "Status" || st.Code != http.StatusRequestHeaderFieldsTooLarge ||
+			st.Reason != "RequestHeaderFieldsTooLarge" || !strings.Contains(st.Message, fmt.Sprintf("at most %d", maxRequestHeaderBytes)) {
+			t.Fatalf("body %s (%v)", w.Body, err)
+		}
+	}
+}
+
+// The issue's input, a 1 MiB header to /clusters/acc/api, over HTTP/1.1
+// and HTTP/2 with Go's client, to a stub running in-process with an agent:
+// 431 with a Status on both, decided at the stub (the agent sees nothing),
+// while a watch open on the same HTTP/2 connection goes on; a header just
+// under the limit still reaches the agent.
+func TestRequestHeaderLimit(t *testing.T) {
+	dir := t.TempDir()
+	cfg, _ := stubConfig(t, dir, "")
+	log, logs := observed(t)
+	started := make(chan Started, 1)
+	srv, err := New(cfg, Options{Logger: log, Started: func(s Started) { started <- s }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	secret, err := srv.State().Register(ctx, "acc", RegisterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := srv.State().AddToken(ctx, TokenRequest{User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- srv.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	var st Started
+	select {
+	case st = <-started:
+	case err := <-runErr:
+		t.Fatalf("Run: %v", err)
+	}
+	// The agent's API server: a watch sends an event every 20 ms; anything
+	// else is counted and answered.
+	var mu sync.Mutex
+	var seen []int // header bytes of each plain request the agent received
+	runAgentWith(t, st.Addr, srv.bundle.CAPEM, "acc", secret, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("watch") == "true" {
+			for {
+				_, _ = io.WriteString(w, `{"type":"ADDED","object":{}}`+"\n")
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}
+		mu.Lock()
+		seen = append(seen, len(r.Header.Get("X-Big")))
+		mu.Unlock()
+		_, _ = io.WriteString(w, `{"kind":"APIVersions"}`)
+	}))
+	received := func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(srv.bundle.CAPEM)
+	base := "https://" + st.Addr.String()
+	for _, h2 := range []bool{false, true} {
+		name := map[bool]string{false: "HTTP/1.1", true: "HTTP/2"}[h2]
+		t.Run(name, func(t *testing.T) {
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: h2}
+			if !h2 {
+				tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+			do := func(path string, big int) (*http.Response, string) {
+				t.Helper()
+				req, _ := http.NewRequest("GET", base+path, nil)
+				req.Header.Set("Authorization", "Bearer "+token)
+				if big > 0 {
+					req.Header.Set("X-Big", strings.Repeat("a", big))
+				}
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatalf("%s with a %d byte header: %v", path, big, err)
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				if (resp.ProtoMajor == 2) != h2 {
+					t.Fatalf("answered over %s", resp.Proto)
+				}
+				return resp, string(b)
+			}
+			waitFor(t, "the agent", func() bool { resp, _ := do("/clusters/acc/api", 0); return resp.StatusCode == http.StatusOK })
+
+			// A watch first: on HTTP/2 the requests below share its connection.
+			wreq, _ := http.NewRequest("GET", base+"/clusters/acc/api/v1/pods?watch=true", nil)
+			wreq.Header.Set("Authorization", "Bearer "+token)
+			watch, err := tr.RoundTrip(wreq)
+			if err != nil || watch.StatusCode != http.StatusOK {
+				t.Fatalf("watch: %v %v", watch, err)
+			}
+			defer watch.Body.Close()
+			events := bufio.NewReader(watch.Body)
+			event := func(when string) {
+				t.Helper()
+				if line, err := events.ReadString('\n'); err != nil || !strings.Contains(line, "ADDED") {
+					t.Fatalf("watch event %s: %q %v", when, line, err)
+				}
+			}
+			event("before")
+
+			before := len(received())
+			refusals := logs.FilterMessage("request refused: header too large").Len()
+			resp, body := do("/clusters/acc/api", 1<<20)
+			var status metav1.Status
+			if err := json.Unmarshal([]byte(body), &status); err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge ||
+				status.Kind != "Status" || status.Code != http.StatusRequestHeaderFieldsTooLarge || status.Reason != "RequestHeaderFieldsTooLarge" ||
+				resp.Header.Get("Content-Type") != "application/json" {
+				t.Fatalf("1 MiB header: %s %q (%v), want 431 and a Status", resp.Status, body, err)
+			}
+			t.Logf("1 MiB header over %s: %s %s", name, resp.Status, status.Message)
+			if n := len(received()) - before; n != 0 {
+				t.Fatalf("the agent received %d requests", n)
+			}
+			if n := logs.FilterMessage("request refused: header too large").Len() - refusals; n != 1 {
+				t.Fatalf("%d refusals logged, want 1", n)
+			}
+			for range 3 {
+				event("after the refusal")
+			}
+			// Still serving on this transport (for HTTP/2: this connection).
+			under := maxRequestHeaderBytes - 8<<10
+			if resp, body := do("/clusters/acc/api", under); resp.StatusCode != http.StatusOK {
+				t.Fatalf("a %d byte header: %s %s, want it passed on", under, resp.Status, body)
+			}
+			if got := received(); got[len(got)-1] != under {
+				t.Fatalf("the agent received X-Big of %d bytes, want %d", got[len(got)-1], under)
+			}
+			event("at the end")
+		})
 	}
 }

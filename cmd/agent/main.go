@@ -61,6 +61,9 @@ func run(args []string) error {
 	}
 	defer log.Sync()
 	log = log.With(zap.String("cluster", cfg.Cluster), zap.String("agent", cfg.AgentID))
+	// client-go logs through klog (its rate limiter's waits, among others):
+	// into this log, not klog's own stderr format.
+	logging.RouteKlog(log.Named("client-go"))
 
 	rc, source, err := restConfig(cfg)
 	if err != nil {

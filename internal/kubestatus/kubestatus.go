@@ -47,6 +47,15 @@ func NotFound(msg string) *apierrors.StatusError {
 	}}
 }
 
+// RequestHeaderFieldsTooLarge is a 431 (reason RequestHeaderFieldsTooLarge)
+// whose message is msg. kube-apiserver leaves this answer to Go's server,
+// which writes it as plain text; a Status lets kubectl print why.
+func RequestHeaderFieldsTooLarge(msg string) *apierrors.StatusError {
+	return &apierrors.StatusError{ErrStatus: metav1.Status{
+		Status: metav1.StatusFailure, Code: http.StatusRequestHeaderFieldsTooLarge, Reason: "RequestHeaderFieldsTooLarge", Message: msg,
+	}}
+}
+
 // BadGateway is a 502 (reason InternalError) whose message is msg.
 func BadGateway(msg string) *apierrors.StatusError {
 	return &apierrors.StatusError{ErrStatus: metav1.Status{
