@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -121,17 +122,26 @@ func TestRequestHeaderSize(t *testing.T) {
 	if out, err := g.kubectl(alice, nil, nil, "get", "ns", "default", "-o", "name"); err != nil || out != "namespace/default\n" {
 		t.Fatalf("kubectl afterwards: %q %v", out, err)
 	}
-	// The stub's audit log: only the served request to the probe path.
+	// The stub's audit log: every refusal is a record with its 431 (and no
+	// user: nothing was authenticated), and the served request one with
+	// the cluster's 404.
 	data, _ := os.ReadFile(filepath.Join(g.dir, "audit.log"))
-	var records int
+	records := map[string]int{}
 	sc := bufio.NewScanner(strings.NewReader(string(data)))
 	sc.Buffer(nil, 4<<20)
 	for sc.Scan() {
-		if strings.Contains(sc.Text(), "header-size-probe") && strings.Contains(sc.Text(), `"stage":"ResponseComplete"`) {
-			records++
+		if l := sc.Text(); strings.Contains(l, "header-size-probe") && strings.Contains(l, `"stage":"ResponseComplete"`) {
+			switch {
+			case strings.Contains(l, `"code":431`):
+				records["431"]++
+			case strings.Contains(l, `"code":404`):
+				records["404"]++
+			default:
+				records["other"]++
+			}
 		}
 	}
-	if records != 1 {
-		t.Errorf("%d audit records of the probe path, want 1 (the served one)", records)
+	if want := map[string]int{"431": refusals(), "404": 1}; !maps.Equal(records, want) {
+		t.Errorf("audit records of the probe path by code: %v, want %v (each refusal, and the served one)", records, want)
 	}
 }
