@@ -36,9 +36,11 @@ const (
 )
 
 // AttrVerifiesCallers is the agent attribute (tunnel.AgentConfig.Attributes)
-// by which an agent hop that verifies callers itself asks the stub for their
-// OIDC tokens: set by AgentHop.Attributes, read by AgentsVerifyCallers. Its
-// value is the kind of token verified, today only "jwt".
+// by which an agent hop says that it verifies callers itself: set by
+// AgentHop.Attributes and shown in the cluster list. It decides nothing:
+// callers' tokens go only to clusters the operator registered with a caller
+// audience (callers.go). Its value is the kind of token verified, today
+// only "jwt".
 const AttrVerifiesCallers = "verifies-callers"
 
 const verifiesCallersJWT = "jwt"
