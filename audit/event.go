@@ -123,9 +123,10 @@ func StatusOutcome(st metav1.Status, finished time.Time) *Outcome {
 	return &Outcome{Code: int(st.Code), Reason: string(st.Reason), Message: st.Message, Finished: finished}
 }
 
-// requestInfoFactory is what the API server itself uses (see
+// RequestInfoFactory is what the API server itself uses; the stub and
+// agent hops read paths with it too (see
 // k8s.io/apiserver/pkg/server.NewRequestInfoResolver).
-var requestInfoFactory = &apirequest.RequestInfoFactory{
+var RequestInfoFactory = &apirequest.RequestInfoFactory{
 	APIPrefixes:          sets.NewString("api", "apis"),
 	GrouplessAPIPrefixes: sets.NewString("api"),
 }
@@ -261,7 +262,7 @@ func requestInfo(method, path, query string) *apirequest.RequestInfo {
 			req.URL.RawQuery = fallback.Encode()
 		}
 	}
-	info, err := requestInfoFactory.NewRequestInfo(req)
+	info, err := RequestInfoFactory.NewRequestInfo(req)
 	if err != nil && info == nil {
 		// Never happens with this factory; keep what the API server would:
 		// a non-resource request.

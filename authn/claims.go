@@ -2,6 +2,7 @@ package authn
 
 import (
 	"encoding/base64"
+	"errors"
 	"encoding/json"
 	"strings"
 	"time"
@@ -11,12 +12,22 @@ import (
 // and TokenAudiences parse a JWT's payload without checking its signature:
 // call them only for a token an authenticator accepted.
 
+// jwtPayload is the decoded (not verified) payload of a JWT.
+func jwtPayload(token string) ([]byte, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return nil, errors.New("malformed token")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return nil, errors.New("malformed token payload")
+	}
+	return payload, nil
+}
+
 // unverifiedClaims decodes the payload of a JWT (nil if it is not one).
 func unverifiedClaims(token string) map[string]json.RawMessage {
-	if !LooksLikeJWT(token) {
-		return nil
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(strings.Split(token, ".")[1])
+	payload, err := jwtPayload(token)
 	if err != nil {
 		return nil
 	}

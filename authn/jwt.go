@@ -2,7 +2,6 @@ package authn
 
 import (
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -280,13 +279,9 @@ func LooksLikeJWT(token string) bool { return strings.Count(token, ".") == 2 }
 // unverifiedIssuer reads the iss claim without checking anything, only to
 // choose which issuer verifies the token.
 func unverifiedIssuer(token string) (string, error) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return "", errors.New("malformed token")
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	payload, err := jwtPayload(token)
 	if err != nil {
-		return "", errors.New("malformed token payload")
+		return "", err
 	}
 	var c struct {
 		Iss string `json:"iss"`

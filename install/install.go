@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/keyhole-dev/keyhole/config"
+	"github.com/keyhole-dev/keyhole/credplugin"
 )
 
 // KubeconfigParams describe a user's kubeconfig.
@@ -74,13 +75,12 @@ func Kubelogin(p KubeloginParams) *clientcmdapi.ExecConfig {
 	}
 }
 
-// The CI systems `stub ci-token` gets ID tokens from.
+// The CI systems `stub ci-token` gets ID tokens from, as package
+// credplugin names them.
 const (
-	CIGitHubActions = "github-actions"
-	CIGitLab        = "gitlab"
-	// DefaultCITokenEnv is the id_tokens variable a GitLab job's
-	// kubeconfig reads by default.
-	DefaultCITokenEnv = "KEYHOLE_TOKEN"
+	CIGitHubActions   = credplugin.GitHubActions
+	CIGitLab          = credplugin.GitLab
+	DefaultCITokenEnv = credplugin.DefaultTokenEnv
 )
 
 // CITokenParams describe the credential plugin of a CI job's kubeconfig.

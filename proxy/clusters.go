@@ -50,14 +50,7 @@ func (s *Stub) ClusterList(agents AgentLister, prober *Prober) http.Handler {
 		ar := audit.Request{ID: newRequestID(), Received: start, SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
 			Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
 		w.Header().Set(HeaderRequestID, ar.ID)
-		token, st := callerToken(r)
-		var user *authn.User
-		if st == nil {
-			var err error
-			if user, err = s.cfg.Auth.Authenticate(r.Context(), token); err != nil {
-				st = kubestatus.Unauthorized(unauthorizedMessage(err))
-			}
-		}
+		token, user, st := s.authenticate(r)
 		if st != nil {
 			kubestatus.Write(w, st)
 			o := audit.StatusOutcome(st.ErrStatus, time.Now())

@@ -13,9 +13,9 @@ import (
 	authorizationv1 "k8s.io/api/authorization/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/util/sets"
 	apirequest "k8s.io/apiserver/pkg/endpoints/request"
 
+	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/internal/kubestatus"
 )
 
@@ -36,12 +36,9 @@ import (
 // or open a port into it.
 var connectSubresources = map[string]bool{"exec": true, "attach": true, "portforward": true}
 
-// requestInfoFactory parses a path the way the API server's authorization
-// does (k8s.io/apiserver/pkg/server.NewRequestInfoResolver).
-var requestInfoFactory = &apirequest.RequestInfoFactory{
-	APIPrefixes:          sets.NewString("api", "apis"),
-	GrouplessAPIPrefixes: sets.NewString("api"),
-}
+// requestInfoFactory parses a path the way the API server does (the
+// factory audit records are built with).
+var requestInfoFactory = audit.RequestInfoFactory
 
 // connectTarget returns the request info of r when r opens a pod session
 // with a verb other than create, else nil. The path is read as it is and

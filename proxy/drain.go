@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,6 +64,9 @@ func longRunning(r *http.Request, rest string) bool {
 			}
 			continue
 		}
+		if !slices.ContainsFunc(strings.Split(p, "/"), func(seg string) bool { return longRunningSegments[seg] }) {
+			continue // most requests: no segment that could make them long-running, so no parse
+		}
 		req := &http.Request{Method: r.Method, URL: &url.URL{Path: p}}
 		if info, err := requestInfoFactory.NewRequestInfo(req); err == nil && longRunningCheck(info) {
 			return true
@@ -70,6 +74,10 @@ func longRunning(r *http.Request, rest string) bool {
 	}
 	return false
 }
+
+// longRunningSegments are the path segments without which longRunningCheck
+// cannot say yes (the /watch/ and /proxy/ verb prefixes, the subresources).
+var longRunningSegments = map[string]bool{"watch": true, "proxy": true, "attach": true, "exec": true, "portforward": true}
 
 // boolParam reads query parameter name as the API server decodes a bool
 // (apimachinery's Convert_Slice_string_To_bool): present, and not "0" or

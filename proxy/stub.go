@@ -230,16 +230,10 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Metrics.observe(metricCluster, int(st.ErrStatus.Code), time.Since(start), 0, 0, false)
 	}
 
-	token, st := callerToken(r)
+	token, user, st := s.authenticate(r)
 	if st != nil {
-		log.Info("request refused: no valid bearer token", zap.String("path", r.URL.Path), zap.String("reason", st.ErrStatus.Message))
+		log.Info("request refused: authentication failed", zap.String("path", r.URL.Path), zap.String("reason", st.ErrStatus.Message))
 		refuse(st)
-		return
-	}
-	user, err := s.cfg.Auth.Authenticate(r.Context(), token)
-	if err != nil {
-		log.Info("request refused: authentication failed", zap.String("path", r.URL.Path), zap.Error(err))
-		refuse(kubestatus.Unauthorized(unauthorizedMessage(err)))
 		return
 	}
 	ar.User, ar.Groups = user.Name, user.Groups
@@ -377,6 +371,20 @@ func (s *Stub) forward(w http.ResponseWriter, in, out *http.Request, state *reqS
 	}()
 	s.rp.ServeHTTP(aw, out)
 	returned = true
+}
+
+// authenticate finds the caller's bearer token and authenticates it; a
+// Status (401) refuses the request, saying why.
+func (s *Stub) authenticate(r *http.Request) (string, *authn.User, *apierrors.StatusError) {
+	token, st := callerToken(r)
+	if st != nil {
+		return "", nil, st
+	}
+	user, err := s.cfg.Auth.Authenticate(r.Context(), token)
+	if err != nil {
+		return "", nil, kubestatus.Unauthorized(unauthorizedMessage(err))
+	}
+	return token, user, nil
 }
 
 // callerToken is the caller's bearer token: from Authorization or, for a
