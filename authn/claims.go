@@ -2,8 +2,8 @@ package authn
 
 import (
 	"encoding/base64"
-	"errors"
 	"encoding/json"
+	"errors"
 	"strings"
 	"time"
 )
