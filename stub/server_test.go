@@ -138,39 +138,58 @@ func (noAuth) Authenticate(context.Context, string) (*authn.User, error) {
 }
 func (noAuth) Allowed(*authn.User, string, map[string]string) bool { return false }
 
-// TestRunAndStop runs a stub in-process with an agent and an open watch,
-// stops it, and checks the stop: readiness fails first, the watch ends
-// cleanly (a complete response, not a reset), every step runs once and in
-// the documented order, Run returns nil, and (TestMain) no goroutine is
-// left behind.
-func TestRunAndStop(t *testing.T) {
-	dir := t.TempDir()
-	cfg, _ := stubConfig(t, dir, "shutdownDelay: 400ms\n")
+// runningStub is a stub run in-process by startStub, with one registered
+// cluster and a static token for alice.
+type runningStub struct {
+	srv           *Server
+	cfg           config.Stub
+	logs          *observer.ObservedLogs
+	st            Started
+	secret, token string
+	stop          context.CancelFunc // ends Run, whose result comes on runErr
+	runErr        chan error
+}
+
+// startStub starts a stub with the extra config keys, registers cluster and
+// waits until it serves.
+func startStub(t *testing.T, extra, cluster string) *runningStub {
+	t.Helper()
+	cfg, _ := stubConfig(t, t.TempDir(), extra)
 	log, logs := observed(t)
 	started := make(chan Started, 1)
 	srv, err := New(cfg, Options{Logger: log, Started: func(s Started) { started <- s }})
 	if err != nil {
 		t.Fatal(err)
 	}
+	r := &runningStub{srv: srv, cfg: cfg, logs: logs, runErr: make(chan error, 1)}
 	ctx := context.Background()
-	secret, err := srv.State().Register(ctx, "c1", RegisterOptions{})
-	if err != nil {
+	if r.secret, err = srv.State().Register(ctx, cluster, RegisterOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	token, err := srv.State().AddToken(ctx, TokenRequest{User: "alice"})
-	if err != nil {
+	if r.token, err = srv.State().AddToken(ctx, TokenRequest{User: "alice"}); err != nil {
 		t.Fatal(err)
 	}
 	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	runErr := make(chan error, 1)
-	go func() { runErr <- srv.Run(runCtx) }()
-	var st Started
+	r.stop = stop
+	go func() { r.runErr <- srv.Run(runCtx) }()
 	select {
-	case st = <-started:
-	case err := <-runErr:
+	case r.st = <-started:
+	case err := <-r.runErr:
+		stop()
 		t.Fatalf("Run: %v", err)
 	}
+	return r
+}
+
+// TestRunAndStop runs a stub in-process with an agent and an open watch,
+// stops it, and checks the stop: readiness fails first, the watch ends
+// cleanly (a complete response, not a reset), every step runs once and in
+// the documented order, Run returns nil, and (TestMain) no goroutine is
+// left behind.
+func TestRunAndStop(t *testing.T) {
+	rs := startStub(t, "shutdownDelay: 400ms\n", "c1")
+	srv, cfg, logs, st, secret, token, stop, runErr := rs.srv, rs.cfg, rs.logs, rs.st, rs.secret, rs.token, rs.stop, rs.runErr
+	defer stop()
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(srv.bundle.CAPEM)
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
@@ -392,38 +411,14 @@ func TestLimitHeaders(t *testing.T) {
 // while a watch open on the same HTTP/2 connection goes on; a header just
 // under the limit still reaches the agent.
 func TestRequestHeaderLimit(t *testing.T) {
-	dir := t.TempDir()
-	cfg, _ := stubConfig(t, dir, "")
-	log, logs := observed(t)
-	started := make(chan Started, 1)
-	srv, err := New(cfg, Options{Logger: log, Started: func(s Started) { started <- s }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	secret, err := srv.State().Register(ctx, "acc", RegisterOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	token, err := srv.State().AddToken(ctx, TokenRequest{User: "alice"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	runErr := make(chan error, 1)
-	go func() { runErr <- srv.Run(runCtx) }()
+	rs := startStub(t, "", "acc")
+	srv, logs, st, secret, token := rs.srv, rs.logs, rs.st, rs.secret, rs.token
 	defer func() {
-		stop()
-		if err := <-runErr; err != nil {
+		rs.stop()
+		if err := <-rs.runErr; err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	}()
-	var st Started
-	select {
-	case st = <-started:
-	case err := <-runErr:
-		t.Fatalf("Run: %v", err)
-	}
 	// The agent's API server: a watch sends an event every 20 ms; anything
 	// else is counted and answered.
 	var mu sync.Mutex
