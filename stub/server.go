@@ -333,7 +333,7 @@ func (s *Server) startHTTPS(r *running) error {
 		TLSConfig: tlsCfg,
 		// No ReadTimeout or WriteTimeout: watches, logs -f, exec and
 		// port-forward live as long as the client wants. Liveness comes
-		// from TCP, HTTP/2 pings and yamux keepalive instead.
+		// from TCP, HTTP/2 pings and the tunnel's liveness watch instead.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		// An HTTP/2 connection with nothing to say (an idle watch) is pinged

@@ -99,13 +99,14 @@ func (b Backoff) Wait(n int) time.Duration {
 // and the live ones; the agent dials again until it holds each), so that
 // losing a replica costs only the streams it carried.
 type Agent struct {
-	cfg AgentConfig
-	mux *yamux.Config
+	cfg  AgentConfig
+	mux  *yamux.Config
+	live liveness
 
 	mu   sync.Mutex
-	held map[string]*yamux.Session // by replica ID ("" for a single stub)
-	want []string                  // live replicas as last advertised
-	wake chan struct{}             // a session ended or want changed
+	held map[string]*session // by replica ID ("" for a single stub)
+	want []string            // live replicas as last advertised
+	wake chan struct{}       // a session ended or want changed
 	// stableEnd: a session that had lasted Backoff.StableAfter ended, so
 	// the next reconnect starts from the shortest backoff again.
 	stableEnd   bool
@@ -164,11 +165,11 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = DefaultDrainTimeout
 	}
-	mc := MuxConfig(cfg.KeepAliveInterval, cfg.KeepAliveTimeout, cfg.Logger)
+	mc, lv := muxConfig(cfg.KeepAliveInterval, cfg.KeepAliveTimeout, cfg.Logger)
 	if err := yamux.VerifyConfig(mc); err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)
 	}
-	return &Agent{cfg: cfg, mux: mc, held: map[string]*yamux.Session{}, wake: make(chan struct{}, 1)}, nil
+	return &Agent{cfg: cfg, mux: mc, live: lv, held: map[string]*session{}, wake: make(chan struct{}, 1)}, nil
 }
 
 // Connected reports whether a session to the stub is up.
@@ -364,14 +365,14 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // serve serves the stub's streams on sess until the session dies (an
 // error) or ctx ends (a graceful drain, nil).
-func (a *Agent) serve(ctx context.Context, sess *yamux.Session) error {
+func (a *Agent) serve(ctx context.Context, sess *session) error {
 	log := a.cfg.Logger
 	srv := &http.Server{
 		Handler:           a.learnReplicas(a.cfg.Handler),
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
-	ln := newListener(sess)
+	ln := newListener(sess.Session)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
@@ -401,7 +402,7 @@ func (a *Agent) learnReplicas(next http.Handler) http.Handler {
 // the stub pick another agent), then requests in flight (Shutdown) and
 // upgraded streams (which Shutdown does not track) get up to DrainTimeout
 // to finish before the session closes.
-func (a *Agent) drain(sess *yamux.Session, srv *http.Server, served <-chan error) {
+func (a *Agent) drain(sess *session, srv *http.Server, served <-chan error) {
 	log := a.cfg.Logger
 	start := time.Now()
 	_ = sess.GoAway()
@@ -425,7 +426,10 @@ func (a *Agent) drain(sess *yamux.Session, srv *http.Server, served <-chan error
 // Dial performs the handshake and returns the agent's end of the session.
 func (a *Agent) Dial(ctx context.Context) (*yamux.Session, error) {
 	sess, _, err := a.dial(ctx, nil)
-	return sess, err
+	if err != nil {
+		return nil, err
+	}
+	return sess.Session, nil
 }
 
 // handshake is what the stub said about its replicas.
@@ -436,7 +440,7 @@ type handshake struct {
 
 // dial is Dial telling the stub which replicas' sessions it holds already;
 // reaching one of those is a *misdirectedError.
-func (a *Agent) dial(ctx context.Context, held []string) (*yamux.Session, handshake, error) {
+func (a *Agent) dial(ctx context.Context, held []string) (*session, handshake, error) {
 	var hs handshake
 	secret, err := a.cfg.Secret()
 	if err != nil {
@@ -449,7 +453,7 @@ func (a *Agent) dial(ctx context.Context, held []string) (*yamux.Session, handsh
 	tlsCfg.NextProtos = []string{"http/1.1"} // upgrades need HTTP/1.1
 	tr := &http.Transport{
 		Proxy:                 a.cfg.Proxy,
-		DialContext:           (&net.Dialer{Timeout: DefaultHandshakeTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           (&net.Dialer{Timeout: DefaultHandshakeTimeout, KeepAlive: 30 * time.Second, Control: setSockLowat}).DialContext,
 		TLSClientConfig:       tlsCfg,
 		TLSNextProto:          map[string]func(string, *tls.Conn) http.RoundTripper{},
 		TLSHandshakeTimeout:   DefaultHandshakeTimeout,
@@ -502,7 +506,7 @@ func (a *Agent) dial(ctx context.Context, held []string) (*yamux.Session, handsh
 		resp.Body.Close()
 		return nil, hs, errors.New("stub answered 101 without a usable connection")
 	}
-	sess, err := yamux.Server(&coalescingWriter{ReadWriteCloser: rwc}, a.mux)
+	sess, err := startSession(rwc, false, a.mux, a.live, a.cfg.Logger.With(zap.String("replica", hs.replica)))
 	if err != nil {
 		rwc.Close()
 		return nil, hs, err

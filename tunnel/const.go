@@ -50,9 +50,11 @@ var (
 	ErrBusy = errors.New("stub is busy")
 )
 
-// Timing defaults. Keepalive detects an agent that vanished without closing
-// its connection (power loss, a middlebox dropping state) within
-// KeepAliveInterval + KeepAliveTimeout.
+// Timing defaults. A session is closed when, for KeepAliveInterval +
+// KeepAliveTimeout, nothing arrived on it or a write to its connection made
+// no progress (see link.watch): an agent that vanished without closing its
+// connection (power loss, a middlebox dropping state) is noticed within
+// that, while a busy link is never taken for a dead one.
 const (
 	DefaultKeepAliveInterval = 5 * time.Second
 	DefaultKeepAliveTimeout  = 5 * time.Second
@@ -60,28 +62,30 @@ const (
 	// drainTimeout bounds how long a closed stream keeps discarding what its
 	// peer still sends, so the peer is never left blocked on a full window.
 	drainTimeout = 30 * time.Second
+	// frameWriteTimeout bounds how long one frame may wait to be sent
+	// (yamux's ConnectionWriteTimeout). A dead link is found by the
+	// liveness watch, not by this: on a thin link a frame may queue behind
+	// many others that are all moving, and failing it would cut a healthy
+	// stream.
+	frameWriteTimeout = 5 * time.Minute
 )
 
-// MuxConfig returns the yamux configuration both ends use. The 256 KiB
-// default window is kept on purpose: larger windows measured worse (slower
-// stream set-up under bulk load, more CPU from re-growing receive buffers).
-func MuxConfig(keepAlive, timeout time.Duration, log *zap.Logger) *yamux.Config {
+// muxConfig returns the yamux configuration both ends use and the liveness
+// rule their sessions are watched by. The 256 KiB default window is kept on
+// purpose: larger windows measured worse (slower stream set-up under bulk
+// load, more CPU from re-growing receive buffers). yamux's keepalive is off:
+// its ping answer queues behind data, so it took busy sessions for dead ones
+// (link.watch replaces it).
+func muxConfig(keepAlive, timeout time.Duration, log *zap.Logger) (*yamux.Config, liveness) {
+	lv := newLiveness(keepAlive, timeout)
 	c := yamux.DefaultConfig()
-	if keepAlive <= 0 {
-		keepAlive = DefaultKeepAliveInterval
-	}
-	if timeout <= 0 {
-		timeout = DefaultKeepAliveTimeout
-	}
-	c.EnableKeepAlive = true
-	c.KeepAliveInterval = keepAlive
-	// yamux uses this both for a keepalive ping's answer and for queueing a
-	// frame; loopback and WAN links alike answer pings within it.
-	c.ConnectionWriteTimeout = timeout
+	c.EnableKeepAlive = false
+	c.KeepAliveInterval = lv.interval // unused with keepalive off, but verified
+	c.ConnectionWriteTimeout = frameWriteTimeout
 	c.AcceptBacklog = 1024
 	c.StreamOpenTimeout = 30 * time.Second
 	c.StreamCloseTimeout = 5 * time.Minute
 	c.LogOutput = nil
 	c.Logger = zap.NewStdLog(log.Named("yamux"))
-	return c
+	return c, lv
 }

@@ -78,6 +78,7 @@ type Server struct {
 	auth       AgentAuthenticator
 	log        *zap.Logger
 	mux        *yamux.Config
+	live       liveness
 	handshakes chan struct{} // a slot per handshake in progress
 	retryMin   time.Duration
 	retryMax   time.Duration
@@ -106,7 +107,7 @@ type agentSession struct {
 	cluster, id, fingerprint, version, remote string
 	attributes                                map[string]string // as the handshake stated them; never changed
 	connected                                 time.Time
-	sess                                      *yamux.Session
+	sess                                      *session
 	streams                                   atomic.Int64
 	secretSHA256                              [sha256.Size]byte // of the join secret it presented
 }
@@ -133,7 +134,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	mc := MuxConfig(cfg.KeepAliveInterval, cfg.KeepAliveTimeout, cfg.Logger)
+	mc, lv := muxConfig(cfg.KeepAliveInterval, cfg.KeepAliveTimeout, cfg.Logger)
 	if err := yamux.VerifyConfig(mc); err != nil {
 		return nil, fmt.Errorf("tunnel: %w", err)
 	}
@@ -149,7 +150,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.RetryAfterMax < cfg.RetryAfterMin {
 		cfg.RetryAfterMax = max(30*time.Second, cfg.RetryAfterMin)
 	}
-	s := &Server{auth: cfg.Auth, log: cfg.Logger, mux: mc, clusters: map[string]*clusterAgents{}, maxSessions: cfg.MaxSessions,
+	s := &Server{auth: cfg.Auth, log: cfg.Logger, mux: mc, live: lv, clusters: map[string]*clusterAgents{}, maxSessions: cfg.MaxSessions,
 		handshakes: make(chan struct{}, cfg.MaxHandshakes), retryMin: cfg.RetryAfterMin, retryMax: cfg.RetryAfterMax,
 		replicas: cfg.Replicas}
 	if cfg.MaxHandshakesPerSecond > 0 {
@@ -279,7 +280,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	sess, err := yamux.Client(&coalescingWriter{ReadWriteCloser: readerConn{brw.Reader, conn}}, s.mux)
+	setNotSentLowat(conn)
+	sess, err := startSession(readerConn{brw.Reader, conn}, true, s.mux, s.live, log)
 	if err != nil {
 		conn.Close()
 		log.Error("start session", zap.Error(err))
@@ -334,7 +336,7 @@ func (s *Server) fingerprintConflict(cluster, fp string) string {
 
 // add registers a; if the same agent ID was already connected, the older
 // session is unregistered and returned for the caller to close.
-func (s *Server) add(a *agentSession) (replaced *yamux.Session, err error) {
+func (s *Server) add(a *agentSession) (replaced *session, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -464,7 +466,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() { close(s.stop) })
 	s.mu.Lock()
 	s.closed = true
-	var all []*yamux.Session
+	var all []*session
 	for _, ca := range s.clusters {
 		for _, a := range ca.agents {
 			all = append(all, a.sess)
@@ -505,7 +507,9 @@ func (s *Server) DialAgent(cluster, id string) (net.Conn, error) {
 	return newStream(st, func() { a.streams.Add(-1) }), nil
 }
 
-// PingAgent measures the session's round trip with a yamux ping.
+// PingAgent returns the session's round trip as measured by its last
+// liveness ping (each end pings every KeepAliveInterval), or an error when
+// none was answered within KeepAliveInterval+KeepAliveTimeout.
 func (s *Server) PingAgent(cluster, id string) (time.Duration, error) {
 	s.mu.Lock()
 	a := s.find(cluster, id)
@@ -513,7 +517,7 @@ func (s *Server) PingAgent(cluster, id string) (time.Duration, error) {
 	if a == nil {
 		return 0, ErrNoAgent
 	}
-	return a.sess.Ping()
+	return a.sess.link.lastRTT(s.live)
 }
 
 // checkSessions closes the sessions whose join secret is no longer good.

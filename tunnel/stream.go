@@ -31,8 +31,9 @@ type Stream struct {
 	once    sync.Once
 	onClose func()
 
-	readMu sync.Mutex // held by the one Read in progress, or by the drain
-	closed atomic.Bool
+	readMu  sync.Mutex // held by the one Read in progress, or by the drain
+	writeMu sync.Mutex // keeps one Write's frames together
+	closed  atomic.Bool
 }
 
 func newStream(s *yamux.Stream, onClose func()) *Stream {
@@ -47,6 +48,23 @@ func (s *Stream) Read(b []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	return s.Stream.Read(b)
+}
+
+// Write writes b in data frames of at most maxFrameData bytes (16 KiB with
+// their header), so streams take turns on the link at that grain; see
+// link. Concurrent Writes do not interleave.
+func (s *Stream) Write(b []byte) (int, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	done := 0
+	for done < len(b) {
+		n, err := s.Stream.Write(b[done:min(len(b), done+maxFrameData)])
+		done += n
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
 }
 
 // CloseWrite half-closes the stream: the peer reads EOF, we can still read.

@@ -44,7 +44,7 @@ func (s secrets) AuthenticateAgent(cluster, secret string) error {
 // env is a stub (the tunnel handler behind an HTTP server on one
 // transport) plus helpers to start agents against it.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	srv  *Server
 	url  string           // the stub URL agents are given
 	pool *x509.CertPool   // trusts the TLS transport's certificate
@@ -83,7 +83,7 @@ func overTransports(t *testing.T, test func(t *testing.T, e *env)) {
 // rather than the tunnel.
 func newEnv(t *testing.T) *env { return newEnvOver(t, serveTLS) }
 
-func newEnvOver(t *testing.T, serve func(*env, http.Handler) func()) *env {
+func newEnvOver(t testing.TB, serve func(*env, http.Handler) func()) *env {
 	t.Helper()
 	srv, err := NewServer(ServerConfig{Auth: secrets{"c1": "s3cret", "c2": "other"}, Logger: zaptest.NewLogger(t),
 		KeepAliveInterval: 200 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond})
