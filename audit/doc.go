@@ -35,6 +35,8 @@
 //	keyhole.dev/bytes-out  response body bytes, or cluster→client bytes of a session
 //	keyhole.dev/session    exec, attach, portforward (or upgrade), for 101 responses
 //	keyhole.dev/duration   length of the session, on its ResponseComplete record
+//	keyhole.dev/browser-session  hash of the browser session ID, on cookie requests and browser Events
+//	keyhole.dev/browser-event    sign-in, sign-in-refused, refresh-failed, sign-out
 //	keyhole.dev/ended      how it ended: complete, client-gone, agent-gone, stub-stopping (or stub-failed)
 //
 // Durations are Go duration strings (time.ParseDuration reads them back).

@@ -30,6 +30,13 @@ const (
 	AnnotationDuration = "keyhole.dev/duration"
 	// AnnotationEnded says how a request or session ended (an Ended*
 	// value), AnnotationEndedMessage in words when the stub ended it.
+	// AnnotationBrowserSession identifies the browser session a cookie
+	// request or a browser Event belongs to: a hash of the session ID,
+	// never the cookie (see web). Absent on bearer requests.
+	AnnotationBrowserSession = "keyhole.dev/browser-session"
+	// AnnotationBrowserEvent names a browser sign-in Event: one of the
+	// BrowserEvent* values.
+	AnnotationBrowserEvent = "keyhole.dev/browser-event"
 	AnnotationEnded        = "keyhole.dev/ended"
 	AnnotationEndedMessage = "keyhole.dev/ended-message"
 )
@@ -69,6 +76,14 @@ const (
 	EndedUnregistered      = "cluster-unregistered"
 )
 
+// Browser Events (AnnotationBrowserEvent).
+const (
+	BrowserEventSignIn        = "sign-in"
+	BrowserEventSignInRefused = "sign-in-refused"
+	BrowserEventRefreshFailed = "refresh-failed"
+	BrowserEventSignOut       = "sign-out"
+)
+
 // Redacted replaces the value of a sensitive query parameter.
 const Redacted = "REDACTED"
 
@@ -93,6 +108,13 @@ type Request struct {
 	// From kubectl --as/--as-group, if honoured.
 	ImpersonatedUser   string
 	ImpersonatedGroups []string
+
+	// BrowserSession is the audit ID of the browser session of a cookie
+	// request or browser Event (AnnotationBrowserSession); "" otherwise.
+	BrowserSession string
+	// BrowserEvent is a BrowserEvent* value for the Events of sign-in,
+	// refresh failure and sign-out (AnnotationBrowserEvent); "" otherwise.
+	BrowserEvent string
 }
 
 // Outcome is how a request ended.
@@ -189,6 +211,12 @@ func NewEvent(r Request, stage auditv1.Stage, o *Outcome) *auditv1.Event {
 	}
 	if r.Agent != "" {
 		ev.Annotations[AnnotationAgent] = r.Agent
+	}
+	if r.BrowserSession != "" {
+		ev.Annotations[AnnotationBrowserSession] = r.BrowserSession
+	}
+	if r.BrowserEvent != "" {
+		ev.Annotations[AnnotationBrowserEvent] = r.BrowserEvent
 	}
 
 	if o == nil {
