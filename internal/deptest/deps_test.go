@@ -23,6 +23,9 @@ var banned = map[string]map[string]string{
 	"credplugin": {mod + "stub": "the CI credential plugin runs in a CI job, not in the stub", mod + "proxy": "the plugin is a client",
 		mod + "tunnel": "the plugin is a client", mod + "cmd/": "nothing imports cmd"},
 	"config": {mod + "tunnel": "the schema is plain data", mod + "proxy": "the schema is plain data", mod + "ha": "the schema is plain data"},
+	"web": {mod + "stub": "the stub wires web, not the reverse", mod + "cmd/": "nothing imports cmd",
+		mod + "tunnel": "sign-in knows nothing of the tunnel", mod + "ha": "sessions reach shared state through web.Store"},
+	"internal/origin": {mod + "proxy": "origin checks are plain functions of headers", mod + "web": "origin checks are plain functions of headers", mod + "authn": "origin checks are plain functions of headers"},
 	"ha": {mod + "config": "ha takes plain values; the file schema is the caller's", mod + "stub": "the stub builds on ha",
 		mod + "proxy": "replicas know nothing of the stub hop", mod + "tunnel": "replicas know nothing of the tunnel"},
 }
@@ -60,7 +63,7 @@ func TestImportDirection(t *testing.T) {
 func TestNoTestingInProduction(t *testing.T) {
 	for _, pkg := range []string{"cmd/stub", "cmd/agent"} {
 		for _, d := range deps(t, pkg) {
-			if d == "testing" || strings.HasPrefix(d, mod+"internal/kubetest") {
+			if d == "testing" || strings.HasPrefix(d, mod+"internal/kubetest") || strings.HasPrefix(d, "github.com/chromedp/") {
 				t.Errorf("%s depends on %s", pkg, d)
 			}
 		}
