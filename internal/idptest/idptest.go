@@ -93,9 +93,19 @@ type Options struct {
 	// is one of them with the scope "audience:server:client_id:<peer>"
 	// (Dex's cross-client trust), e.g. a token bound to one cluster.
 	PeerClients []string
+	// WebClients are more clients, each with its own redirect URIs, as a
+	// browser sign-in (the stub's login.browser) registers one: public
+	// (PKCE) when Secret is "", else confidential.
+	WebClients []Client
 	// IDTokenExpiry is the lifetime of the ID tokens Dex issues (Dex's
 	// expiry.idTokens); default Dex's own (24h).
 	IDTokenExpiry time.Duration
+}
+
+// Client is a Dex static client of Options.WebClients.
+type Client struct {
+	ID, Secret   string
+	RedirectURIs []string
 }
 
 // Dex is a running Dex. Fields are read-only.
@@ -219,6 +229,13 @@ func dexConfig(issuer, addr, certFile, keyFile string, o Options, hashes []strin
 	clients := []obj{client}
 	for _, p := range o.PeerClients {
 		clients = append(clients, obj{"id": p, "name": p + " (test peer)", "public": true, "trustedPeers": []string{o.ClientID}})
+	}
+	for _, c := range o.WebClients {
+		wc := obj{"id": c.ID, "name": c.ID + " (test web client)", "public": c.Secret == "", "redirectURIs": c.RedirectURIs}
+		if c.Secret != "" {
+			wc["secret"] = c.Secret
+		}
+		clients = append(clients, wc)
 	}
 	users := []obj{}
 	for i, u := range o.Users {
