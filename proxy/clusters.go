@@ -50,7 +50,11 @@ func (s *Stub) ClusterList(agents AgentLister, prober *Prober) http.Handler {
 		ar := audit.Request{ID: newRequestID(), Received: start, SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
 			Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
 		w.Header().Set(HeaderRequestID, ar.ID)
-		token, user, st := s.authenticate(r)
+		cred, st := s.authenticate(w, r)
+		ar.BrowserSession = cred.auditID()
+		if cred.cookie {
+			s.setBrowserResponseHeaders(w.Header())
+		}
 		if st != nil {
 			kubestatus.Write(w, st)
 			o := audit.StatusOutcome(st.ErrStatus, time.Now())
@@ -58,6 +62,7 @@ func (s *Stub) ClusterList(agents AgentLister, prober *Prober) http.Handler {
 			s.record(ar, auditv1.StageResponseComplete, o)
 			return
 		}
+		token, user := cred.token, cred.user
 		ar.User, ar.Groups = user.Name, user.Groups
 		out := clusterStatuses(s.cfg.Clusters, s.cfg.Policy, user, token, agents, prober)
 		w.Header().Set("Content-Type", "application/json")
@@ -65,6 +70,15 @@ func (s *Stub) ClusterList(agents AgentLister, prober *Prober) http.Handler {
 		_ = json.NewEncoder(aw).Encode(out)
 		s.record(ar, auditv1.StageResponseComplete, &audit.Outcome{Code: http.StatusOK, Finished: time.Now(), BytesOut: aw.BytesWritten(), Ended: audit.EndedComplete})
 	})
+}
+
+// ClusterStatuses returns what ClusterList answers a caller, as a function
+// of the caller's user and token (for the browser's landing page, whose
+// session the web package has already authenticated).
+func (s *Stub) ClusterStatuses(agents AgentLister, prober *Prober) func(u *authn.User, token string) []ClusterStatus {
+	return func(u *authn.User, token string) []ClusterStatus {
+		return clusterStatuses(s.cfg.Clusters, s.cfg.Policy, u, token, agents, prober)
+	}
 }
 
 // clusterStatuses lists, for user with token, the clusters it may reach.

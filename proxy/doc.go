@@ -31,6 +31,14 @@
 // on every write, so they are never buffered, and neither hop sets a timeout that
 // would cut a long stream.
 //
+// With StubConfig.Sessions, the stub hop also takes cookie requests from
+// the browser console: a request without a bearer token that carries the
+// browser session cookie. It accepts them only from the stub's own origin,
+// with the console's custom header, never to the proxy subresources or to
+// clusters whose agents verify callers, and authenticates the session's
+// current ID token exactly as a bearer token (browser.go). Clusters'
+// Access-Control-* and Set-Cookie headers never reach a caller.
+//
 // Every failure the caller can see is a Kubernetes Status with the right code
 // (401, 403, 404, 502, 503), so kubectl prints it readably.
 package proxy

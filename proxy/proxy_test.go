@@ -172,6 +172,20 @@ func newFakeAPI(t testing.TB) *fakeAPI {
 				return
 			}
 			_, _ = io.WriteString(w, `{"type":"DELETED"}`+"\n")
+		case "/cors":
+			// A cluster that grants CORS (kube-apiserver's
+			// --cors-allowed-origins) and sets cookies and caching.
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", "https://attacker.test")
+			h.Set("Access-Control-Allow-Credentials", "true")
+			h.Set("Access-Control-Expose-Headers", "X-Secret")
+			h.Set("Access-Control-Allow-Headers", "X-Keyhole-Console")
+			h.Add("Set-Cookie", "cluster=1; Path=/")
+			h.Add("Set-Cookie", "__Host-keyhole=forged; Path=/; Secure")
+			h.Set("Cache-Control", "public, max-age=60")
+			h.Set("Content-Security-Policy", "default-src *")
+			h.Set("Content-Type", "text/html")
+			_, _ = io.WriteString(w, "<script>alert(1)</script>")
 		case "/upgrade":
 			w.Header().Set("Connection", "Upgrade")
 			w.Header().Set("Upgrade", r.Header.Get("Upgrade")) // test-proto, websocket…
@@ -241,6 +255,9 @@ type chainOpts struct {
 	recheck        time.Duration
 	keepPastExpiry bool
 	observe        bool // keep the stub hop's log entries (chain.logs)
+	// sessions and publicURL are StubConfig's Sessions and PublicURL.
+	sessions  BrowserSessions
+	publicURL string
 }
 
 func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
@@ -287,7 +304,8 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 	stub, err := NewStub(StubConfig{Dialer: tsrv, Clusters: clusters, Audit: audit.NewWriterSink(auditBuf),
 		Auth:   auth,
 		Policy: pol, Metrics: metrics, Logger: stubLog,
-		RecheckInterval: o.recheck, KeepStreamsPastExpiry: o.keepPastExpiry})
+		RecheckInterval: o.recheck, KeepStreamsPastExpiry: o.keepPastExpiry,
+		Sessions: o.sessions, PublicURL: o.publicURL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,10 @@ import (
 //   - the credential no longer authenticates (a static token revoked or its
 //     user removed, an issuer removed from the config) or now stands for
 //     another identity;
+//   - for a cookie request, its browser session no longer stands (signed
+//     out on any replica, refresh failed, ended), or the ID token the
+//     session now holds no longer authenticates; its expiry is the
+//     session's end (BrowserSession.Expires);
 //   - the cluster was unregistered;
 //   - the policy no longer admits the user to the cluster.
 //
@@ -52,6 +56,10 @@ type admission struct {
 	user    *authn.User
 	cluster string
 	expires time.Time // zero: none known
+	// browser: a cookie request's session, asked first at each recheck
+	// (token is then the ID token it had at admission); expires is the
+	// session's end.
+	browser *BrowserSession
 }
 
 // endReason is why the stub ended a long-running request, set once.
@@ -131,7 +139,17 @@ func (s *Stub) recheck(ctx context.Context, lr *longReq, a admission, log *zap.L
 // returns why a long-running request may no longer run, or "".
 func (s *Stub) readmit(ctx context.Context, a admission) (reason, words string) {
 	pastExpiry := !a.expires.IsZero() && !time.Now().Before(a.expires)
-	u, err := s.cfg.Auth.Authenticate(ctx, a.token)
+	token := a.token
+	if a.browser != nil {
+		// The session first: a sign-out on any replica, or a failed
+		// refresh, ends it; then its current ID token, as a bearer's.
+		t, st := s.cfg.Sessions.Current(ctx, nil, a.browser)
+		if st != nil {
+			return EndedRevoked, "the browser session was signed out or ended: " + st.ErrStatus.Message
+		}
+		token = t
+	}
+	u, err := s.cfg.Auth.Authenticate(ctx, token)
 	switch {
 	case err != nil && pastExpiry && s.cfg.KeepStreamsPastExpiry:
 		u = a.user // kept past expiry on purpose; the policy still applies

@@ -22,6 +22,7 @@ import (
 	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/internal/kubestatus"
+	"github.com/keyhole-dev/keyhole/internal/origin"
 	"github.com/keyhole-dev/keyhole/tunnel"
 )
 
@@ -86,7 +87,15 @@ type StubConfig struct {
 	// expires is not ended for that alone (revocation, removal and policy
 	// still end it). Default false: it ends at the credential's expiry.
 	KeepStreamsPastExpiry bool
-	Logger                *zap.Logger
+	// Sessions resolves browser session cookies (*web.Sessions); nil: the
+	// stub accepts bearer tokens only and ignores cookies, as it always
+	// did. With Sessions, a request without a bearer token that carries
+	// the session cookie is a cookie request (browser.go).
+	Sessions BrowserSessions
+	// PublicURL is the stub's public URL (stub config publicURL): cookie
+	// requests are accepted only from its origin. Required with Sessions.
+	PublicURL string
+	Logger    *zap.Logger
 }
 
 // Stub is the http.Handler for /clusters/{id}/….
@@ -98,6 +107,8 @@ type Stub struct {
 	// drain tracks watches, followed logs and upgraded sessions, which a
 	// graceful stop ends itself (drain.go).
 	drain drainer
+	// origin is PublicURL's origin (origin.Of), with Sessions.
+	origin string
 }
 
 // ClustersPrefix is the path under which every cluster is served.
@@ -122,6 +133,13 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 		cfg.RecheckInterval = DefaultRecheckInterval
 	}
 	s := &Stub{cfg: cfg, log: cfg.Logger}
+	if cfg.Sessions != nil {
+		o, err := origin.Of(cfg.PublicURL)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: StubConfig.PublicURL, needed with Sessions: %w", err)
+		}
+		s.origin = o
+	}
 	s.tr = &http.Transport{
 		// The "host" of an outbound URL is the cluster ID; each connection is
 		// a tunnel stream to one of its agents.
@@ -193,8 +211,10 @@ type reqState struct {
 	asUser   string
 	asGroups []string
 	// callerToken goes to agents that verify callers themselves; "" for
-	// all others.
+	// all others (and always for cookie requests).
 	callerToken string
+	// browser: a cookie request, with this session (browser.go).
+	browser *BrowserSession
 
 	// sentAsUser and sentAsGroups are the impersonation the outbound request
 	// carried, read from its headers as rewrite left them: the audit record
@@ -222,7 +242,11 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Series are labelled only with registered clusters, so made-up IDs in
 	// paths cannot grow the number of series.
 	metricCluster := "none"
+	cookie := false // a cookie request: its answers get browser headers
 	refuse := func(st *apierrors.StatusError) {
+		if cookie {
+			s.setBrowserResponseHeaders(w.Header())
+		}
 		kubestatus.Write(w, st)
 		o := audit.StatusOutcome(st.ErrStatus, time.Now())
 		o.Ended = audit.EndedComplete
@@ -230,12 +254,17 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Metrics.observe(metricCluster, int(st.ErrStatus.Code), time.Since(start), 0, 0, false)
 	}
 
-	token, user, st := s.authenticate(r)
+	cred, st := s.authenticate(w, r)
+	cookie = cred.cookie
+	if ar.BrowserSession = cred.auditID(); ar.BrowserSession != "" {
+		log = log.With(zap.String("browser_session", ar.BrowserSession))
+	}
 	if st != nil {
 		log.Info("request refused: authentication failed", zap.String("path", r.URL.Path), zap.String("reason", st.ErrStatus.Message))
 		refuse(st)
 		return
 	}
+	token, user := cred.token, cred.user
 	ar.User, ar.Groups = user.Name, user.Groups
 	log = log.With(zap.String("user", user.Name))
 	if !pathOK {
@@ -246,6 +275,11 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log = log.With(zap.String("cluster", cluster))
+	if cookie && proxySubresource(r.Method, rest) {
+		log.Info("request refused: a proxy subresource with a browser session", zap.String("path", rest))
+		refuse(kubestatus.Forbidden(proxySubresourceMessage))
+		return
+	}
 	entry, ok := s.cfg.Clusters.Cluster(cluster)
 	if !ok {
 		log.Info("request refused: unknown cluster")
@@ -253,6 +287,11 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	metricCluster = cluster
+	if cookie && entry.CallerAudience != "" {
+		log.Info("request refused: a browser session to a cluster that verifies callers")
+		refuse(kubestatus.Forbidden(verifyingClusterMessage(cluster)))
+		return
+	}
 	forwardToken, st := agentToken(s.cfg.Clusters, token, entry)
 	if st != nil {
 		log.Info("request refused: caller token and cluster do not match", zap.String("reason", st.ErrStatus.Message))
@@ -271,8 +310,8 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	state := &reqState{cluster: cluster, reqID: reqID, user: user, asUser: asUser, asGroups: asGroups}
-	if forwardToken {
+	state := &reqState{cluster: cluster, reqID: reqID, user: user, asUser: asUser, asGroups: asGroups, browser: cred.browser}
+	if forwardToken && !cookie { // (a cookie request never gets here with forwardToken)
 		state.callerToken = token // that cluster's agents check the caller themselves (callers.go)
 	}
 	ctx := context.WithValue(r.Context(), stateKey, state)
@@ -286,6 +325,12 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ctx, state.long = tctx, lr
 		a := admission{token: token, user: user, cluster: cluster, expires: authn.CredentialExpiry(token, user)}
+		if cred.browser != nil {
+			// The session, not its current ID token, is the credential:
+			// refreshes renew the token, and each recheck asks the session
+			// first (readmit).
+			a.browser, a.expires = cred.browser, cred.browser.Expires
+		}
 		rechecked := make(chan struct{})
 		go func() { // owned by this request: release ends tctx, and it is waited for
 			defer close(rechecked)
@@ -373,20 +418,6 @@ func (s *Stub) forward(w http.ResponseWriter, in, out *http.Request, state *reqS
 	returned = true
 }
 
-// authenticate finds the caller's bearer token and authenticates it; a
-// Status (401) refuses the request, saying why.
-func (s *Stub) authenticate(r *http.Request) (string, *authn.User, *apierrors.StatusError) {
-	token, st := callerToken(r)
-	if st != nil {
-		return "", nil, st
-	}
-	user, err := s.cfg.Auth.Authenticate(r.Context(), token)
-	if err != nil {
-		return "", nil, kubestatus.Unauthorized(unauthorizedMessage(err))
-	}
-	return token, user, nil
-}
-
 // callerToken is the caller's bearer token: from Authorization or, for a
 // WebSocket request without one, from a base64url.bearer.authorization.k8s.io
 // subprotocol, which kube-apiserver accepts too (browsers cannot set
@@ -410,8 +441,17 @@ func callerToken(r *http.Request) (string, *apierrors.StatusError) {
 // with st before it reached the stub hop (an oversized header): no user,
 // since nothing was authenticated.
 func (s *Stub) AuditRefusal(r *http.Request, st *apierrors.StatusError) {
+	s.AuditBrowserRefusal(r, st, nil)
+}
+
+// AuditBrowserRefusal is AuditRefusal for a request of browser session b
+// (nil: none known), whose record carries b's AuditID.
+func (s *Stub) AuditBrowserRefusal(r *http.Request, st *apierrors.StatusError, b *BrowserSession) {
 	ar := audit.Request{ID: newRequestID(), Received: time.Now(), SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
 		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
+	if b != nil {
+		ar.BrowserSession = b.AuditID
+	}
 	if cluster, rest, ok := ParseClusterPath(r.URL.Path); ok {
 		ar.Cluster, ar.Path = cluster, rest
 	}
@@ -447,7 +487,8 @@ func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
 	pr.SetXForwarded()
 	h := pr.Out.Header
 	h.Del("Authorization")
-	h.Del("Cookie")
+	h.Del("Cookie") // the session cookie among them: nothing of a browser session reaches an agent
+	h.Del(HeaderConsole)
 	h.Del("Proxy-Authorization")
 	deletePrefix(h, identityPrefix)
 	deletePrefix(h, "Impersonate-")
@@ -483,6 +524,14 @@ func (s *Stub) modifyResponse(resp *http.Response) error {
 		}
 	}
 	resp.Header.Del(HeaderServedBy)
+	stripClusterResponseHeaders(resp.Header)
+	if st, ok := resp.Request.Context().Value(stateKey).(*reqState); ok && st.browser != nil {
+		// Set on the response, not on the writer beforehand: ReverseProxy
+		// adds the response's headers to the writer's (a cluster's own
+		// Cache-Control would stand beside no-store) and clears the
+		// writer's after a 1xx.
+		s.setBrowserResponseHeaders(resp.Header)
+	}
 	return nil
 }
 
@@ -524,6 +573,9 @@ func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		st = kubestatus.BadGateway(fmt.Sprintf("cluster %q: the connection to its agent failed: %v", state.cluster, err))
 	}
 	state.failure = st
+	if state.browser != nil {
+		s.setBrowserResponseHeaders(w.Header())
+	}
 	kubestatus.Write(w, st)
 }
 
