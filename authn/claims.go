@@ -73,3 +73,17 @@ func TokenAudiences(token string) []string {
 	}
 	return nil
 }
+
+// TokenNonce is a JWT's nonce claim ("" for a token that is no JWT or has
+// none). Call it only for a token an authenticator accepted.
+func TokenNonce(token string) string {
+	raw, ok := unverifiedClaims(token)["nonce"]
+	if !ok {
+		return ""
+	}
+	var nonce string
+	if json.Unmarshal(raw, &nonce) != nil {
+		return ""
+	}
+	return nonce
+}
