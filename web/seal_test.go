@@ -174,4 +174,6 @@ func TestSessionCookieLifetimes(t *testing.T) {
 
 type noAuth struct{}
 
-func (noAuth) Authenticate(context.Context, string) (*authn.User, error) { return nil, errors.New("no") }
+func (noAuth) Authenticate(context.Context, string) (*authn.User, error) {
+	return nil, errors.New("no")
+}
