@@ -87,3 +87,17 @@ func TokenNonce(token string) string {
 	}
 	return nonce
 }
+
+// TokenIssuedAt is a JWT's iat claim (zero for a token that is no JWT or
+// has none). Call it only for a token an authenticator accepted.
+func TokenIssuedAt(token string) time.Time {
+	var iat json.Number
+	if raw, ok := unverifiedClaims(token)["iat"]; !ok || json.Unmarshal(raw, &iat) != nil {
+		return time.Time{}
+	}
+	sec, err := iat.Float64()
+	if err != nil || sec <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(int64(sec), 0)
+}

@@ -39,6 +39,12 @@ func TestClaimsOfVerifiedTokens(t *testing.T) {
 			t.Errorf("TokenNonce(%q) = %q, want %q", token, got, want)
 		}
 	}
+	if got := TokenIssuedAt(fakeJWT(`{"iat":1700000000}`)); got.Unix() != 1700000000 {
+		t.Errorf("TokenIssuedAt = %v", got)
+	}
+	if got := TokenIssuedAt(fakeJWT(`{}`)); !got.IsZero() {
+		t.Errorf("TokenIssuedAt of no iat = %v", got)
+	}
 	at := time.Unix(1800000000, 0)
 	if got := CredentialExpiry(fakeJWT(`{"exp":1700000000}`), &User{Expires: at}); !got.Equal(at) {
 		t.Errorf("the authenticator's expiry should win: %v", got)

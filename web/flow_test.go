@@ -240,17 +240,16 @@ func TestManyGroupsSmallCookie(t *testing.T) {
 // request gets the new token.
 func TestConcurrentRefreshAcrossReplicas(t *testing.T) {
 	e := newEnv(t, false)
-	e.idp.set(func(p *fakeIdP) { p.ttl = 30 * time.Second }) // less than refreshMargin: due at once
 	a, bRep := e.replica(t, "a"), e.replica(t, "b")
 	b := newBrowser(t)
 	b.signIn(a, e.idp)
+	e.store.makeDue(t, e.clock.Now())
 	name, rec := e.store.only(t)
 	old, err := openRecordTokens(&handle{c: mustOpen(t, a, b), name: name}, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	first := old.ID // still valid: a failed refresh would fall back to it
-	e.idp.set(func(p *fakeIdP) { p.ttl = time.Hour })
 	if e.clock.Now().Before(rec.IDTokenExpires.Add(-refreshMargin)) {
 		t.Fatal("the token is not due")
 	}
@@ -291,6 +290,25 @@ func TestConcurrentRefreshAcrossReplicas(t *testing.T) {
 	}
 }
 
+// Short-lived ID tokens are refreshed when a third of their life is left,
+// not on every request.
+func TestShortLivedTokens(t *testing.T) {
+	e := newEnv(t, false)
+	e.idp.set(func(p *fakeIdP) { p.ttl = 45 * time.Second })
+	s := e.replica(t, "r0")
+	b := newBrowser(t)
+	b.signIn(s, e.idp)
+	first, code := b.current(s, nil)
+	if r, _ := e.idp.counts(); code != 200 || r != 0 {
+		t.Fatalf("a fresh 45 s token: %d, %d redemptions", code, r)
+	}
+	e.clock.Add(31 * time.Second) // 14 s left: due
+	second, code := b.current(s, nil)
+	if r, _ := e.idp.counts(); code != 200 || r != 1 || second == first {
+		t.Fatalf("a 45 s token with 14 s left: %d, %d redemptions", code, r)
+	}
+}
+
 // The IdP refuses the refresh token: the session ends with a 401, the
 // cookie is cleared, the record is gone, and it is audited.
 func mustOpen(t *testing.T, s *Sessions, b *browser) sessionCookie {
@@ -304,10 +322,10 @@ func mustOpen(t *testing.T, s *Sessions, b *browser) sessionCookie {
 
 func TestRefreshFailedEndsSession(t *testing.T) {
 	e := newEnv(t, false)
-	e.idp.set(func(p *fakeIdP) { p.ttl = 30 * time.Second })
 	s := e.replica(t, "r0")
 	b := newBrowser(t)
 	b.signIn(s, e.idp)
+	e.store.makeDue(t, e.clock.Now())
 	e.idp.set(func(p *fakeIdP) { p.failRefresh = true })
 	w := httptest.NewRecorder()
 	if _, code := b.current(s, w); code != http.StatusUnauthorized {

@@ -135,6 +135,21 @@ func (m *memStore) only(t *testing.T) (string, *Record) {
 	return "", nil
 }
 
+// makeDue moves the only record's ID token expiry to 5 s from now, as if
+// it had almost run out: the next Current refreshes it.
+func (m *memStore) makeDue(t *testing.T, now time.Time) {
+	t.Helper()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.recs) != 1 {
+		t.Fatalf("%d records, want 1", len(m.recs))
+	}
+	for name, r := range m.recs {
+		r.IDTokenExpires = now.Add(5 * time.Second)
+		m.versions[name]++
+	}
+}
+
 func testKey(id string, activeFrom time.Time) Key {
 	secret := make([]byte, 32)
 	_, _ = rand.Read(secret)

@@ -34,14 +34,12 @@ func (s *Sessions) refresh(ctx context.Context, h *handle) (string, error) {
 		if st := s.stands(rec, h); st != nil {
 			return "", st
 		}
-		now := s.cfg.Now()
-		if now.Before(rec.IDTokenExpires.Add(-refreshMargin)) { // refreshed by another replica
-			t, err := openRecordTokens(h, rec)
-			if err != nil {
-				return "", s.unauthorized("does not match its record")
-			}
-			return t.ID, nil
+		if token, ok, err := s.valid(h, rec); err != nil {
+			return "", s.unauthorized("does not match its record")
+		} else if ok { // refreshed by another replica
+			return token, nil
 		}
+		now := s.cfg.Now()
 		if l := rec.Lease; l != nil && l.Holder != s.holder && now.Before(l.Until) {
 			select { // another replica is redeeming the token: wait for it
 			case <-ctx.Done():

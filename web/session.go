@@ -36,8 +36,33 @@ type sessionCookie struct {
 // response re-seals it: idle sessions end within IdleTimeout+seenEvery.
 const seenEvery = 5 * time.Minute
 
-// refreshMargin: an ID token with less than this left is refreshed first.
+// refreshMargin: an ID token with less than this left is refreshed first
+// (or, for tokens that live less than three times as long, a third of
+// their lifetime: a one-minute token is refreshed with 20 s left, not on
+// every request).
 const refreshMargin = 60 * time.Second
+
+// valid returns the record's ID token if it is not due for a refresh.
+func (s *Sessions) valid(h *handle, rec *Record) (string, bool, error) {
+	now := s.cfg.Now()
+	if now.Before(rec.IDTokenExpires.Add(-refreshMargin)) {
+		t, err := openRecordTokens(h, rec)
+		return t.ID, err == nil, err
+	}
+	if !now.Before(rec.IDTokenExpires) {
+		return "", false, nil
+	}
+	t, err := openRecordTokens(h, rec)
+	if err != nil {
+		return "", false, err
+	}
+	margin := refreshMargin
+	iat, exp := authn.TokenIssuedAt(t.ID), authn.CredentialExpiry(t.ID, &authn.User{})
+	if life := exp.Sub(iat); !iat.IsZero() && !exp.IsZero() && life > 0 && life < 3*refreshMargin {
+		margin = life / 3
+	}
+	return t.ID, now.Before(rec.IDTokenExpires.Add(-margin)), nil
+}
 
 // handle is a session as Open found it (proxy.BrowserSession.Ref).
 type handle struct {
@@ -141,12 +166,10 @@ func (s *Sessions) current(ctx context.Context, h *handle) (string, *apierrors.S
 	if st := s.stands(rec, h); st != nil {
 		return "", st
 	}
-	if s.cfg.Now().Before(rec.IDTokenExpires.Add(-refreshMargin)) {
-		t, err := openRecordTokens(h, rec)
-		if err != nil {
-			return "", s.unauthorized("does not match its record")
-		}
-		return t.ID, nil
+	if token, ok, err := s.valid(h, rec); err != nil {
+		return "", s.unauthorized("does not match its record")
+	} else if ok {
+		return token, nil
 	}
 	// Collapse this process's refreshes of the session into one; waiters
 	// stop waiting when their own request ends, the refresh does not.
