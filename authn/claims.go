@@ -73,3 +73,31 @@ func TokenAudiences(token string) []string {
 	}
 	return nil
 }
+
+// TokenNonce is a JWT's nonce claim ("" for a token that is no JWT or has
+// none). Call it only for a token an authenticator accepted.
+func TokenNonce(token string) string {
+	raw, ok := unverifiedClaims(token)["nonce"]
+	if !ok {
+		return ""
+	}
+	var nonce string
+	if json.Unmarshal(raw, &nonce) != nil {
+		return ""
+	}
+	return nonce
+}
+
+// TokenIssuedAt is a JWT's iat claim (zero for a token that is no JWT or
+// has none). Call it only for a token an authenticator accepted.
+func TokenIssuedAt(token string) time.Time {
+	var iat json.Number
+	if raw, ok := unverifiedClaims(token)["iat"]; !ok || json.Unmarshal(raw, &iat) != nil {
+		return time.Time{}
+	}
+	sec, err := iat.Float64()
+	if err != nil || sec <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(int64(sec), 0)
+}

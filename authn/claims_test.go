@@ -32,6 +32,19 @@ func TestClaimsOfVerifiedTokens(t *testing.T) {
 			t.Errorf("TokenAudiences(%q) = %q, want %q", tc.token, a, tc.aud)
 		}
 	}
+	for token, want := range map[string]string{
+		fakeJWT(`{"nonce":"n-1"}`): "n-1", fakeJWT(`{"nonce":42}`): "", fakeJWT(`{}`): "", "khu_static": "",
+	} {
+		if got := TokenNonce(token); got != want {
+			t.Errorf("TokenNonce(%q) = %q, want %q", token, got, want)
+		}
+	}
+	if got := TokenIssuedAt(fakeJWT(`{"iat":1700000000}`)); got.Unix() != 1700000000 {
+		t.Errorf("TokenIssuedAt = %v", got)
+	}
+	if got := TokenIssuedAt(fakeJWT(`{}`)); !got.IsZero() {
+		t.Errorf("TokenIssuedAt of no iat = %v", got)
+	}
 	at := time.Unix(1800000000, 0)
 	if got := CredentialExpiry(fakeJWT(`{"exp":1700000000}`), &User{Expires: at}); !got.Equal(at) {
 		t.Errorf("the authenticator's expiry should win: %v", got)

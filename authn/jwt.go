@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/url"
 	"os"
 	"regexp"
 	"runtime"
@@ -62,11 +63,64 @@ type legacyClaimRule struct {
 	Groups []string          `json:"groups"`
 }
 
-// Login configures kubelogin in generated kubeconfigs.
+// Login configures kubelogin in generated kubeconfigs, and with Browser
+// the stub's own browser sign-in.
 type Login struct {
 	ClientID     string   `json:"clientID"`
 	ClientSecret string   `json:"clientSecret,omitempty"`
 	ExtraScopes  []string `json:"extraScopes,omitempty"`
+	// Browser, when set, lets people sign in to the stub with their
+	// browser through this issuer (see package web). It is a separate
+	// client: login.clientSecret goes into kubeconfigs, so it is never the
+	// stub's secret.
+	Browser *BrowserLogin `json:"browser,omitempty"`
+}
+
+// BrowserLogin is the OIDC client the stub signs browsers in with
+// (authorization code with PKCE; redirect URI publicURL +
+// "/keyhole/callback").
+type BrowserLogin struct {
+	// ClientID defaults to login.clientID. The ID tokens of the sign-in
+	// carry it as audience, so it must be one of issuer.audiences.
+	ClientID string `json:"clientID,omitempty"`
+	// ClientSecretFile holds the client secret of a confidential client;
+	// absent: a public client (PKCE alone).
+	ClientSecretFile string `json:"clientSecretFile,omitempty"`
+	// Scopes default to openid and offline_access (a refresh token, so
+	// that sessions outlive one ID token) plus login.extraScopes; they
+	// must include openid.
+	Scopes []string `json:"scopes,omitempty"`
+	// Name labels the sign-in button; default: the issuer's host.
+	Name string `json:"name,omitempty"`
+}
+
+// BrowserLogin returns c's browser sign-in client with its defaults
+// filled (clientID, scopes, name), and false when c has none.
+func (c *JWTAuthenticatorConfig) BrowserLogin() (BrowserLogin, bool) {
+	if c.Login == nil || c.Login.Browser == nil {
+		return BrowserLogin{}, false
+	}
+	b := *c.Login.Browser
+	if b.ClientID == "" {
+		b.ClientID = c.Login.ClientID
+	}
+	if len(b.Scopes) == 0 {
+		b.Scopes = []string{"openid", "offline_access"}
+		for _, s := range c.Login.ExtraScopes {
+			if !slices.Contains(b.Scopes, s) {
+				b.Scopes = append(b.Scopes, s)
+			}
+		}
+	} else {
+		b.Scopes = slices.Clone(b.Scopes)
+	}
+	if b.Name == "" {
+		b.Name = c.Issuer.URL
+		if u, err := url.Parse(c.Issuer.URL); err == nil && u.Host != "" {
+			b.Name = u.Host
+		}
+	}
+	return b, true
 }
 
 // celCompiler is shared by validation and every authenticator: CEL
@@ -121,6 +175,9 @@ func ValidateJWT(path string, cfgs []JWTAuthenticatorConfig) []error {
 		if c.Login != nil && c.Login.ClientID == "" {
 			add(i, "login.clientID: the OIDC client kubelogin uses (usually one of issuer.audiences)")
 		}
+		if b, ok := c.BrowserLogin(); ok {
+			validateBrowserLogin(add, i, c, b)
+		}
 		u, err := c.upstream(false)
 		if err != nil {
 			add(i, "%v", err)
@@ -132,6 +189,29 @@ func ValidateJWT(path string, cfgs []JWTAuthenticatorConfig) []error {
 		errs = append(errs, errors.New(fe.Error()))
 	}
 	return errs
+}
+
+// validateBrowserLogin checks login.browser of c (b: with its defaults).
+func validateBrowserLogin(add func(int, string, ...any), i int, c *JWTAuthenticatorConfig, b BrowserLogin) {
+	switch {
+	case b.ClientID == "":
+		add(i, "login.browser.clientID: the OIDC client the stub signs browsers in with; set it, or login.clientID, which it defaults to")
+	case !slices.Contains(c.Issuer.Audiences, b.ClientID):
+		how := "add it"
+		if len(c.Issuer.Audiences) > 0 && c.Issuer.AudienceMatchPolicy != apiserverv1beta1.AudienceMatchPolicyMatchAny {
+			how = "add it (with audienceMatchPolicy: MatchAny)"
+		}
+		add(i, "login.browser.clientID: %q is not in issuer.audiences %v; ID tokens of the browser sign-in carry it as audience: %s",
+			b.ClientID, c.Issuer.Audiences, how)
+	}
+	if !slices.Contains(b.Scopes, "openid") {
+		add(i, "login.browser.scopes: %v must include \"openid\" (without it the IdP returns no ID token); e.g. [openid, offline_access, email, groups]", b.Scopes)
+	}
+	for _, s := range b.Scopes {
+		if s == "" || strings.ContainsAny(s, " \t\r\n") {
+			add(i, "login.browser.scopes: %q is not one scope; list each scope as its own entry", s)
+		}
+	}
 }
 
 // claimRulesAsCEL writes c's claimRules (and groups claim, if any) as the

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -465,6 +466,42 @@ func TestJWTConfigValidate(t *testing.T) {
 	}
 	if errs := ValidateJWT("jwt", parseJWT(t, newIssuer(t).entry(emailAndGroups))); len(errs) != 0 {
 		t.Fatalf("a valid entry: %v", errs)
+	}
+}
+
+func TestBrowserLoginConfig(t *testing.T) {
+	cfgs := parseJWT(t, `- issuer: {url: "https://a.example.com/dex", audiences: [keyhole]}
+  claimMappings: {username: {claim: sub, prefix: ""}}
+  login: {clientID: keyhole, extraScopes: [email, groups], browser: {}}
+- issuer: {url: "https://b.example.com", audiences: [keyhole]}
+  claimMappings: {username: {claim: sub, prefix: ""}}
+  login: {clientID: keyhole, browser: {clientID: keyhole-web, scopes: [email, "a b"]}}
+- issuer: {url: "https://c.example.com", audiences: [keyhole, keyhole-web], audienceMatchPolicy: MatchAny}
+  claimMappings: {username: {claim: sub, prefix: ""}}
+  login: {clientID: keyhole, browser: {clientID: keyhole-web, clientSecretFile: /s, scopes: [openid], name: Company SSO}}
+`)
+	b, ok := cfgs[0].BrowserLogin()
+	if !ok || b.ClientID != "keyhole" || !slices.Equal(b.Scopes, []string{"openid", "offline_access", "email", "groups"}) || b.Name != "a.example.com" {
+		t.Errorf("defaults: %+v %v", b, ok)
+	}
+	if b, _ := cfgs[2].BrowserLogin(); b.ClientID != "keyhole-web" || b.Name != "Company SSO" || b.ClientSecretFile != "/s" || !slices.Equal(b.Scopes, []string{"openid"}) {
+		t.Errorf("given: %+v", b)
+	}
+	if _, ok := (&JWTAuthenticatorConfig{Login: &Login{ClientID: "x"}}).BrowserLogin(); ok {
+		t.Error("no login.browser, yet a browser login")
+	}
+	joined := errors.Join(ValidateJWT("authentication.jwt", cfgs)...).Error()
+	for _, want := range []string{
+		`authentication.jwt[1].login.browser.clientID: "keyhole-web" is not in issuer.audiences [keyhole]; ID tokens of the browser sign-in carry it as audience: add it (with audienceMatchPolicy: MatchAny)`,
+		`authentication.jwt[1].login.browser.scopes: [email a b] must include "openid"`,
+		`authentication.jwt[1].login.browser.scopes: "a b" is not one scope`,
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("validation lacks %q", want)
+		}
+	}
+	if strings.Contains(joined, "jwt[0]") || strings.Contains(joined, "jwt[2]") {
+		t.Errorf("valid entries refused:\n%s", joined)
 	}
 }
 

@@ -65,6 +65,11 @@ func TestLoadStub(t *testing.T) {
 		"hub timing sign": {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole, replicaID: r0, renewDeadline: -1s, leaseDuration: 500ms, retryPeriod: 10ms}\n", want: []string{"hub.renewDeadline: -1s must not be negative", "hub.leaseDuration: 500ms is under 1s", "hub.retryPeriod: 10ms is under 100ms"}},
 		"streams":         {body: head + "streams: {recheckInterval: 2s, credentialExpiry: keep}\n"},
 		"streams bad":     {body: head + "streams: {recheckInterval: 100ms, credentialExpiry: never}\n", want: []string{"streams.recheckInterval: 100ms", "default 5s", `streams.credentialExpiry: "never"`, `"end"`, `"keep"`}},
+		"browser":         {body: head + "browser: {sessionMaxAge: 8h, sessionIdleTimeout: 30m, keyRotation: 24h}\n"},
+		"browser bounds":  {body: head + "browser: {sessionMaxAge: 200h, keyRotation: 1m}\n", want: []string{"browser.sessionMaxAge: 200h0m0s must be from 5m to 168h (default 12h)", "browser.keyRotation: 1m0s must be from 1h to 2160h"}},
+		"browser idle":    {body: head + "browser: {sessionMaxAge: 1h, sessionIdleTimeout: 2h}\n", want: []string{"browser.sessionIdleTimeout: 2h0m0s is longer than browser.sessionMaxAge 1h0m0s"}},
+		"browser idle 0":  {body: head + "browser: {sessionIdleTimeout: 1m}\n", want: []string{"browser.sessionIdleTimeout: 1m0s must be at least 5m"}},
+		"browser unknown": {body: head + "browser: {maxAge: 1h}\n", want: []string{`unknown key "browser.maxAge"`, "browser.sessionMaxAge"}},
 		"hub no host":     {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole}\n", want: []string{`hub.replicaID: ""`, "host name"}},
 	}
 	for name, tc := range cases {
@@ -320,5 +325,22 @@ func TestDiscoverEnv(t *testing.T) {
 	}
 	if len(a.Nonce) != 6 || a.Nonce == b.Nonce {
 		t.Fatalf("nonces %q %q: want 6 hex digits, new each time", a.Nonce, b.Nonce)
+	}
+}
+
+func TestBrowserDefaults(t *testing.T) {
+	c, err := ParseStub("", nil, noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := c.Browser; b.SessionMaxAge.Duration != 12*time.Hour || b.SessionIdleTimeout.Duration != time.Hour || b.KeyRotation.Duration != 168*time.Hour {
+		t.Errorf("defaults: %+v", b)
+	}
+	c, err = ParseStub("c.yaml", []byte(head+"browser: {sessionMaxAge: 30m}\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.Browser.SessionIdleTimeout.Duration; d != 30*time.Minute {
+		t.Errorf("idle default with a 30m session: %v, want the session's own 30m", d)
 	}
 }

@@ -64,7 +64,33 @@ type Stub struct {
 	// Streams keeps long-running requests (watches, logs -f, exec,
 	// attach, port-forward) in check while they run.
 	Streams Streams `json:"streams"`
+	// Browser sets the lifetimes of browser sessions (sign-in through an
+	// issuer's authentication.jwt[].login.browser; see docs/browser.md).
+	Browser Browser `json:"browser"`
 }
+
+// Browser is the top-level browser: section: how long a browser session
+// lasts. Every key is optional; Complete fills the defaults. Read at
+// start-up only (a reload does not change running sessions).
+type Browser struct {
+	// SessionMaxAge is a session's absolute lifetime from sign-in,
+	// whatever the refreshes: from 5m to 168h, default 12h.
+	SessionMaxAge Duration `json:"sessionMaxAge,omitzero"`
+	// SessionIdleTimeout ends a session not used for this long: from 5m
+	// to sessionMaxAge, default 1h (or sessionMaxAge if shorter).
+	SessionIdleTimeout Duration `json:"sessionIdleTimeout,omitzero"`
+	// KeyRotation is how often a new key to seal session cookies is made
+	// (older keys still open cookies until their sessions are over, so
+	// rotation logs nobody out): from 1h to 2160h, default 168h.
+	KeyRotation Duration `json:"keyRotation,omitzero"`
+}
+
+// Defaults and bounds of the browser: section.
+const (
+	DefaultSessionMaxAge      = 12 * time.Hour
+	DefaultSessionIdleTimeout = time.Hour
+	DefaultKeyRotation        = 168 * time.Hour
+)
 
 // Streams says how the stub re-admits long-running requests while they
 // run, so that one lives only as long as the credential and the policy
@@ -291,6 +317,12 @@ func (c *Stub) Complete(env Env) {
 			c.TLS.Hosts = append(c.TLS.Hosts, publicHost)
 		}
 	}
+	{
+		b := &c.Browser
+		b.SessionMaxAge.Duration = cmp.Or(b.SessionMaxAge.Duration, DefaultSessionMaxAge)
+		b.SessionIdleTimeout.Duration = cmp.Or(b.SessionIdleTimeout.Duration, min(DefaultSessionIdleTimeout, b.SessionMaxAge.Duration))
+		b.KeyRotation.Duration = cmp.Or(b.KeyRotation.Duration, DefaultKeyRotation)
+	}
 	if h := &c.Hub; h.Enabled {
 		h.ReplicaID = cmp.Or(h.ReplicaID, env.Hostname)
 		h.Namespace = cmp.Or(h.Namespace, env.PodNamespace, env.ServiceAccountNamespace)
@@ -340,6 +372,7 @@ func (c Stub) Validate() error {
 		p.addf("streams.credentialExpiry: %q must be %q (the default: a stream ends when its credential expires) or %q (it runs on)",
 			c.Streams.CredentialExpiry, CredentialExpiryEnd, CredentialExpiryKeep)
 	}
+	checkBrowser(&p, c.Browser)
 	checkLevel(&p, c.Log.Level)
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
@@ -367,6 +400,22 @@ func (c Stub) BuildPolicy() (*policy.Policy, error) {
 		return policy.Open(), nil
 	}
 	return policy.New(*c.Policy)
+}
+
+func checkBrowser(p *problems, b Browser) {
+	maxAge, idle := b.SessionMaxAge.Duration, b.SessionIdleTimeout.Duration
+	if maxAge < 5*time.Minute || maxAge > 168*time.Hour {
+		p.addf("browser.sessionMaxAge: %v must be from 5m to 168h (default 12h)", maxAge)
+	}
+	switch {
+	case idle < 5*time.Minute:
+		p.addf("browser.sessionIdleTimeout: %v must be at least 5m (default 1h)", idle)
+	case idle > maxAge:
+		p.addf("browser.sessionIdleTimeout: %v is longer than browser.sessionMaxAge %v; make it at most that (default 1h)", idle, maxAge)
+	}
+	if d := b.KeyRotation.Duration; d < time.Hour || d > 2160*time.Hour {
+		p.addf("browser.keyRotation: %v must be from 1h to 2160h (default 168h)", d)
+	}
 }
 
 func checkHub(p *problems, h Hub) {
