@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -552,7 +553,7 @@ func (s *State) sessionKeys(ctx context.Context, fresh bool) ([]web.Key, error) 
 			s.sessions.mu.Unlock()
 			if pull {
 				if err := s.Pull(ctx); err != nil {
-					s.log.Warn("read the browser session keys from the hub; using the mirrored ones")
+					s.log.Warn("read the browser session keys from the hub; using the mirrored ones", zap.Error(err))
 				}
 			}
 		}
