@@ -29,6 +29,10 @@
 # Pebble v2.10.1 (ACME test CA) and pebble-challtestsrv (its DNS answers
 # every name with 127.0.0.1) are built from the separate hack/acme module
 # (cold: well under a minute more; warm: seconds).
+	# >>> browser
+	# It also installs chromium (hack/browser.sh: Debian's Chromium for the
+	# browser tests), which is not part of the cache key: see main.
+	# <<< browser
 set -euo pipefail
 
 # Everything is inside main, which bash parses completely before running it,
@@ -49,6 +53,17 @@ main() {
 	idp="$root/hack/idp"
 	acme="$root/hack/acme"
 	script="$root/hack/testbin.sh"
+	# >>> browser
+	# The lines between "# >>> browser" and "# <<< browser" markers (tab-indented,
+	# like these) add Chromium (hack/browser.sh) and are left out of the cache
+	# key below: the browser is added to an existing cache directory, and
+	# replaced when hack/browser.sh changes (its own stamp), without
+	# rebuilding kube-apiserver and the rest. Keep every browser line inside
+	# markers, or every machine rebuilds everything.
+	keyscript="$(mktemp "${TMPDIR:-/tmp}/keyhole-testbin-key.XXXXXX")"
+	sed '/^\t# >>> browser$/,/^\t# <<< browser$/d' "$script" >"$keyscript"
+	script="$keyscript"
+	# <<< browser
 
 	command -v go >/dev/null || { log "go is not on PATH"; exit 1; }
 
@@ -81,6 +96,10 @@ main() {
 			echo "etcd-from-source=${KEYHOLE_ETCD_FROM_SOURCE:-}"
 		} | sha256sum | cut -c1-20
 	)"
+	# >>> browser
+	rm -f "$keyscript"
+	script="$root/hack/testbin.sh"
+	# <<< browser
 
 	cache="${KEYHOLE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyhole}/testbin"
 	dir="$cache/$key"
@@ -92,6 +111,20 @@ main() {
 			[[ -x "$1/$b" ]] || return 1
 		done
 	}
+	# >>> browser
+	# A cache directory complete but for the browser (or with a browser from
+	# an older hack/browser.sh) gets it added here; browser.sh takes a lock
+	# and ends at once when its stamp matches. If that fails, the directory
+	# is still handed out: only the browser tests need Chromium.
+	if complete "$dir"; then
+		if ! "$root/hack/browser.sh" "$dir"; then
+			log "WARNING: could not add Chromium to $dir (hack/browser.sh failed above); browser tests will fail"
+			echo "$dir"
+			exit 0
+		fi
+	fi
+	bins+=(chromium)
+	# <<< browser
 	if complete "$dir"; then
 		echo "$dir"
 		exit 0
@@ -185,6 +218,16 @@ main() {
 
 	# --- haproxy and tinyproxy (Debian packages; hostile-network e2e tests) ----
 	"$root/hack/middlebox.sh" "$tmp"
+	# >>> browser
+
+	# --- Chromium (Debian packages; browser e2e tests) -------------------------
+	# A failure here does not throw the build away: the directory is
+	# published without the browser, and the next run tries to add it.
+	if ! "$root/hack/browser.sh" "$tmp"; then
+		log "WARNING: could not add Chromium (hack/browser.sh failed above); browser tests will fail until a later run adds it"
+		bins=("${bins[@]:0:${#bins[@]}-1}") # drop chromium, added last
+	fi
+	# <<< browser
 
 	touch "$tmp/.complete"
 	# Publish atomically. If a concurrent run won, keep its directory.

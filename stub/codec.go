@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/keyhole-dev/keyhole/web"
 )
 
 // The state files share one versioned shape:
@@ -22,10 +24,12 @@ const stateAPIVersion = "keyhole.dev/v1alpha1"
 // Kinds of the state files, and their file names in the state directory
 // (which are also their keys in the hub's shared state Secret).
 const (
-	clustersKind = "Clusters"
-	tokensKind   = "StaticTokens"
-	clustersFile = "clusters.yaml"
-	tokensFile   = "tokens.yaml"
+	clustersKind    = "Clusters"
+	tokensKind      = "StaticTokens"
+	sessionKeysKind = "SessionKeys"
+	clustersFile    = "clusters.yaml"
+	tokensFile      = "tokens.yaml"
+	sessionKeysFile = "session-keys.yaml"
 )
 
 type clustersDoc struct {
@@ -52,14 +56,23 @@ type tokensDoc struct {
 	Tokens     []Token `json:"tokens"`
 }
 
+// sessionKeysDoc holds the sealing keys of browser session cookies and
+// records (web.Key: id, created, activeFrom, secret as base64).
+type sessionKeysDoc struct {
+	APIVersion string    `json:"apiVersion"`
+	Kind       string    `json:"kind"`
+	Keys       []web.Key `json:"keys"`
+}
+
 // header is implemented by the document types; it lets one codec check
 // and stamp apiVersion and kind.
 type header interface {
 	head() (apiVersion, kind *string)
 }
 
-func (d *clustersDoc) head() (*string, *string) { return &d.APIVersion, &d.Kind }
-func (d *tokensDoc) head() (*string, *string)   { return &d.APIVersion, &d.Kind }
+func (d *clustersDoc) head() (*string, *string)    { return &d.APIVersion, &d.Kind }
+func (d *tokensDoc) head() (*string, *string)      { return &d.APIVersion, &d.Kind }
+func (d *sessionKeysDoc) head() (*string, *string) { return &d.APIVersion, &d.Kind }
 
 // decodeDoc decodes data into doc, which must come back with kind.
 func decodeDoc(data []byte, kind string, doc header) error {

@@ -66,6 +66,7 @@ func (h *hub) start(state *State) {
 	h.leave, h.stop = leave, func() { leave(); stop(); h.wg.Wait() }
 	for _, run := range []func(){
 		func() { state.mirror.Run(mirrorCtx) },
+		func() { state.RunSessions(mirrorCtx) }, // browser session records, read until the end like the state
 		func() { h.replicas.Run(leaveCtx) },
 		func() { h.elector.Run(leaveCtx) },
 	} {

@@ -28,6 +28,7 @@ import (
 	"github.com/keyhole-dev/keyhole/internal/statefile"
 	"github.com/keyhole-dev/keyhole/proxy"
 	"github.com/keyhole-dev/keyhole/tunnel"
+	"github.com/keyhole-dev/keyhole/web"
 )
 
 // Cluster is one registered cluster as the state keeps it: the SHA-256 of
@@ -120,8 +121,11 @@ type State struct {
 	dir       string
 	mirror    *ha.State            // nil for a single stub
 	hubClient kubernetes.Interface // nil for a single stub
+	hubNS     string               // the hub's namespace
 	clusters  *statefile.File[clusterSet]
 	tokens    *statefile.File[[]authn.StaticToken]
+	keys      *statefile.File[[]web.Key] // browser session sealing keys
+	sessions  sessionCache               // browser session records (sessions.go)
 	now       func() time.Time
 	log       *zap.Logger
 
@@ -139,10 +143,11 @@ func OpenState(cfg StateConfig) (*State, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	s := &State{dir: cfg.Dir, now: time.Now, hubClient: cfg.Hub, log: cfg.Logger, lastErr: map[string]string{}}
+	s := &State{dir: cfg.Dir, now: time.Now, hubClient: cfg.Hub, hubNS: cfg.Namespace, log: cfg.Logger, lastErr: map[string]string{}}
 	if cfg.Hub != nil {
 		s.mirror = ha.NewState(cfg.Hub, cfg.Namespace, map[string]string{
-			clustersFile: s.path(clustersFile), tokensFile: s.path(tokensFile)}, cfg.Logger)
+			clustersFile: s.path(clustersFile), tokensFile: s.path(tokensFile),
+			sessionKeysFile: s.path(sessionKeysFile)}, cfg.Logger)
 	}
 	var err error
 	if s.clusters, err = statefile.Open(s.path(clustersFile), parseClusters); err != nil {
@@ -150,6 +155,9 @@ func OpenState(cfg StateConfig) (*State, error) {
 	}
 	if s.tokens, err = statefile.Open(s.path(tokensFile), parseTokens); err != nil {
 		return nil, fmt.Errorf("token file: %w", err)
+	}
+	if s.keys, err = statefile.Open(s.path(sessionKeysFile), parseSessionKeys); err != nil {
+		return nil, fmt.Errorf("session keys file: %w", err)
 	}
 	return s, nil
 }
@@ -185,6 +193,7 @@ func (s *State) Pull(ctx context.Context) error {
 	}
 	_ = s.clusters.Reload()
 	_ = s.tokens.Reload()
+	_ = s.keys.Reload()
 	return nil
 }
 
@@ -237,7 +246,7 @@ func (s *State) report(name string, err error) {
 
 // Err is the error of a state file that does not parse now (the previous
 // contents stay in force), or nil.
-func (s *State) Err() error { return errors.Join(s.clusters.Err(), s.tokens.Err()) }
+func (s *State) Err() error { return errors.Join(s.clusters.Err(), s.tokens.Err(), s.keys.Err()) }
 
 // edit changes one state file: fn gets the file's current contents and
 // returns the new ones.
@@ -252,10 +261,13 @@ func (s *State) edit(ctx context.Context, name string, fn func(cur []byte) ([]by
 		err = s.editFile(name, fn)
 	}
 	if err == nil {
-		if name == clustersFile {
+		switch name {
+		case clustersFile:
 			_ = s.clusters.Reload()
-		} else {
+		case tokensFile:
 			_ = s.tokens.Reload()
+		case sessionKeysFile:
+			_ = s.keys.Reload()
 		}
 	}
 	return err
@@ -265,6 +277,24 @@ func (s *State) edit(ctx context.Context, name string, fn func(cur []byte) ([]by
 // the file under an exclusive lock, so that two commands run at once both
 // land.
 func (s *State) editFile(name string, fn func(cur []byte) ([]byte, error)) error {
+	return s.locked(func() error {
+		cur, err := os.ReadFile(s.path(name))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		next, err := fn(cur)
+		if err != nil {
+			return err
+		}
+		return statefile.WriteAtomic(s.path(name), next, 0o600)
+	})
+}
+
+// locked runs fn holding the state directory's exclusive lock (.lock), which
+// serialises every writer of a single stub's state: commands, the stub, and
+// goroutines of one process alike (each call opens the lock file anew, and
+// flock locks belong to the open file).
+func (s *State) locked(fn func() error) error {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return fmt.Errorf("stateDir: %q: %w", s.dir, err)
 	}
@@ -277,15 +307,7 @@ func (s *State) editFile(name string, fn func(cur []byte) ([]byte, error)) error
 		return fmt.Errorf("lock %s: %w", lock.Name(), err)
 	}
 	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN) //nolint:errcheck // Close releases it anyway
-	cur, err := os.ReadFile(s.path(name))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	next, err := fn(cur)
-	if err != nil {
-		return err
-	}
-	return statefile.WriteAtomic(s.path(name), next, 0o600)
+	return fn()
 }
 
 // editDoc edits state file name of kind: the current contents must parse

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
-	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/install"
 	"github.com/keyhole-dev/keyhole/stub"
@@ -36,7 +34,7 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 		user:   fs.String("user", "", "user name the clusters' RBAC will see (required for a static token)"),
 		oidc:   fs.Bool("oidc", false, "log in through an OIDC issuer of the config with kubelogin instead of a static token"),
 		issuer: fs.String("issuer", "", "with --oidc: which issuer (default: the only one with a login section)"),
-		audienceScope: fs.String("audience-scope", "audience:server:client_id:%s",
+		audienceScope: fs.String("audience-scope", stub.DefaultAudienceScope,
 			"with --oidc: the scope that asks the IdP for a token whose audience is a verifying cluster's caller audience (%s); Dex's cross-client form by default"),
 		expires: fs.Duration("expires", 0, "token lifetime, e.g. 720h (default: no expiry)"),
 		ci: fs.String("ci", "", "a kubeconfig for CI jobs on "+install.CIGitHubActions+" or "+install.CIGitLab+
@@ -68,6 +66,17 @@ func kubeconfig(args []string, stdout, stderr io.Writer) error {
 	}
 	ids, err := kubeconfigClusters(st, f.clusters, refusedBy(f))
 	if err != nil {
+		return err
+	}
+	if *f.oidc {
+		kc, err := stub.OIDCKubeconfig(cfg, st, bundle, stub.OIDCKubeconfigOptions{Issuer: *f.issuer, Clusters: ids,
+			AudienceScope: *f.audienceScope, LoginArgs: f.loginArgs})
+		if err != nil {
+			return err
+		}
+		is, _ := stub.LoginIssuer(cfg, *f.issuer) // found: OIDCKubeconfig succeeded
+		_, err = stdout.Write(kc)
+		fmt.Fprintf(stderr, "kubeconfig logging in through %s with kubelogin, contexts %s.\n", is.Issuer.URL, strings.Join(ids, ", "))
 		return err
 	}
 	params := install.KubeconfigParams{PublicURL: cfg.PublicURL, CAPEM: bundle.CAPEM, Clusters: ids, User: *f.user}
@@ -169,54 +178,24 @@ func checkCIFlags(f kubeconfigFlags) error {
 	return nil
 }
 
-// kubeconfigUser sets the kubeconfig's user: a kubelogin exec plugin
-// (--oidc) or a freshly minted static token. It returns the note for
-// stderr.
+// kubeconfigUser sets the kubeconfig's user for a static token or a CI
+// job (--oidc kubeconfigs are stub.OIDCKubeconfig's). It returns the note
+// for stderr.
 func kubeconfigUser(cfg config.Stub, st *stub.State, f kubeconfigFlags, params *install.KubeconfigParams) (string, error) {
 	ids := strings.Join(params.Clusters, ", ")
 	if *f.ci != "" {
 		return ciUser(cfg, st, f, params)
 	}
-	if !*f.oidc {
-		expires, err := parseExpiry(*f.expires)
-		if err != nil {
-			return "", err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
-		defer cancel()
-		tok, err := st.AddToken(ctx, stub.TokenRequest{User: *f.user, Groups: f.groups, Expires: expires,
-			Description: "kubeconfig " + time.Now().UTC().Format(time.RFC3339)})
-		params.Token = tok
-		return fmt.Sprintf("kubeconfig for %q with contexts %s; its token is stored only as a hash.", *f.user, ids), err
-	}
-	is, err := loginIssuer(cfg, *f.issuer)
+	expires, err := parseExpiry(*f.expires)
 	if err != nil {
 		return "", err
 	}
-	ca, err := issuerCA(is.Issuer)
-	if err != nil {
-		return "", err
-	}
-	params.User = "oidc"
-	login := install.KubeloginParams{IssuerURL: is.Issuer.URL, ClientID: is.Login.ClientID,
-		ClientSecret: is.Login.ClientSecret, ExtraScopes: is.Login.ExtraScopes, CAPEM: ca, ExtraArgs: f.loginArgs}
-	params.Exec = install.Kubelogin(login)
-	// A cluster whose agents verify callers gets a login of its own, for a
-	// token bound to it (proxy/callers.go).
-	for _, id := range params.Clusters {
-		if c, _ := st.Cluster(id); c.CallerAudience != "" {
-			if !strings.Contains(*f.audienceScope, "%s") {
-				return "", fmt.Errorf("--audience-scope %q: must contain %%s, where cluster %q's caller audience goes", *f.audienceScope, id)
-			}
-			bound := login
-			bound.ExtraScopes = append(slices.Clone(login.ExtraScopes), fmt.Sprintf(*f.audienceScope, c.CallerAudience))
-			if params.ClusterExec == nil {
-				params.ClusterExec = map[string]*clientcmdapi.ExecConfig{}
-			}
-			params.ClusterExec[id] = install.Kubelogin(bound)
-		}
-	}
-	return fmt.Sprintf("kubeconfig logging in through %s with kubelogin, contexts %s.", is.Issuer.URL, ids), nil
+	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
+	defer cancel()
+	tok, err := st.AddToken(ctx, stub.TokenRequest{User: *f.user, Groups: f.groups, Expires: expires,
+		Description: "kubeconfig " + time.Now().UTC().Format(time.RFC3339)})
+	params.Token = tok
+	return fmt.Sprintf("kubeconfig for %q with contexts %s; its token is stored only as a hash.", *f.user, ids), err
 }
 
 // ciUser makes the kubeconfig's user a CI job's: the credential plugin
@@ -256,31 +235,4 @@ func issuerAccepts(cfg config.Stub, aud string) bool {
 		}
 	}
 	return false
-}
-
-// loginIssuer picks the issuer a --oidc kubeconfig logs in with.
-func loginIssuer(cfg config.Stub, want string) (authn.JWTAuthenticatorConfig, error) {
-	var found []authn.JWTAuthenticatorConfig
-	for _, j := range cfg.Authentication.JWT {
-		if j.Login != nil && (want == "" || j.Issuer.URL == want) {
-			found = append(found, j)
-		}
-	}
-	switch {
-	case len(found) == 1:
-		return found[0], nil
-	case len(found) == 0 && want != "":
-		return authn.JWTAuthenticatorConfig{}, fmt.Errorf("--issuer %q: no authentication.jwt entry with that issuer.url and a login section", want)
-	case len(found) == 0:
-		return authn.JWTAuthenticatorConfig{}, errors.New("--oidc: no authentication.jwt entry of the config has a login section (login.clientID)")
-	default:
-		return authn.JWTAuthenticatorConfig{}, errors.New("--oidc: several issuers have a login section; pick one with --issuer")
-	}
-}
-
-func issuerCA(is authn.Issuer) ([]byte, error) {
-	if is.CertificateAuthorityFile != "" {
-		return os.ReadFile(is.CertificateAuthorityFile)
-	}
-	return []byte(is.CertificateAuthority), nil
 }
