@@ -10,13 +10,15 @@ import (
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/internal/statefile"
 	"github.com/keyhole-dev/keyhole/policy"
+	"github.com/keyhole-dev/keyhole/web"
 )
 
 // access is what a config reload replaces: who callers are, and where they
 // may go. Listeners, TLS, the hub and the state directory need a restart.
 type access struct {
-	auth *authn.Chain
-	pol  *policy.Policy
+	auth   *authn.Chain
+	pol    *policy.Policy
+	logins []web.Login // authentication.jwt[].login.browser
 }
 
 // buildAccess makes the access of cfg; static tokens come from the state.
@@ -32,6 +34,9 @@ func buildAccess(cfg config.Stub, tokens authn.StaticTokens) (*access, error) {
 			return nil, err
 		}
 		a.auth.JWT = j
+		if a.logins, err = web.LoginsFrom("authentication.jwt", cfg.Authentication.JWT); err != nil {
+			return nil, err
+		}
 	}
 	return a, nil
 }
@@ -121,3 +126,6 @@ func (l *liveAccess) Authenticate(ctx context.Context, token string) (*authn.Use
 func (l *liveAccess) Allowed(u *authn.User, cluster string, labels map[string]string) bool {
 	return l.current().pol.Allowed(u, cluster, labels)
 }
+
+// BrowserLogins are the browser sign-ins of the current config (web.Logins).
+func (l *liveAccess) BrowserLogins() []web.Login { return l.currentQuiet().logins }

@@ -50,6 +50,7 @@ func newHub(cfg config.Stub, cs kubernetes.Interface, state *State, log *zap.Log
 		Jobs: []ha.Job{
 			ha.Every(time.Minute, h.collectReplicaLeases),
 			ha.Every(10*time.Minute, func(ctx context.Context) { pruneTokens(ctx, state, log) }),
+			ha.Every(10*time.Minute, func(ctx context.Context) { sessionHousekeeping(ctx, cfg, state, log) }),
 		},
 	})
 	if err != nil {

@@ -7,17 +7,20 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/keyhole-dev/keyhole/audit"
+	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/certs"
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/ha"
 	"github.com/keyhole-dev/keyhole/internal/kubestatus"
 	"github.com/keyhole-dev/keyhole/proxy"
 	"github.com/keyhole-dev/keyhole/tunnel"
+	"github.com/keyhole-dev/keyhole/web"
 )
 
 // Options are what a Server takes besides its config.
@@ -107,6 +110,8 @@ type running struct {
 	proxy    *proxy.Stub
 	prober   *proxy.Prober
 	probe    func() // stops the prober and waits for it
+	web      *web.Sessions
+	webStop  func() // stops the sessions' housekeeping and waits for it
 	http     *http.Server
 	serveErr chan error // the HTTPS server's Serve result
 	stopTLS  func()
@@ -177,8 +182,11 @@ func (s *Server) start(ctx context.Context, r *running) error {
 	if err != nil {
 		return err
 	}
+	if err := s.startBrowser(r); err != nil {
+		return err
+	}
 	r.proxy, err = proxy.NewStub(proxy.StubConfig{Dialer: r.tunnel, Clusters: s.state.Registry(), Auth: s.access, Policy: s.access,
-		Audit: r.sink, Metrics: metrics, Logger: log.Named("proxy"),
+		Audit: r.sink, Metrics: metrics, Logger: log.Named("proxy"), Sessions: r.web, PublicURL: cfg.PublicURL,
 		RecheckInterval:       cfg.Streams.RecheckInterval.Duration,
 		KeepStreamsPastExpiry: cfg.Streams.CredentialExpiry == config.CredentialExpiryKeep})
 	if err != nil {
@@ -230,6 +238,7 @@ func (s *Server) handler(r *running) http.Handler {
 	mux.Handle(proxy.ClustersPath, r.proxy.ClusterList(r.tunnel, r.prober))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", s.readyz)
+	r.web.Routes(mux)        // the landing page at "/" and /keyhole/{login,callback,logout,kubeconfig,assets}
 	mux.Handle("/", r.proxy) // any other path: authenticated, audited, 404
 	return limitHeaders(mux, r.proxy, s.log.Named("http"))
 }
@@ -418,6 +427,9 @@ func (s *Server) stop(r *running, graceful bool) {
 	if r.proxy != nil {
 		r.proxy.Close()
 	}
+	if r.web != nil {
+		step("browser sessions", func() { r.webStop(); r.web.Close() })
+	}
 	step("access", s.access.close) // issuer discovery
 	if r.hub != nil {
 		step("hub", r.hub.stop)
@@ -443,4 +455,75 @@ func (s *Server) stopHTTP(r *running) {
 	r.http.Close()
 	s.log.Info("stopped serving", zap.Duration("took", time.Since(start)), zap.Int("streams_ended", ended), zap.Int("streams_left", left),
 		zap.Bool("timed_out", errors.Is(err, context.DeadlineExceeded)))
+}
+
+// startBrowser sets up browser sign-in and sessions (package web): the
+// logins of authentication.jwt[].login.browser (re-read with the config),
+// sessions in the state (the directory, or the hub for replicas), and, on a
+// single stub, the housekeeping that rotates the sealing keys and prunes
+// ended sessions every 10 minutes (with replicas, the leader does it: see
+// newHub).
+func (s *Server) startBrowser(r *running) error {
+	cfg := s.cfg
+	replica := cfg.Hub.ReplicaID
+	if replica == "" {
+		replica, _ = os.Hostname()
+	}
+	sess, err := web.New(web.Config{
+		PublicURL: cfg.PublicURL, ReplicaID: replica,
+		MaxAge: cfg.Browser.SessionMaxAge.Duration, IdleTimeout: cfg.Browser.SessionIdleTimeout.Duration,
+		Logins: s.access, Auth: s.access, Store: s.state,
+		Clusters: func(u *authn.User, token string) []proxy.ClusterStatus {
+			return r.proxy.ClusterStatuses(r.tunnel, r.prober)(u, token)
+		},
+		Kubeconfig: func(u *authn.User, token, issuerURL string) ([]byte, error) {
+			var ids []string
+			for _, c := range r.proxy.ClusterStatuses(r.tunnel, r.prober)(u, token) {
+				ids = append(ids, c.ID)
+			}
+			if len(ids) == 0 {
+				return nil, errors.New("no cluster is open to you")
+			}
+			return OIDCKubeconfig(cfg, s.state, s.bundle, OIDCKubeconfigOptions{Issuer: issuerURL, Clusters: ids})
+		},
+		Audit: r.sink, Logger: s.log.Named("web"),
+	})
+	if err != nil {
+		return err
+	}
+	r.web = sess
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	r.webStop = func() { cancel(); <-done }
+	if s.hub != nil {
+		close(done)
+		return nil
+	}
+	go func() {
+		defer close(done)
+		t := time.NewTicker(10 * time.Minute)
+		defer t.Stop()
+		for {
+			sessionHousekeeping(ctx, cfg, s.state, s.log)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return nil
+}
+
+// sessionHousekeeping rotates the session sealing keys and prunes ended
+// browser sessions.
+func sessionHousekeeping(ctx context.Context, cfg config.Stub, state *State, log *zap.Logger) {
+	if err := state.RotateSessionKeys(ctx, time.Now(), cfg.Browser.KeyRotation.Duration, cfg.Browser.SessionMaxAge.Duration); err != nil {
+		log.Warn("cannot rotate browser session keys", zap.Error(err))
+	}
+	if n, err := state.PruneSessions(ctx, time.Now()); err != nil {
+		log.Warn("cannot prune browser sessions", zap.Error(err))
+	} else if n > 0 {
+		log.Info("pruned ended browser sessions", zap.Int("sessions", n))
+	}
 }

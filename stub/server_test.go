@@ -253,7 +253,7 @@ func TestRunAndStop(t *testing.T) {
 	for _, e := range logs.FilterMessage("stop").All() {
 		steps = append(steps, e.ContextMap()["step"].(string))
 	}
-	want := []string{"readiness off", "shutdown delay", "http", "tls", "prober", "metrics", "agent sessions", "access", "audit"}
+	want := []string{"readiness off", "shutdown delay", "http", "tls", "prober", "metrics", "agent sessions", "browser sessions", "access", "audit"}
 	if !slices.Equal(steps, want) {
 		t.Fatalf("stop steps %q, want %q", steps, want)
 	}
@@ -289,7 +289,7 @@ func TestRunStartFailure(t *testing.T) {
 	for _, e := range logs.FilterMessage("stop").All() {
 		steps = append(steps, e.ContextMap()["step"].(string))
 	}
-	if want := []string{"prober", "metrics", "agent sessions", "access", "audit"}; !slices.Equal(steps, want) {
+	if want := []string{"prober", "metrics", "agent sessions", "browser sessions", "access", "audit"}; !slices.Equal(steps, want) {
 		t.Fatalf("stop steps after a failed start %q, want %q", steps, want)
 	}
 }
