@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -492,6 +493,12 @@ func (s *Server) startBrowser(r *running) error {
 		return err
 	}
 	r.web = sess
+	for _, l := range s.access.BrowserLogins() {
+		if !slices.Contains(l.Scopes, "offline_access") {
+			s.log.Warn("browser sign-in without offline_access: the IdP gives no refresh token, so a browser session ends when its ID token expires (add offline_access to login.browser.scopes)",
+				zap.String("issuer", l.IssuerURL))
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	r.webStop = func() { cancel(); <-done }
