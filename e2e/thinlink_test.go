@@ -941,7 +941,7 @@ func (q *sendQ) figures() string {
 // phase run to its end and returns the aggregate throughput in Mbit/s over
 // the measured part and, per stream, the bytes received in the last
 // thinRecent. When it returns, no small request is in flight any more.
-func bulkPhase(t *testing.T, phase time.Duration, streams []*byteCounter, small ...func(ctx context.Context) *smallSeries) (mbits float64, recent []int64, series []*smallSeries) {
+func bulkPhase(t *testing.T, name string, phase time.Duration, streams []*byteCounter, small ...func(ctx context.Context) *smallSeries) (mbits float64, recent []int64, series []*smallSeries) {
 	t.Helper()
 	time.Sleep(thinWarmup)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -962,12 +962,16 @@ func bulkPhase(t *testing.T, phase time.Duration, streams []*byteCounter, small 
 		}
 		return out
 	}
-	from, began := sum(), time.Now()
+	from, began, cpuFrom := sum(), time.Now(), cpuJiffies()
 	time.Sleep(phase - thinWarmup - thinRecent)
 	before := snap()
 	time.Sleep(thinRecent)
 	after := snap()
 	mbits = float64(sum()-from) * 8 / time.Since(began).Seconds() / 1e6
+	if cpuTo := cpuJiffies(); cpuTo[1] > cpuFrom[1] {
+		t.Logf("%s: the machine's CPUs were %.0f%% busy during the measured part (%d CPUs, /proc/stat)",
+			name, 100*float64(cpuTo[0]-cpuFrom[0])/float64(cpuTo[1]-cpuFrom[1]), runtime.NumCPU())
+	}
 	for i := range after {
 		recent = append(recent, after[i]-before[i])
 	}
@@ -976,6 +980,28 @@ func bulkPhase(t *testing.T, phase time.Duration, streams []*byteCounter, small 
 		<-s.done
 	}
 	return mbits, recent, series
+}
+
+// cpuJiffies is the machine's busy and total CPU time so far (the "cpu"
+// line of /proc/stat; idle and iowait are not busy).
+func cpuJiffies() [2]int64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return [2]int64{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	var busy, total int64
+	for i, f := range strings.Fields(line)[1:] {
+		n, _ := strconv.ParseInt(f, 10, 64)
+		if i >= 8 { // guest time is counted in user already
+			break
+		}
+		total += n
+		if i != 3 && i != 4 {
+			busy += n
+		}
+	}
+	return [2]int64{busy, total}
 }
 
 // --- the runs -------------------------------------------------------------
@@ -1064,7 +1090,7 @@ func thinBaselineHTTP2(t *testing.T, link *thinLink) {
 		}()
 	}
 	serverQ := sampleSendQ(ctx, "( sport = :"+strconv.Itoa(ts.Listener.Addr().(*net.TCPAddr).Port)+" )")
-	mbits, recent, series := bulkPhase(t, thinBaselinePhase, streams, func(ctx context.Context) *smallSeries {
+	mbits, recent, series := bulkPhase(t, "baseline HTTP/2 direct", thinBaselinePhase, streams, func(ctx context.Context) *smallSeries {
 		return startSmall(ctx, "baseline HTTP/2 direct (1 connection, Go client)", getSmall)
 	})
 	cancel()
@@ -1170,8 +1196,9 @@ func kubectlSmall(c *kubetest.Cluster, kubeconfig string) func(ctx context.Conte
 
 // traceKubectl runs one `kubectl get ns -v=6` after a while (into the
 // bulk phase) and returns, through the func, where its time went: when
-// kubectl sent each request and how long the answer took, from kubectl's
-// own log (klog's time stamp of the response line, less its duration).
+// kubectl logged its first line (its start-up done: the config loaded), when
+// it sent each request and how long the answer took, from kubectl's own log
+// (klog's time stamp of the response line, less its duration).
 func traceKubectl(c *kubetest.Cluster, kubeconfig string, after time.Duration) func() string {
 	ch := make(chan string, 1)
 	go func() {
@@ -1185,20 +1212,27 @@ func traceKubectl(c *kubetest.Cluster, kubeconfig string, after time.Duration) f
 		err := cmd.Run()
 		took := time.Since(begin)
 		var reqs []string
+		first := ""
 		for _, l := range strings.Split(errb.String(), "\n") {
 			ts, ms, u := klogTime.FindStringSubmatch(l), klogMillis.FindStringSubmatch(l), klogURL.FindStringSubmatch(l)
-			if ts == nil || ms == nil || u == nil {
+			if ts == nil {
 				continue
 			}
 			at, perr := time.ParseInLocation("2006 0102 15:04:05.000000", strconv.Itoa(begin.Year())+" "+ts[1]+" "+ts[2], time.Local)
-			d, _ := strconv.Atoi(ms[1] + ms[2])
 			if perr != nil {
 				continue
 			}
+			if first == "" { // kubectl's start-up is done (it loaded its config)
+				first = fmt.Sprintf("first log line at +%d ms", at.Sub(begin).Milliseconds())
+			}
+			if ms == nil || u == nil {
+				continue
+			}
+			d, _ := strconv.Atoi(ms[1] + ms[2])
 			sent := at.Add(-time.Duration(d) * time.Millisecond)
 			reqs = append(reqs, fmt.Sprintf("GET %s sent at +%d ms, answered in %d ms", u[1], sent.Sub(begin).Milliseconds(), d))
 		}
-		ch <- fmt.Sprintf("took %d ms (err %v); %s", took.Milliseconds(), err, strings.Join(reqs, "; "))
+		ch <- fmt.Sprintf("took %d ms (err %v); %s; %s", took.Milliseconds(), err, first, strings.Join(reqs, "; "))
 	}()
 	return func() string { return <-ch }
 }
@@ -1230,7 +1264,7 @@ func thinBaselineKubectl(t *testing.T, c *kubetest.Cluster, link *thinLink) {
 	}
 	ds, stop := startDownloads(t, c, kc, "thin-bulk")
 	trace := traceKubectl(c, kc, thinWarmup+5*time.Second)
-	mbits, recent, series := bulkPhase(t, thinBaselinePhase, counters(ds), func(ctx context.Context) *smallSeries {
+	mbits, recent, series := bulkPhase(t, "baseline kubectl direct", thinBaselinePhase, counters(ds), func(ctx context.Context) *smallSeries {
 		return startSmall(ctx, "baseline kubectl direct (get ns)", getNS)
 	})
 	checkDownloads(t, "baseline kubectl direct", ds, recent)
@@ -1303,7 +1337,7 @@ func thinGateway(t *testing.T, c *kubetest.Cluster, link *thinLink) {
 	trace := traceKubectl(c, alice, thinWarmup+5*time.Second)
 	qctx, qcancel := context.WithCancel(context.Background())
 	agentQ := sampleSendQ(qctx, "( dport = :"+p.port()+" )") // the agent's socket towards the relay
-	mbits, recent, series := bulkPhase(t, thinGatewayPhase, counters(ds), func(ctx context.Context) *smallSeries {
+	mbits, recent, series := bulkPhase(t, "gateway", thinGatewayPhase, counters(ds), func(ctx context.Context) *smallSeries {
 		return startSmall(ctx, "gateway kubectl get ns", getNS)
 	}, func(ctx context.Context) *smallSeries {
 		return startSmall(ctx, "gateway Go HTTP/2 GET /clusters/thin/api/v1/namespaces", goGet)
