@@ -31,9 +31,13 @@ import (
 type link struct {
 	io.ReadWriteCloser
 
-	received atomic.Uint64 // bytes read from the connection
-	sent     atomic.Uint64 // bytes written to the connection
-	writing  atomic.Bool   // a write to the connection is in progress
+	// Times on the link's own monotonic clock (ns since epoch, see now):
+	// of the last read that returned bytes, and of the last progress of a
+	// write (its start, or a piece written).
+	epoch    time.Time
+	received atomic.Int64
+	sent     atomic.Int64
+	writing  atomic.Bool // a write to the connection is in progress
 
 	rtt   atomic.Int64 // the last ping's round trip, ns; 0: none answered yet
 	rttAt atomic.Int64 // when it was answered, UnixNano
@@ -58,12 +62,17 @@ const (
 	maxFrameData = maxRecord - yamuxHeaderSize
 )
 
-func newLink(rwc io.ReadWriteCloser) *link { return &link{ReadWriteCloser: rwc} }
+func newLink(rwc io.ReadWriteCloser) *link {
+	return &link{ReadWriteCloser: rwc, epoch: time.Now()}
+}
+
+// now is the time on the link's monotonic clock.
+func (l *link) now() int64 { return int64(time.Since(l.epoch)) }
 
 func (l *link) Read(p []byte) (int, error) {
 	n, err := l.ReadWriteCloser.Read(p)
 	if n > 0 {
-		l.received.Add(uint64(n))
+		l.received.Store(l.now())
 	}
 	return n, err
 }
@@ -92,13 +101,16 @@ func (l *link) Write(p []byte) (int, error) {
 
 // write writes p in pieces of at most one TLS record, counting each.
 func (l *link) write(p []byte) (int, error) {
+	l.sent.Store(l.now())
 	l.writing.Store(true)
 	defer l.writing.Store(false)
 	done := 0
 	for done < len(p) {
 		n, err := l.ReadWriteCloser.Write(p[done:min(len(p), done+maxRecord)])
 		done += n
-		l.sent.Add(uint64(n))
+		if n > 0 {
+			l.sent.Store(l.now())
+		}
 		if err != nil {
 			return done, err
 		}
@@ -176,58 +188,65 @@ func (lv liveness) deadAfter() time.Duration { return lv.interval + lv.timeout }
 // interval+timeout, nothing was received, or a write to the connection
 // did not complete one TLS record (16 KiB), so a link moving 16 KiB per
 // 10 s (with the defaults) is alive, and a black-holed one is noticed
-// within 10 s plus one check (a quarter of the smaller setting).
+// 10 s after the last byte arrived (a stuck write within a quarter of the
+// smaller setting more).
 func (l *link) watch(sess *yamux.Session, lv liveness, log *zap.Logger) {
-	step := max(min(lv.interval, lv.timeout)/4, time.Millisecond)
-	tick := time.NewTicker(step)
-	defer tick.Stop()
+	dead := int64(lv.deadAfter())
+	step := int64(max(min(lv.interval, lv.timeout)/4, time.Millisecond)) // how soon a stuck write is seen
 	type answer struct {
 		rtt time.Duration
 		err error
 	}
-	answers := make(chan answer, 1) // the one ping in flight sends here and ends
-	pinging := false
-	now := time.Now()
-	nextPing := now.Add(lv.interval)
-	received, receivedAt := l.received.Load(), now
-	sent, sentAt := l.sent.Load(), now
+	// Pings go every interval whether or not the last one was answered:
+	// on a link busy one way, an answer waits behind that way's data, and
+	// waiting for it would leave the peer hearing nothing from us. At most
+	// maxPings are in flight (each one is a goroutine until answered or the
+	// session closes).
+	const maxPings = 4
+	answers := make(chan answer, maxPings) // a ping in flight sends here and ends
+	pinging := 0
+	l.received.Store(l.now()) // the session starts alive
+	nextPing := l.now() + int64(lv.interval)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
-		select {
-		case <-sess.CloseChan():
+		now := l.now()
+		var why string
+		var quiet int64
+		if q := now - l.received.Load(); q >= dead {
+			why, quiet = "nothing received", q
+		} else if q := now - l.sent.Load(); l.writing.Load() && q >= dead {
+			why, quiet = "sending made no progress", q
+		}
+		if why != "" {
+			log.Warn("tunnel dead; closing the session", zap.String("reason", why), zap.Duration("for", time.Duration(quiet)))
+			_ = sess.Close()
 			return
-		case a := <-answers:
-			pinging = false
-			if a.err == nil {
-				l.rtt.Store(int64(a.rtt))
-				l.rttAt.Store(time.Now().UnixNano())
-			}
-		case now = <-tick.C:
-			if r := l.received.Load(); r != received {
-				received, receivedAt = r, now
-			}
-			if s := l.sent.Load(); s != sent || !l.writing.Load() {
-				sent, sentAt = s, now
-			}
-			var why string
-			var quiet time.Duration
-			switch {
-			case now.Sub(receivedAt) > lv.deadAfter():
-				why, quiet = "nothing received", now.Sub(receivedAt)
-			case now.Sub(sentAt) > lv.deadAfter():
-				why, quiet = "sending made no progress", now.Sub(sentAt)
-			}
-			if why != "" {
-				log.Warn("tunnel dead; closing the session", zap.String("reason", why), zap.Duration("for", quiet))
-				_ = sess.Close()
-				return
-			}
-			if !pinging && !now.Before(nextPing) {
-				pinging, nextPing = true, now.Add(lv.interval)
+		}
+		if now >= nextPing {
+			nextPing = now + int64(lv.interval)
+			if pinging < maxPings {
+				pinging++
 				go func() {
 					rtt, err := sess.Ping() // ends on the answer or when sess closes
 					answers <- answer{rtt, err}
 				}()
 			}
+		}
+		// Wake when the quiet would reach the bound, for the next ping, or
+		// a step on to look at writes.
+		wake := min(l.received.Load()+dead, now+step, nextPing)
+		timer.Reset(time.Duration(max(wake-now, 0)))
+		select {
+		case <-sess.CloseChan():
+			return
+		case a := <-answers:
+			pinging--
+			if a.err == nil {
+				l.rtt.Store(int64(a.rtt))
+				l.rttAt.Store(time.Now().UnixNano())
+			}
+		case <-timer.C:
 		}
 	}
 }
