@@ -150,8 +150,11 @@ type gateway struct {
 	stubBin  string
 	agentBin string
 	caPEM    []byte
-	http     *http.Client
-	base     string // the config as first written (see setConfig)
+	// publicURL is the config's publicURL: url, or with gatewayOptions.publicHost
+	// the name a browser reaches the stub by.
+	publicURL string
+	http      *http.Client
+	base      string // the config as first written (see setConfig)
 	// metricsAddr serves the stub's Prometheus metrics.
 	metricsAddr string
 }
@@ -167,10 +170,31 @@ func freePort(t testing.TB) int {
 
 func startGateway(t testing.TB, c *kubetest.Cluster) *gateway {
 	t.Helper()
+	return startGatewayWith(t, c, gatewayOptions{})
+}
+
+// gatewayOptions are the choices of startGatewayWith.
+type gatewayOptions struct {
+	// publicHost, when set, is the host of the stub's publicURL (the port
+	// stays the listening one), e.g. a name only a browser maps to
+	// 127.0.0.1; agents, stub commands and g.http keep using g.url
+	// (https://127.0.0.1:PORT), which the stub's certificate also names.
+	publicHost string
+	// extra is more YAML for the config as first written (so setConfig
+	// keeps it).
+	extra string
+}
+
+func startGatewayWith(t testing.TB, c *kubetest.Cluster, o gatewayOptions) *gateway {
+	t.Helper()
 	stubBin, agentBin := binaries(t)
 	g := &gateway{t: t, c: c, dir: t.TempDir(), stubBin: stubBin, agentBin: agentBin}
 	port := freePort(t)
 	g.url = fmt.Sprintf("https://127.0.0.1:%d", port)
+	g.publicURL = g.url
+	if o.publicHost != "" {
+		g.publicURL = fmt.Sprintf("https://%s:%d", o.publicHost, port)
+	}
 	g.metricsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	g.cfg = filepath.Join(g.dir, "stub.yaml")
 	level := "debug" // tests read the logs; benchmarks run as users do
@@ -185,7 +209,7 @@ stateDir: %s
 log: {level: %s}
 audit: {path: %s}
 metrics: {listen: %s}
-`, port, g.url, filepath.Join(g.dir, "state"), level, filepath.Join(g.dir, "audit.log"), g.metricsAddr))
+`, port, g.publicURL, filepath.Join(g.dir, "state"), level, filepath.Join(g.dir, "audit.log"), g.metricsAddr)+o.extra)
 	g.stub = startProcess(t, "stub", filepath.Join(g.dir, "stub.log"), nil, stubBin, "serve", "--config", g.cfg)
 	ca := filepath.Join(g.dir, "state", "tls", "ca.crt")
 	waitFor(t, 60*time.Second, "stub to listen", func() bool {

@@ -19,6 +19,9 @@ type access struct {
 	auth   *authn.Chain
 	pol    *policy.Policy
 	logins []web.Login // authentication.jwt[].login.browser
+	// jwt is the authentication.jwt list it was built from (for the
+	// landing page's kubeconfig download).
+	jwt []authn.JWTAuthenticatorConfig
 }
 
 // buildAccess makes the access of cfg; static tokens come from the state.
@@ -27,7 +30,7 @@ func buildAccess(cfg config.Stub, tokens authn.StaticTokens) (*access, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &access{auth: &authn.Chain{Static: tokens}, pol: pol}
+	a := &access{auth: &authn.Chain{Static: tokens}, pol: pol, jwt: cfg.Authentication.JWT}
 	if len(cfg.Authentication.JWT) > 0 {
 		j, err := authn.NewJWT(cfg.Authentication.JWT)
 		if err != nil {
@@ -127,5 +130,17 @@ func (l *liveAccess) Allowed(u *authn.User, cluster string, labels map[string]st
 	return l.current().pol.Allowed(u, cluster, labels)
 }
 
+// inForce is the access in force, without logging: the config file's
+// (re-read at most once a second), or without a file the first one.
+func (l *liveAccess) inForce() *access {
+	if a := l.currentQuiet(); a != nil {
+		return a
+	}
+	return l.static
+}
+
 // BrowserLogins are the browser sign-ins of the current config (web.Logins).
-func (l *liveAccess) BrowserLogins() []web.Login { return l.currentQuiet().logins }
+func (l *liveAccess) BrowserLogins() []web.Login { return l.inForce().logins }
+
+// JWT is the authentication.jwt list of the current config.
+func (l *liveAccess) JWT() []authn.JWTAuthenticatorConfig { return l.inForce().jwt }

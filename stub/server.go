@@ -485,7 +485,11 @@ func (s *Server) startBrowser(r *running) error {
 			if len(ids) == 0 {
 				return nil, errors.New("no cluster is open to you")
 			}
-			return OIDCKubeconfig(cfg, s.state, s.bundle, OIDCKubeconfigOptions{Issuer: issuerURL, Clusters: ids})
+			// The issuers as configured now: a login added or changed by a
+			// reload is offered on the landing page at once.
+			now := cfg
+			now.Authentication.JWT = s.access.JWT()
+			return OIDCKubeconfig(now, s.state, s.bundle, OIDCKubeconfigOptions{Issuer: issuerURL, Clusters: ids})
 		},
 		Audit: r.sink, Logger: s.log.Named("web"),
 	})

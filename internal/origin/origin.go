@@ -45,10 +45,17 @@ type Request struct {
 // if not, says why in words fit for a Status message. It holds when
 // Sec-Fetch-Site is "same-origin" or, for browsers that do not send it,
 // Origin is present and equal to origin; a present Origin must always be
-// equal. A request with neither header is refused: every browser that
-// runs the console sends one of them on requests a page makes.
+// equal, but for "null" with Sec-Fetch-Site "same-origin": that is what
+// a form POST from a page of origin with Referrer-Policy: no-referrer
+// (the stub's own pages) carries (the Fetch standard serializes the
+// Origin of a non-CORS request under that policy as "null"; Chromium
+// does), while an opaque initiator (a sandboxed frame, a redirect from
+// another origin) is never "same-origin". A request with neither header
+// is refused: every browser that runs the console sends one of them on
+// requests a page makes.
 func SameOrigin(r Request, origin string) (bool, string) {
-	if r.Origin != "" && !equal(r.Origin, origin) {
+	ownNoReferrerForm := r.Origin == "null" && strings.EqualFold(r.SecFetchSite, "same-origin")
+	if r.Origin != "" && !equal(r.Origin, origin) && !ownNoReferrerForm {
 		return false, fmt.Sprintf("Origin %q is not %s", r.Origin, origin)
 	}
 	switch strings.ToLower(r.SecFetchSite) {

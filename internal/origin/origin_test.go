@@ -38,6 +38,8 @@ func TestSameOrigin(t *testing.T) {
 		{"typed into the address bar", Request{SecFetchSite: "none"}, false, false},
 		{"no headers at all", Request{}, false, false},
 		{"Origin null (sandboxed frame)", Request{Origin: "null"}, false, false},
+		{"Origin null from another site (sandboxed frame, redirect)", Request{SecFetchSite: "cross-site", Origin: "null"}, false, false},
+		{"own page's form POST under Referrer-Policy: no-referrer (Chromium)", Request{SecFetchSite: "same-origin", Origin: "null"}, true, false},
 		{"same-origin but a foreign Origin", Request{SecFetchSite: "same-origin", Origin: "https://attacker.test"}, false, false},
 		{"Origin with a path", Request{Origin: o + "/x"}, false, false},
 		{"Origin with user info", Request{Origin: "https://u@keyhole.example.test:8443"}, false, false},
