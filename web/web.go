@@ -229,6 +229,13 @@ func (s *Sessions) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+LogoutPath, s.serveLogout)
 	mux.HandleFunc("GET "+KubeconfigPath, s.serveKubeconfig)
 	mux.Handle("GET "+AssetsPath, s.assets())
+	// Browsers ask for /favicon.ico on every page load; without this route
+	// it would be a cookie request refused (and audited) for lacking the
+	// console header.
+	mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=86400")
+		w.WriteHeader(http.StatusNoContent)
+	})
 }
 
 // login finds the login called id as configured now.
