@@ -173,7 +173,7 @@ func ValidateJWT(path string, cfgs []JWTAuthenticatorConfig) []error {
 			add(i, "claimMappings.groups.prefix: %q is in the reserved system: space", *p)
 		}
 		if c.Login != nil && c.Login.ClientID == "" {
-			add(i, "login.clientID: the OIDC client kubelogin uses (usually one of issuer.audiences)")
+			add(i, "login.clientID: is required with login: the OIDC client kubelogin uses for `stub kubeconfig --oidc` (usually one of issuer.audiences); the browser sign-in's client is login.browser.clientID, which defaults to it")
 		}
 		if b, ok := c.BrowserLogin(); ok {
 			validateBrowserLogin(add, i, c, b)

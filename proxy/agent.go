@@ -213,6 +213,7 @@ func (a *AgentHop) rewrite(pr *httputil.ProxyRequest) {
 	h.Del("Cookie")
 	deletePrefix(h, "Impersonate-")
 	deletePrefix(h, identityPrefix)
+	deletePrefix(h, frontProxyPrefix)
 	dropBearerProtocols(h)
 	h.Set("Impersonate-User", id.user)
 	for _, g := range id.groups {

@@ -153,7 +153,7 @@ func (s *Stub) authenticateBrowser(w http.ResponseWriter, r *http.Request, c cre
 	if c.browser == nil {
 		return c, kubestatus.Unauthorized("the browser session is not valid: sign in again")
 	}
-	req := origin.Request{SecFetchSite: r.Header.Get(origin.HeaderSecFetchSite), Origin: r.Header.Get(origin.HeaderOrigin)}
+	req := origin.FromHeader(r.Header)
 	if isUpgrade(r.Header) {
 		if ok, why := origin.SameOriginUpgrade(req, s.origin); !ok {
 			return c, kubestatus.Forbidden(fmt.Sprintf("cross-origin WebSocket refused: a browser session is accepted only from %s (%s)", s.origin, why))

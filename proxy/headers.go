@@ -147,3 +147,10 @@ func dropBearerProtocols(h http.Header) {
 func isWebSocket(r *http.Request) bool {
 	return isUpgrade(r.Header) && strings.EqualFold(strings.TrimSpace(r.Header.Get("Upgrade")), "websocket")
 }
+
+// frontProxyPrefix starts the API server's default front-proxy identity
+// headers (X-Remote-User, X-Remote-Group, X-Remote-Extra-*; the
+// --requestheader-*-headers flags). The API server believes them only from
+// a client with its front-proxy certificate, so they matter only where an
+// agent authenticates with one; callers may send none of them either way.
+const frontProxyPrefix = "X-Remote-"

@@ -372,9 +372,12 @@ func TestForwardImpersonatesAndStrips(t *testing.T) {
 	api := newFakeAPI(t)
 	c := newChain(t, restFor(api.Server), api)
 	resp, body := c.do(t, "GET", "/clusters/c1/api/v1/pods?limit=5", "alice-token", http.Header{
-		"Keyhole-User":  {"root"},
-		"Keyhole-Group": {"system:masters"},
-		"Cookie":        {"session=abc"},
+		"Keyhole-User":     {"root"},
+		"Keyhole-Group":    {"system:masters"},
+		"Cookie":           {"session=abc"},
+		"X-Remote-User":    {"admin"},
+		"X-Remote-Group":   {"system:masters"},
+		"X-Remote-Extra-A": {"b"},
 	})
 	if resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" {
 		t.Fatalf("got %s %s: %s", resp.Proto, resp.Status, body)
@@ -397,7 +400,7 @@ func TestForwardImpersonatesAndStrips(t *testing.T) {
 		}
 	}
 	for k := range r.Header {
-		if strings.HasPrefix(k, "Keyhole-") || k == "Cookie" {
+		if strings.HasPrefix(k, "Keyhole-") || strings.HasPrefix(k, "X-Remote-") || k == "Cookie" {
 			t.Errorf("header %s reached the API server", k)
 		}
 	}

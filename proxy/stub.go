@@ -492,6 +492,7 @@ func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
 	h.Del("Proxy-Authorization")
 	deletePrefix(h, identityPrefix)
 	deletePrefix(h, "Impersonate-")
+	deletePrefix(h, frontProxyPrefix)
 	dropBearerProtocols(h)
 	h.Set(HeaderUser, st.user.Name)
 	for _, g := range st.user.Groups {

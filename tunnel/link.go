@@ -39,8 +39,9 @@ type link struct {
 	sent     atomic.Int64
 	writing  atomic.Bool // a write to the connection is in progress
 
-	rtt   atomic.Int64 // the last ping's round trip, ns; 0: none answered yet
-	rttAt atomic.Int64 // when it was answered, UnixNano
+	rtt      atomic.Int64  // the last ping's round trip, ns; 0: none answered yet
+	rttAt    atomic.Int64  // when it was answered, UnixNano
+	answered chan struct{} // closed when the first ping is answered
 
 	// Only yamux's send loop writes: no lock.
 	pending bool
@@ -63,7 +64,7 @@ const (
 )
 
 func newLink(rwc io.ReadWriteCloser) *link {
-	return &link{ReadWriteCloser: rwc, epoch: time.Now()}
+	return &link{ReadWriteCloser: rwc, epoch: time.Now(), answered: make(chan struct{})}
 }
 
 // now is the time on the link's monotonic clock.
@@ -119,8 +120,21 @@ func (l *link) write(p []byte) (int, error) {
 }
 
 // lastRTT is the round trip of the last ping answered within the last
-// dead-after span, or an error saying how long none was answered.
-func (l *link) lastRTT(lv liveness) (time.Duration, error) {
+// dead-after span, or an error saying how long none was answered. On a
+// session so young that no ping was answered yet, it waits for the first
+// answer (the first ping goes at once), at most the dead-after span.
+func (s *session) lastRTT(lv liveness) (time.Duration, error) {
+	l := s.link
+	if l.rttAt.Load() == 0 {
+		t := time.NewTimer(lv.deadAfter())
+		defer t.Stop()
+		select {
+		case <-l.answered:
+		case <-s.CloseChan():
+			return 0, yamux.ErrSessionShutdown
+		case <-t.C:
+		}
+	}
 	at := l.rttAt.Load()
 	if at == 0 || time.Since(time.Unix(0, at)) > lv.deadAfter() {
 		return 0, fmt.Errorf("no tunnel ping answered in the last %v", lv.deadAfter())
@@ -206,7 +220,7 @@ func (l *link) watch(sess *yamux.Session, lv liveness, log *zap.Logger) {
 	answers := make(chan answer, maxPings) // a ping in flight sends here and ends
 	pinging := 0
 	l.received.Store(l.now()) // the session starts alive
-	nextPing := l.now() + int64(lv.interval)
+	nextPing := l.now()       // the first ping at once: its answer is the first round trip
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -244,7 +258,9 @@ func (l *link) watch(sess *yamux.Session, lv liveness, log *zap.Logger) {
 			pinging--
 			if a.err == nil {
 				l.rtt.Store(int64(a.rtt))
-				l.rttAt.Store(time.Now().UnixNano())
+				if l.rttAt.Swap(time.Now().UnixNano()) == 0 {
+					close(l.answered)
+				}
 			}
 		case <-timer.C:
 		}

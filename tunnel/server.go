@@ -517,7 +517,7 @@ func (s *Server) PingAgent(cluster, id string) (time.Duration, error) {
 	if a == nil {
 		return 0, ErrNoAgent
 	}
-	return a.sess.link.lastRTT(s.live)
+	return a.sess.lastRTT(s.live)
 }
 
 // checkSessions closes the sessions whose join secret is no longer good.

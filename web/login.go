@@ -208,7 +208,7 @@ func (s *Sessions) serveCallback(w http.ResponseWriter, r *http.Request) {
 // serveLogout signs out: POST LogoutPath from the stub's own pages.
 func (s *Sessions) serveLogout(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
-	if ok, why := origin.SameOrigin(origin.Request{SecFetchSite: r.Header.Get(origin.HeaderSecFetchSite), Origin: r.Header.Get(origin.HeaderOrigin)}, s.origin); !ok {
+	if ok, why := origin.SameOrigin(origin.FromHeader(r.Header), s.origin); !ok {
 		msg := "Sign-out is accepted only from " + s.origin + ": " + why + "."
 		auditSession := ""
 		if bs, found, _ := s.Open(discard{}, r); found && bs != nil {

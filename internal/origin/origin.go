@@ -6,6 +6,7 @@ package origin
 
 import (
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 )
@@ -39,6 +40,20 @@ const (
 type Request struct {
 	SecFetchSite string
 	Origin       string
+	// Repeated says that a header came more than once; no browser sends
+	// that, and a request that does is never same-origin.
+	Repeated string
+}
+
+// FromHeader reads a Request from h.
+func FromHeader(h http.Header) Request {
+	r := Request{SecFetchSite: h.Get(HeaderSecFetchSite), Origin: h.Get(HeaderOrigin)}
+	for _, k := range []string{HeaderSecFetchSite, HeaderOrigin} {
+		if len(h.Values(k)) > 1 {
+			r.Repeated = k
+		}
+	}
+	return r
 }
 
 // SameOrigin reports whether r comes from origin (as Of returns it), and
@@ -54,6 +69,9 @@ type Request struct {
 // is refused: every browser that runs the console sends one of them on
 // requests a page makes.
 func SameOrigin(r Request, origin string) (bool, string) {
+	if r.Repeated != "" {
+		return false, r.Repeated + " was sent more than once"
+	}
 	ownNoReferrerForm := r.Origin == "null" && strings.EqualFold(r.SecFetchSite, "same-origin")
 	if r.Origin != "" && !equal(r.Origin, origin) && !ownNoReferrerForm {
 		return false, fmt.Sprintf("Origin %q is not %s", r.Origin, origin)
@@ -75,6 +93,9 @@ func SameOrigin(r Request, origin string) (bool, string) {
 // its Origin must be present and equal (browsers send no Sec-Fetch-Site on
 // WebSocket handshakes, and a missing Origin is refused).
 func SameOriginUpgrade(r Request, origin string) (bool, string) {
+	if r.Repeated != "" {
+		return false, r.Repeated + " was sent more than once"
+	}
 	if r.Origin == "" {
 		return false, "the upgrade carries no Origin"
 	}

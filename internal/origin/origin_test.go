@@ -1,6 +1,9 @@
 package origin
 
-import "testing"
+import (
+	"net/http"
+	"testing"
+)
 
 func TestOf(t *testing.T) {
 	for in, want := range map[string]string{
@@ -44,6 +47,8 @@ func TestSameOrigin(t *testing.T) {
 		{"Origin with a path", Request{Origin: o + "/x"}, false, false},
 		{"Origin with user info", Request{Origin: "https://u@keyhole.example.test:8443"}, false, false},
 		{"plain http", Request{Origin: "http://keyhole.example.test:8443"}, false, false},
+		{"a header sent twice", FromHeader(http.Header{"Origin": {o, "https://evil.example.test"}, "Sec-Fetch-Site": {"same-origin"}}), false, false},
+		{"Sec-Fetch-Site sent twice", FromHeader(http.Header{"Origin": {o}, "Sec-Fetch-Site": {"same-origin", "cross-site"}}), false, false},
 	} {
 		if ok, why := SameOrigin(tc.r, o); ok != tc.ok || (!ok && why == "") {
 			t.Errorf("%s: SameOrigin = %v %q, want %v", tc.name, ok, why, tc.ok)
