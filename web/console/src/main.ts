@@ -227,7 +227,7 @@ class Console {
       el("th", { scope: "row" }, c.id),
       state,
       el("td", { class: "num" }, String(c.agents.length)),
-      el("td", { class: "num" }, rtt === null ? "–" : `${rtt.toFixed(rtt < 10 ? 1 : 0)} ms`),
+      el("td", { class: "num" }, rtt === null ? "–" : `${rtt.toFixed(rtt < 1 ? 2 : rtt < 10 ? 1 : 0)} ms`),
       el("td", {}, versionsOf(c).join(", ") || "–"),
       seen ? el("td", {}, el("time", { datetime: seen.toISOString(), title: seen.toLocaleString() }, formatAgo(seen, now)))
         : el("td", {}, "never"),
