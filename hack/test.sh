@@ -3,13 +3,20 @@
 # machine it builds and caches the real control plane first (hack/testbin.sh),
 # then runs every package's tests with the race detector, including the
 # end-to-end suite that drives the real kubectl through stub and agents,
-# and one pass of the gateway-vs-direct benchmark so it cannot rot.
+# and one pass of the gateway-vs-direct benchmark so it cannot rot. Before
+# the Go tests it checks that the committed console bundle (web/console/dist)
+# is what hack/console.sh builds from its sources (npm's cache in
+# ~/.cache/keyhole/npm).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v kubectl >/dev/null || { echo "test: kubectl is not on PATH (the e2e tests drive the real kubectl)" >&2; exit 1; }
 KEYHOLE_TESTBIN="$(hack/testbin.sh)"
 export KEYHOLE_TESTBIN
+
+echo "== console bundle (hack/console.sh --check)" >&2
+export npm_config_cache="${npm_config_cache:-$HOME/.cache/keyhole/npm}"
+hack/console.sh --check
 
 echo "== go vet" >&2
 go vet ./...

@@ -220,8 +220,9 @@ func (s *Sessions) Close() {
 
 // Routes registers the browser pages and sign-in endpoints on mux: GET /
 // (the landing page), GET LoginPath, GET CallbackPath, POST LogoutPath,
-// GET KubeconfigPath and GET AssetsPath. (GET and HEAD of / only: other
-// methods and paths stay with mux's catch-all.)
+// GET KubeconfigPath, GET AssetsPath, and the console: GET ConsolePath
+// (and any path under it) and GET ConsoleAssetsPath. (GET and HEAD of /
+// only: other methods and paths stay with mux's catch-all.)
 func (s *Sessions) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /{$}", s.serveHome)
 	mux.HandleFunc("GET "+LoginPath, s.serveLogin)
@@ -229,6 +230,10 @@ func (s *Sessions) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST "+LogoutPath, s.serveLogout)
 	mux.HandleFunc("GET "+KubeconfigPath, s.serveKubeconfig)
 	mux.Handle("GET "+AssetsPath, s.assets())
+	console := s.serveConsole()
+	mux.Handle("GET "+ConsolePath, console)
+	mux.Handle("GET "+ConsolePath+"/", console)
+	mux.HandleFunc("GET "+ConsoleAssetsPath, serveConsoleAssets)
 	// Browsers ask for /favicon.ico on every page load; without this route
 	// it would be a cookie request refused (and audited) for lacking the
 	// console header.

@@ -1,0 +1,129 @@
+package web
+
+import (
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/keyhole-dev/keyhole/authn"
+)
+
+// TestConsoleRoutes: the console's page is served at /console and every
+// path under it (deep links), signed in or not, with the console's strict
+// CSP and the other page headers; it holds no inline script or style and
+// loads its script and stylesheet from ConsoleAssetsPath, which serves them
+// with their types and nothing else.
+func TestConsoleRoutes(t *testing.T) {
+	e := newEnv(t, false)
+	s := e.replica(t, "r0", func(c *Config) {
+		c.Kubeconfig = func(*authn.User, string, string) ([]byte, error) { return []byte("apiVersion: v1\n"), nil }
+	})
+	b := newBrowser(t)
+
+	var index string
+	for _, path := range []string{"/console", "/console/", "/console/clusters/c1?q=env%3Dprod"} {
+		resp := b.do(s, "GET", path, nil)
+		page := body(t, resp)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s", path, resp.Status)
+		}
+		h := resp.Header
+		want := map[string]string{
+			"Content-Security-Policy":    ConsoleCSP,
+			"Content-Type":               "text/html; charset=utf-8",
+			"X-Frame-Options":            "DENY",
+			"Referrer-Policy":            "no-referrer",
+			"Cache-Control":              "no-store",
+			"X-Content-Type-Options":     "nosniff",
+			"Strict-Transport-Security":  "max-age=31536000",
+			"Cross-Origin-Opener-Policy": "same-origin",
+		}
+		for k, v := range want {
+			if got := h.Get(k); got != v {
+				t.Errorf("GET %s: %s %q, want %q", path, k, got, v)
+			}
+		}
+		if index == "" {
+			index = page
+		} else if page != index {
+			t.Errorf("GET %s serves another page than /console", path)
+		}
+	}
+	for _, d := range []string{"default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'", "frame-ancestors 'none'", "base-uri 'none'"} {
+		if !strings.Contains(ConsoleCSP, d) {
+			t.Errorf("ConsoleCSP lacks %q", d)
+		}
+	}
+	if strings.Contains(ConsoleCSP, "unsafe") {
+		t.Errorf("ConsoleCSP allows something unsafe: %q", ConsoleCSP)
+	}
+
+	// No inline script or style: every <script> has a src and no body,
+	// no style element or attribute, no on* handler, no javascript: URL.
+	scripts := regexp.MustCompile(`(?is)<script\b([^>]*)>(.*?)</script>`).FindAllStringSubmatch(index, -1)
+	if len(scripts) != 1 || !strings.Contains(scripts[0][1], `src="`+ConsoleAssetsPath+`console.js"`) || strings.TrimSpace(scripts[0][2]) != "" {
+		t.Errorf("the page's scripts: %q, want only an external %sconsole.js", scripts, ConsoleAssetsPath)
+	}
+	for _, re := range []string{`(?i)<style\b`, `(?i)\sstyle\s*=`, `(?i)\son[a-z]+\s*=`, `(?i)javascript:`} {
+		if regexp.MustCompile(re).MatchString(index) {
+			t.Errorf("the page has inline script or style (%s):\n%s", re, index)
+		}
+	}
+	if !strings.Contains(index, `href="`+ConsoleAssetsPath+`console.css"`) {
+		t.Errorf("the page does not load %sconsole.css:\n%s", ConsoleAssetsPath, index)
+	}
+	if !strings.Contains(index, `<body data-kubeconfig="`+KubeconfigPath+`">`) {
+		t.Errorf("the page does not offer the kubeconfig download (Config.Kubeconfig is set):\n%s", index)
+	}
+
+	// Without Config.Kubeconfig, no download.
+	s2 := e.replica(t, "r1")
+	if page := body(t, b.do(s2, "GET", "/console", nil)); !strings.Contains(page, `<body data-kubeconfig="">`) {
+		t.Errorf("with no Config.Kubeconfig the page still offers a download:\n%s", page)
+	}
+
+	// The assets, with their types, sniffing off, and nothing else there.
+	for name, ct := range map[string]string{"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"} {
+		resp := b.do(s, "GET", ConsoleAssetsPath+name, nil)
+		got := body(t, resp)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != ct || len(got) < 100 {
+			t.Errorf("GET %s: %s, Content-Type %q, %d bytes; want 200 %q", name, resp.Status, resp.Header.Get("Content-Type"), len(got), ct)
+		}
+		for k, v := range map[string]string{"X-Content-Type-Options": "nosniff", "Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-cache"} {
+			if resp.Header.Get(k) != v {
+				t.Errorf("GET %s: %s %q, want %q", name, k, resp.Header.Get(k), v)
+			}
+		}
+		etag := resp.Header.Get("ETag")
+		if etag == "" {
+			t.Errorf("GET %s: no ETag", name)
+		} else if resp := b.do(s, "GET", ConsoleAssetsPath+name, map[string]string{"If-None-Match": etag}); resp.StatusCode != http.StatusNotModified {
+			t.Errorf("GET %s with its ETag: %s, want 304", name, resp.Status)
+		}
+	}
+	for _, path := range []string{ConsoleAssetsPath, ConsoleAssetsPath + "index.html", ConsoleAssetsPath + "nope.js"} {
+		if resp := b.do(s, "GET", path, nil); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s: %s, want 404", path, resp.Status)
+		}
+	}
+	// Only GET and HEAD: other methods stay with the mux's catch-all.
+	if resp := b.do(s, "HEAD", "/console", nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("HEAD /console: %s", resp.Status)
+	}
+	if resp := b.do(s, "POST", "/console", nil); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST /console: %s, want 405 from a mux with no catch-all", resp.Status)
+	}
+}
+
+// TestHomeLinksConsole: the signed-in landing page links to the console.
+func TestHomeLinksConsole(t *testing.T) {
+	e := newEnv(t, false)
+	s := e.replica(t, "r0")
+	b := newBrowser(t)
+	b.signIn(s, e.idp)
+	page := body(t, b.do(s, "GET", "/", map[string]string{"Sec-Fetch-Site": "none"}))
+	if !strings.Contains(page, `<a href="`+ConsolePath+`">`) {
+		t.Fatalf("the signed-in landing page has no link to the console:\n%s", page)
+	}
+}
