@@ -97,42 +97,7 @@ data: {hello: browser}
 
 	// The issuer, its browser login and the policy, added to the running
 	// stub.
-	secretFile := filepath.Join(g.dir, "web-client-secret")
-	writeFile(t, secretFile, webSecret+"\n")
-	g.setConfig(fmt.Sprintf(`authentication:
-  jwt:
-  - issuer:
-      url: %s
-      audiences: [keyhole, %s]
-      audienceMatchPolicy: MatchAny
-      certificateAuthorityFile: %s
-    claimValidationRules:
-    - expression: 'claims.?email_verified.orValue(true) == true'
-      message: the email is not verified
-    claimMappings:
-      username: {expression: 'claims.email'}
-      groups: {expression: 'dyn(claims.?groups.orValue([])).map(g, "oidc:" + g)'}
-    login:
-      clientID: keyhole
-      extraScopes: [email, groups]
-      browser:
-        clientID: %s
-        clientSecretFile: %s
-        name: Dex
-policy:
-- clusters: ["*"]
-  groups: ["oidc:dev"]
-- clusters: ["*"]
-  users: [admin]
-`, dex.Issuer, webClient, dex.CAFile, webClient, secretFile))
-	loginPath := web.LoginPath + "?issuer=" + web.IssuerID(dex.Issuer)
-	waitFor(t, 30*time.Second, "the browser sign-in to be configured", func() bool {
-		resp, err := g.http.Get(g.url + "/")
-		if err != nil {
-			return false
-		}
-		return resp.StatusCode == 200 && strings.Contains(readAll(resp), `href="`+loginPath+`"`)
-	}, g.stub)
+	loginPath := configureBrowserLogin(t, g, dex, webClient, webSecret)
 
 	atk := startAttacker(t, g.publicURL, cluster)
 	dexAddr := strings.TrimPrefix(strings.TrimSuffix(dex.Issuer, "/dex"), "https://")
@@ -826,4 +791,49 @@ func headerOf(h network.Headers, name string) any {
 		}
 	}
 	return nil
+}
+
+// configureBrowserLogin adds Dex as an issuer with a browser login (the
+// confidential client webClient, its secret webSecret) and a policy that lets oidc:dev and admin
+// reach every cluster to g's running stub, waits until the landing page
+// offers the sign-in, and returns the sign-in's path.
+func configureBrowserLogin(t *testing.T, g *gateway, dex *idptest.Dex, webClient, webSecret string) string {
+	t.Helper()
+	secretFile := filepath.Join(g.dir, "web-client-secret")
+	writeFile(t, secretFile, webSecret+"\n")
+	g.setConfig(fmt.Sprintf(`authentication:
+  jwt:
+  - issuer:
+      url: %s
+      audiences: [keyhole, %s]
+      audienceMatchPolicy: MatchAny
+      certificateAuthorityFile: %s
+    claimValidationRules:
+    - expression: 'claims.?email_verified.orValue(true) == true'
+      message: the email is not verified
+    claimMappings:
+      username: {expression: 'claims.email'}
+      groups: {expression: 'dyn(claims.?groups.orValue([])).map(g, "oidc:" + g)'}
+    login:
+      clientID: keyhole
+      extraScopes: [email, groups]
+      browser:
+        clientID: %s
+        clientSecretFile: %s
+        name: Dex
+policy:
+- clusters: ["*"]
+  groups: ["oidc:dev"]
+- clusters: ["*"]
+  users: [admin]
+`, dex.Issuer, webClient, dex.CAFile, webClient, secretFile))
+	loginPath := web.LoginPath + "?issuer=" + web.IssuerID(dex.Issuer)
+	waitFor(t, 30*time.Second, "the browser sign-in to be configured", func() bool {
+		resp, err := g.http.Get(g.url + "/")
+		if err != nil {
+			return false
+		}
+		return resp.StatusCode == 200 && strings.Contains(readAll(resp), `href="`+loginPath+`"`)
+	}, g.stub)
+	return loginPath
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -55,43 +54,7 @@ func TestConsole(t *testing.T) {
 	_, adminTok := g.user("admin", "cluster-admin")
 	g.waitAgents(adminTok, cluster, "c1")
 
-	secretFile := filepath.Join(g.dir, "web-client-secret")
-	writeFile(t, secretFile, webSecret+"\n")
-	g.setConfig(fmt.Sprintf(`authentication:
-  jwt:
-  - issuer:
-      url: %s
-      audiences: [keyhole, %s]
-      audienceMatchPolicy: MatchAny
-      certificateAuthorityFile: %s
-    claimValidationRules:
-    - expression: 'claims.?email_verified.orValue(true) == true'
-      message: the email is not verified
-    claimMappings:
-      username: {expression: 'claims.email'}
-      groups: {expression: 'dyn(claims.?groups.orValue([])).map(g, "oidc:" + g)'}
-    login:
-      clientID: keyhole
-      extraScopes: [email, groups]
-      browser:
-        clientID: %s
-        clientSecretFile: %s
-        name: Dex
-policy:
-- clusters: ["*"]
-  groups: ["oidc:dev"]
-- clusters: ["*"]
-  users: [admin]
-`, dex.Issuer, webClient, dex.CAFile, webClient, secretFile))
-	loginPath := web.LoginPath + "?issuer=" + web.IssuerID(dex.Issuer)
-	waitFor(t, 30*time.Second, "the browser sign-in to be configured", func() bool {
-		resp, err := g.http.Get(g.url + "/")
-		if err != nil {
-			return false
-		}
-		body := readAll(resp)
-		return resp.StatusCode == 200 && strings.Contains(body, `href="`+loginPath+`"`)
-	}, g.stub)
+	configureBrowserLogin(t, g, dex, webClient, webSecret)
 
 	dexAddr := strings.TrimPrefix(strings.TrimSuffix(dex.Issuer, "/dex"), "https://")
 	b := browsertest.Start(t, browsertest.Options{
