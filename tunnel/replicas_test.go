@@ -194,6 +194,9 @@ func TestAgentHoldsEveryReplica(t *testing.T) {
 	}
 	conn.Close()
 	wait("a session to r3 too", func() bool { return slices.Equal(a.Replicas(), []string{"r0", "r2", "r3"}) })
+	// As above: r3 registers the session just after its 101 reached the
+	// agent, so the agent may see it before r3 can route to it.
+	wait("r3 registered the agent", func() bool { return len(reps["r3"].srv.Agents("c1")) == 1 })
 	roundTrip(t, reps["r3"].srv)
 }
 
