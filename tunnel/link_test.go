@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 // thinConn is the sending side of a thin uplink: writes land in a send
@@ -263,5 +266,43 @@ func BenchmarkStreamThroughput(b *testing.B) {
 				wg.Wait()
 			}
 		})
+	}
+}
+
+// Streams the stub opened before it saw a draining agent's GoAway are still
+// accepted after the agent's listener is closed (http.Server.Shutdown closes
+// it first), so their requests are served, not cut when the drain times out.
+func TestListenerCloseHandsOutWaitingStreams(t *testing.T) {
+	a, b := net.Pipe()
+	stub, err := yamux.Client(a, yamux.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stub.Close()
+	agent, err := yamux.Server(b, yamux.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer agent.Close()
+	for range 3 {
+		if _, err := stub.OpenStream(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln := newListener(agent)
+	deadline := time.Now().Add(5 * time.Second)
+	for agent.NumStreams() < 3 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	ln.Close()
+	for i := range 3 {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatalf("stream %d waiting at Close: %v", i, err)
+		}
+		c.Close()
+	}
+	if _, err := ln.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after the waiting streams: %v, want net.ErrClosed", err)
 	}
 }

@@ -110,15 +110,33 @@ func newListener(sess *yamux.Session) *listener {
 	return &listener{sess: sess, ctx: ctx, cancel: cancel}
 }
 
+// Accept returns the session's next incoming stream. After Close it still
+// returns the streams already waiting to be accepted, and then
+// net.ErrClosed: a drain (GoAway, then http.Server.Shutdown, which closes
+// the listener) serves the requests the stub sent before it saw the
+// GoAway instead of leaving them unanswered until the drain times out.
 func (l *listener) Accept() (net.Conn, error) {
 	st, err := l.sess.AcceptStreamWithContext(l.ctx)
+	if err != nil && l.ctx.Err() != nil {
+		st, err = l.waiting()
+	}
 	if err != nil {
-		if l.ctx.Err() != nil {
-			return nil, net.ErrClosed
-		}
 		return nil, err
 	}
 	return newStream(st, nil), nil
+}
+
+// waiting returns a stream already waiting to be accepted, or
+// net.ErrClosed. A context that ends a moment later, not an ended one: a
+// select with both ready would pick at random.
+func (l *listener) waiting() (*yamux.Stream, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
+	defer cancel()
+	st, err := l.sess.AcceptStreamWithContext(ctx)
+	if err != nil {
+		return nil, net.ErrClosed
+	}
+	return st, nil
 }
 func (l *listener) Close() error   { l.cancel(); return nil }
 func (l *listener) Addr() net.Addr { return l.sess.Addr() }
