@@ -19,6 +19,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -632,10 +633,12 @@ func TestAttributesBounds(t *testing.T) {
 func TestGracefulDrain(t *testing.T) {
 	overTransports(t, func(t *testing.T, e *env) {
 		release := make(chan struct{})
+		var inHandler atomic.Int64 // requests the agents are serving
 		slow := func(name string) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.Header().Set("X-Agent", name)
 				if r.URL.Path == "/slow" {
+					inHandler.Add(1)
 					<-release
 				}
 				_, _ = io.WriteString(w, "done")
@@ -679,6 +682,17 @@ func TestGracefulDrain(t *testing.T) {
 			}
 		}
 		waitStreams(n)
+		// In flight means the agent is serving it. A stream the stub opens
+		// in the instant the agent sends its GoAway is reset by yamux
+		// instead (the stub has not seen the GoAway yet): a different
+		// case, not what this test is about.
+		deadline := time.Now().Add(5 * time.Second)
+		for inHandler.Load() < n && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if got := inHandler.Load(); got < n {
+			t.Fatalf("only %d of %d requests reached the agents", got, n)
+		}
 		stopped := make(chan struct{})
 		go func() { stopA(); close(stopped) }() // cancel a's context: it drains
 		time.Sleep(100 * time.Millisecond)
