@@ -425,6 +425,39 @@ func (s *connSet) closeAll() {
 	s.mu.Unlock()
 }
 
+// serve accepts on ln until it closes; each connection gets one to target
+// (dialled on network), both are kept in s, and pipe copies between them.
+// end, called by either direction when it ends, drops both. The accept
+// loop is one of s's goroutines.
+func (s *connSet) serve(ln net.Listener, network, target string, pipe func(front, back net.Conn, end func())) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		d := net.Dialer{Timeout: 5 * time.Second, Control: relaySockopts}
+		for {
+			front, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = setNotSent(front)
+			back, err := d.Dial(network, target)
+			if err != nil {
+				front.Close()
+				continue
+			}
+			if !s.add(front, back) {
+				return
+			}
+			var ends atomic.Int32
+			pipe(front, back, func() {
+				if ends.Add(1) == 1 { // either direction ending ends both
+					s.drop(front, back)
+				}
+			})
+		}
+	}()
+}
+
 // delayRelay accepts on 127.0.0.1 and forwards each connection to `to`,
 // delaying each direction by `delay` through a bounded delay line.
 type delayRelay struct {
@@ -441,34 +474,10 @@ func startDelayRelay(to string, delay time.Duration) (*delayRelay, error) {
 		return nil, err
 	}
 	r := &delayRelay{ln: ln, to: to, delay: delay}
-	r.conns.wg.Add(1)
-	go func() {
-		defer r.conns.wg.Done()
-		d := net.Dialer{Timeout: 5 * time.Second, Control: relaySockopts}
-		for {
-			front, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = setNotSent(front)
-			back, err := d.Dial("tcp4", to)
-			if err != nil {
-				front.Close()
-				continue
-			}
-			if !r.conns.add(front, back) {
-				return
-			}
-			var ends atomic.Int32
-			end := func() {
-				if ends.Add(1) == 1 { // either direction ending ends both
-					r.conns.drop(front, back)
-				}
-			}
-			delayPipe(back, front, delay, &r.conns.wg, end)
-			delayPipe(front, back, delay, &r.conns.wg, end)
-		}
-	}()
+	r.conns.serve(ln, "tcp4", to, func(front, back net.Conn, end func()) {
+		delayPipe(back, front, delay, &r.conns.wg, end)
+		delayPipe(front, back, delay, &r.conns.wg, end)
+	})
 	return r, nil
 }
 
@@ -547,35 +556,11 @@ type forwarder struct {
 func startForwarder(ln net.Listener, target string) *forwarder {
 	f := &forwarder{ln: ln, target: target}
 	f.cond = sync.NewCond(&f.mu)
-	f.conns.wg.Add(1)
-	go func() {
-		defer f.conns.wg.Done()
-		d := net.Dialer{Timeout: 5 * time.Second, Control: relaySockopts}
-		for {
-			front, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = setNotSent(front)
-			back, err := d.Dial("tcp", target)
-			if err != nil {
-				front.Close()
-				continue
-			}
-			if !f.conns.add(front, back) {
-				return
-			}
-			var ends atomic.Int32
-			end := func() {
-				if ends.Add(1) == 1 {
-					f.conns.drop(front, back)
-				}
-			}
-			f.conns.wg.Add(2)
-			go f.pipe(back, front, end)
-			go f.pipe(front, back, end)
-		}
-	}()
+	f.conns.serve(ln, "tcp", target, func(front, back net.Conn, end func()) {
+		f.conns.wg.Add(2)
+		go f.pipe(back, front, end)
+		go f.pipe(front, back, end)
+	})
 	return f
 }
 
