@@ -105,8 +105,8 @@ func TestConsole(t *testing.T) {
 		t.Errorf("GET /console: Content-Security-Policy %q, want %q", csp, web.ConsoleCSP)
 	}
 	pollJS(t, tab, browserActionTimeout, "the signed-out console", `document.body.dataset.state === "signed-out"`, g.stub)
-	if href := mustEval[string](t, tab, `document.querySelector("section.signin a").getAttribute("href")`); href != "/" {
-		t.Errorf("the signed-out console's Sign in link goes to %q, want /", href)
+	if href := mustEval[string](t, tab, `document.querySelector("section.signin a").getAttribute("href")`); href != "/?then=%2Fconsole" {
+		t.Errorf("the signed-out console's Sign in link goes to %q, want /?then=%%2Fconsole (back here once signed in)", href)
 	}
 	if text := mustEval[string](t, tab, "document.documentElement.outerHTML"); strings.Contains(text, cluster) || strings.Contains(text, idle) {
 		t.Errorf("the signed-out console names a cluster:\n%s", text)

@@ -55,6 +55,7 @@ type homePage struct {
 	Refresh template.HTML
 	Message string
 	Logins  []Login
+	Then    string // signed out: the page of this origin the sign-in returns to ("" for /)
 
 	User       *authn.User
 	Groups     []string // the first maxGroupsShown
@@ -139,12 +140,24 @@ func (s *Sessions) signedIn(w http.ResponseWriter, r *http.Request) (u *authn.Us
 func (s *Sessions) serveHome(w http.ResponseWriter, r *http.Request) {
 	logins := s.cfg.Logins.BrowserLogins()
 	user, token, h, ends, msg := s.signedIn(w, r)
+	// ?then=/console/…: the console's "Sign in" asks to come back to the
+	// page the user was on (a deep link survives sign-in; it only
+	// navigates, and only to a path of this origin).
+	then := safeThen(r.URL.Query().Get("then"))
+	if then == "/" {
+		then = ""
+	}
 	if user == nil {
 		if len(logins) == 0 {
 			s.problem(w, http.StatusNotFound, "Not found", "This stub has no browser sign-in; use kubectl with a kubeconfig from `stub kubeconfig`.")
 			return
 		}
-		s.render(w, http.StatusOK, "home.html", homePage{Title: "Sign in", Message: msg, Logins: logins})
+		s.render(w, http.StatusOK, "home.html", homePage{Title: "Sign in", Message: msg, Logins: logins, Then: then})
+		return
+	}
+	if then != "" {
+		pageHeaders(w.Header())
+		http.Redirect(w, r, then, http.StatusSeeOther)
 		return
 	}
 	p := homePage{Title: user.Name, User: user, Ends: ends.UTC()}

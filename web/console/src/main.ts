@@ -1,247 +1,108 @@
-// Keyhole's console: the clusters view (issue 11, item 1).
+// Keyhole's console (docs/console.md): a single page under /console that
+// shows the clusters the gateway lets the user reach and lets them look
+// into and act on each, through /clusters/{id}/… with the browser session:
+// the same gateway path, identity, policy and audit as kubectl.
 //
-// It talks only to /keyhole/v1/clusters, with the browser session: a
-// same-origin fetch that carries the session cookie and the header
-// X-Keyhole-Console: 1, which the stub requires of every cookie request
-// (proxy/browser.go). The page is built with DOM calls and textContent only
-// (never innerHTML), so nothing a cluster or label says can become markup.
+// main.ts owns the page: the header, the breadcrumb trail, the signed-out
+// state, and dispatching the address (router.ts) to the view registered for
+// it (views.ts). Each view module registers itself on import.
 
-import { filterClusters, lastSeen, rttOf, versionsOf, type ClusterStatus } from "./clusters";
+import { setSignedOutHandler } from "./api";
+import { el } from "./dom";
+import { href, link, parse, setNavigateHandler, type Route } from "./router";
+import { viewFor } from "./views";
+import "./clustersview";
 
-const CLUSTERS_URL = "/keyhole/v1/clusters";
-const REFRESH_MS = 5000;
+let current: AbortController | null = null;
+let signedOut = false;
 
-type Load =
-  | { kind: "ok"; clusters: ClusterStatus[] }
-  | { kind: "signed-out"; message: string }
-  | { kind: "error"; message: string };
+function crumbsNav(): HTMLElement {
+  let nav = document.getElementById("crumbs");
+  if (!nav) {
+    nav = el("nav", { id: "crumbs", "aria-label": "Breadcrumb" });
+    document.querySelector("header")?.append(nav);
+  }
+  return nav;
+}
 
-async function loadClusters(): Promise<Load> {
-  let resp: Response;
-  try {
-    resp = await fetch(CLUSTERS_URL, {
-      headers: { "X-Keyhole-Console": "1", Accept: "application/json" },
-      credentials: "same-origin",
-      cache: "no-store",
+function setCrumbs(trail: [string, string?][]): void {
+  const nav = crumbsNav();
+  const items: Node[] = [link(href({ view: "clusters" }), "Clusters")];
+  for (const [text, to] of trail) {
+    items.push(el("span", { class: "sep", "aria-hidden": "true" }, "/"));
+    items.push(to ? link(to, text) : el("span", { "aria-current": "page" }, text));
+  }
+  nav.replaceChildren(...items);
+}
+
+// showSignedOut replaces whatever is shown with "Sign in", which returns
+// to this very address once signed in (a deep link survives sign-in; it
+// only navigates).
+function showSignedOut(message: string): void {
+  if (signedOut) return;
+  signedOut = true;
+  current?.abort();
+  const main = document.getElementById("main");
+  if (!main) return;
+  const then = location.pathname + location.search;
+  const section = el("section", { class: "signin", "aria-labelledby": "signin-title" },
+    el("h1", { id: "signin-title" }, "Sign in"),
+    el("p", {}, "Sign in to see the clusters you may reach."),
+    el("p", {}, el("a", { class: "button", href: "/?then=" + encodeURIComponent(then) }, "Sign in")));
+  if (message) section.append(el("p", { class: "muted" }, message));
+  main.replaceChildren(section);
+  crumbsNav().replaceChildren();
+  document.title = "Sign in · Keyhole";
+  document.body.dataset.state = "signed-out";
+}
+
+function notFound(main: HTMLElement, r: Route): void {
+  main.replaceChildren(el("section", {},
+    el("h1", {}, "Not found"),
+    el("p", {}, "The console has no page at this address."),
+    el("p", {}, link(href({ view: "clusters" }), "Go to the clusters"))));
+  document.body.dataset.state = "notfound";
+  void r;
+}
+
+// render shows the view of the current address, ending the previous one
+// (its watches and sockets close on its signal).
+function render(): void {
+  if (signedOut) return;
+  const main = document.getElementById("main");
+  if (!main) return;
+  current?.abort();
+  const ac = new AbortController();
+  current = ac;
+  const route = parse(location.pathname);
+  main.replaceChildren();
+  delete document.body.dataset.state;
+  const view = viewFor(route.view);
+  if (!view) {
+    notFound(main, route);
+    return;
+  }
+  const result = view({
+    main, route, signal: ac.signal,
+    params: new URLSearchParams(location.search),
+    setTitle: (t) => { document.title = `${t} · Keyhole`; },
+    crumbs: setCrumbs,
+  });
+  if (result instanceof Promise) {
+    result.catch((e: unknown) => {
+      if (ac.signal.aborted) return;
+      main.replaceChildren(el("p", { class: "problem", role: "alert" }, String(e instanceof Error ? e.message : e)));
     });
-  } catch (e) {
-    return { kind: "error", message: "The stub did not answer: " + String(e) };
   }
-  if (resp.status === 401) {
-    return { kind: "signed-out", message: await statusMessage(resp) };
-  }
-  if (!resp.ok) {
-    return { kind: "error", message: `HTTP ${resp.status}: ${await statusMessage(resp)}` };
-  }
-  const body: unknown = await resp.json();
-  if (!Array.isArray(body)) {
-    return { kind: "error", message: "The stub's answer is not a list of clusters." };
-  }
-  return { kind: "ok", clusters: body as ClusterStatus[] };
+  main.focus({ preventScroll: true });
 }
 
-// statusMessage is the message of a Kubernetes Status body, or "".
-async function statusMessage(resp: Response): Promise<string> {
-  try {
-    const st = (await resp.json()) as { message?: unknown };
-    return typeof st.message === "string" ? st.message : "";
-  } catch {
-    return "";
-  }
+function start(): void {
+  setSignedOutHandler(showSignedOut);
+  setNavigateHandler(render);
+  window.addEventListener("popstate", render);
+  render();
 }
 
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  props: Partial<Record<string, string>> = {},
-  ...children: (Node | string)[]
-): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(props)) {
-    if (v !== undefined) e.setAttribute(k, v);
-  }
-  e.append(...children);
-  return e;
-}
-
-function formatAgo(d: Date, now: Date): string {
-  const s = Math.max(0, Math.round((now.getTime() - d.getTime()) / 1000));
-  if (s < 60) return `${s} s ago`;
-  if (s < 3600) return `${Math.round(s / 60)} min ago`;
-  return `${Math.round(s / 3600)} h ago`;
-}
-
-class Console {
-  private readonly main: HTMLElement;
-  private readonly kubeconfigURL: string;
-  private query: HTMLInputElement | null = null;
-  private tbody: HTMLTableSectionElement | null = null;
-  private summary: HTMLElement | null = null;
-  private problem: HTMLElement | null = null;
-  private clusters: ClusterStatus[] = [];
-  private rendered = false;
-  private timer: number | undefined;
-
-  constructor(main: HTMLElement, kubeconfigURL: string) {
-    this.main = main;
-    this.kubeconfigURL = kubeconfigURL;
-  }
-
-  start(): void {
-    void this.refresh();
-    document.addEventListener("visibilitychange", () => {
-      if (!document.hidden) void this.refresh();
-    });
-  }
-
-  private schedule(): void {
-    window.clearTimeout(this.timer);
-    this.timer = window.setTimeout(() => {
-      if (document.hidden) this.schedule();
-      else void this.refresh();
-    }, REFRESH_MS);
-  }
-
-  private async refresh(): Promise<void> {
-    const got = await loadClusters();
-    switch (got.kind) {
-      case "signed-out":
-        this.showSignedOut(got.message);
-        return; // no more polling: signing in is a navigation
-      case "error":
-        this.showProblem(got.message);
-        break;
-      case "ok":
-        this.clusters = got.clusters;
-        this.showClusters();
-        break;
-    }
-    this.schedule();
-  }
-
-  private showSignedOut(message: string): void {
-    this.clusters = [];
-    this.query = this.tbody = this.summary = this.problem = null;
-    const section = el("section", { class: "signin", "aria-labelledby": "signin-title" },
-      el("h1", { id: "signin-title" }, "Sign in"),
-      el("p", {}, "Sign in to see the clusters you may reach."),
-      el("p", {}, el("a", { class: "button", href: "/" }, "Sign in")));
-    if (message) section.append(el("p", { class: "muted" }, message));
-    this.main.replaceChildren(section);
-    document.body.dataset.state = "signed-out";
-  }
-
-  private showProblem(message: string): void {
-    if (!this.problem) {
-      this.main.replaceChildren(el("p", { class: "problem", role: "alert" }, message));
-      return;
-    }
-    this.problem.textContent = message;
-    this.problem.hidden = false;
-  }
-
-  // skeleton builds the clusters view once; refreshes fill its table, so
-  // the search box keeps its focus and text.
-  private skeleton(): void {
-    const params = new URLSearchParams(location.search);
-    const query = el("input", {
-      id: "cluster-search", type: "search", autocomplete: "off", spellcheck: "false",
-      placeholder: "name or label, e.g. env=prod", "aria-controls": "cluster-table",
-    });
-    query.value = params.get("q") ?? "";
-    query.addEventListener("input", () => {
-      const u = new URL(location.href);
-      if (query.value) u.searchParams.set("q", query.value);
-      else u.searchParams.delete("q");
-      history.replaceState(null, "", u);
-      this.fillTable();
-    });
-    const summary = el("p", { id: "cluster-summary", role: "status", "aria-live": "polite", class: "muted" });
-    const problem = el("p", { class: "problem", role: "alert" });
-    problem.hidden = true;
-    const tbody = el("tbody");
-    const table = el("table", { id: "cluster-table", class: "clusters" },
-      el("caption", { class: "visually-hidden" }, "Clusters you may reach, with their health"),
-      el("thead", {}, el("tr", {},
-        ...["Cluster", "State", "Agents", "Round trip", "API server", "Last seen", "Labels", "kubectl"].map(
-          (h) => el("th", { scope: "col" }, h)))),
-      tbody);
-    const section = el("section", { "aria-labelledby": "clusters-title" },
-      el("h1", { id: "clusters-title" }, "Clusters"),
-      el("div", { class: "search" }, el("label", { for: "cluster-search" }, "Search clusters"), query),
-      summary, problem,
-      el("div", { class: "table-scroll" }, table));
-    this.main.replaceChildren(section);
-    this.query = query;
-    this.tbody = tbody;
-    this.summary = summary;
-    this.problem = problem;
-  }
-
-  private showClusters(): void {
-    if (!this.tbody) this.skeleton();
-    if (this.problem) this.problem.hidden = true;
-    this.fillTable();
-    document.body.dataset.state = "clusters";
-    if (!this.rendered) {
-      this.rendered = true;
-      performance.mark("keyhole-clusters-rendered");
-    }
-  }
-
-  private fillTable(): void {
-    if (!this.tbody || !this.summary || !this.query) return;
-    const now = new Date();
-    const shown = filterClusters(this.clusters, this.query.value);
-    this.tbody.replaceChildren(...shown.map((c) => this.row(c, now)));
-    const total = this.clusters.length;
-    let text: string;
-    if (total === 0) text = "There is no cluster you may reach.";
-    else if (shown.length === total) text = `${total} cluster${total === 1 ? "" : "s"}.`;
-    else text = `${shown.length} of ${total} clusters match.`;
-    this.summary.textContent = `${text} Updated ${now.toLocaleTimeString()}.`;
-  }
-
-  private row(c: ClusterStatus, now: Date): HTMLTableRowElement {
-    const seen = lastSeen(c);
-    const rtt = rttOf(c);
-    const errors = c.agents.map((a) => a.health.error).filter((e): e is string => !!e);
-    const state = el("td", { class: c.ready ? "ready" : "not-ready" }, c.ready ? "ready" : "not ready");
-    if (!c.ready && errors.length > 0) state.title = errors.join("\n");
-    const labels = el("td", { class: "labels" });
-    for (const [k, v] of Object.entries(c.labels ?? {}).sort(([a], [b]) => a.localeCompare(b))) {
-      labels.append(el("span", { class: "label" }, `${k}=${v}`), " ");
-    }
-    const cmd = `kubectl --kubeconfig keyhole.kubeconfig --context ${c.id} get namespaces`;
-    const copy = el("button", { type: "button", class: "copy", "aria-label": `Copy the kubectl command for ${c.id}` }, "Copy");
-    copy.addEventListener("click", () => {
-      navigator.clipboard.writeText(cmd).then(
-        () => { copy.textContent = "Copied"; },
-        () => { copy.textContent = "Copy failed"; });
-    });
-    const kubectl = el("td", { class: "kubectl" }, el("code", {}, cmd), " ", copy);
-    if (this.kubeconfigURL) {
-      kubectl.append(" ", el("a", { href: this.kubeconfigURL, download: "keyhole.kubeconfig",
-        "aria-label": `Download a kubeconfig (for ${c.id} and your other clusters)` }, "kubeconfig"));
-    }
-    const tr = el("tr", { "data-cluster": c.id },
-      el("th", { scope: "row" }, c.id),
-      state,
-      el("td", { class: "num" }, String(c.agents.length)),
-      el("td", { class: "num" }, rtt === null ? "–" : `${rtt.toFixed(rtt < 1 ? 2 : rtt < 10 ? 1 : 0)} ms`),
-      el("td", {}, versionsOf(c).join(", ") || "–"),
-      seen ? el("td", {}, el("time", { datetime: seen.toISOString(), title: seen.toLocaleString() }, formatAgo(seen, now)))
-        : el("td", {}, "never"),
-      labels,
-      kubectl);
-    return tr;
-  }
-}
-
-function main(): void {
-  const root = document.getElementById("main");
-  if (!root) return;
-  new Console(root, document.body.dataset.kubeconfig ?? "").start();
-}
-
-if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", main);
-else main();
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+else start();
