@@ -1,7 +1,9 @@
 package web
 
 import (
+	"html"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -125,5 +127,39 @@ func TestHomeLinksConsole(t *testing.T) {
 	page := body(t, b.do(s, "GET", "/", map[string]string{"Sec-Fetch-Site": "none"}))
 	if !strings.Contains(page, `<a href="`+ConsolePath+`">`) {
 		t.Fatalf("the signed-in landing page has no link to the console:\n%s", page)
+	}
+}
+
+// TestHomeThen: a console deep link survives sign-in. Signed out, the
+// landing page's sign-in link carries ?then= (a path of this origin only);
+// the callback moves the browser there; signed in, /?then= goes there at
+// once.
+func TestHomeThen(t *testing.T) {
+	e := newEnv(t, false)
+	s := e.replica(t, "r0")
+	b := newBrowser(t)
+	const deep = "/console/c/prod-eu/ns/shop/pods/web-0/log?container=app"
+	page := body(t, b.do(s, "GET", "/?then="+url.QueryEscape(deep), map[string]string{"Sec-Fetch-Site": "none"}))
+	want := `href="` + LoginPath + "?issuer=" + IssuerID(e.idp.srv.URL) + "&amp;then=" + url.QueryEscape(deep)
+	if !strings.Contains(strings.ToLower(page), strings.ToLower(want)) { // html/template writes %2f
+		t.Fatalf("the signed-out landing page's sign-in link does not carry then=; want %s in\n%s", want, page)
+	}
+	for _, bad := range []string{"//evil.test/x", "https://evil.test/", "/\\evil.test"} {
+		page := body(t, b.do(s, "GET", "/?then="+url.QueryEscape(bad), map[string]string{"Sec-Fetch-Site": "none"}))
+		if strings.Contains(page, "then=") {
+			t.Errorf("then=%q is carried into the sign-in link:\n%s", bad, page)
+		}
+	}
+	resp := b.callback(s, b.startLogin(s, e.idp, deep))
+	if p := body(t, resp); resp.StatusCode != http.StatusOK || !strings.Contains(p, `url=`+html.EscapeString(deep)+`"`) {
+		t.Fatalf("the callback does not move on to the deep link: %s\n%s", resp.Status, p)
+	}
+	resp = b.do(s, "GET", "/?then="+url.QueryEscape(deep), map[string]string{"Sec-Fetch-Site": "same-origin"})
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != deep {
+		t.Fatalf("signed in, /?then= answers %s to %q, want 303 to %s", resp.Status, resp.Header.Get("Location"), deep)
+	}
+	resp = b.do(s, "GET", "/?then="+url.QueryEscape("//evil.test/"), map[string]string{"Sec-Fetch-Site": "same-origin"})
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("signed in, /?then=//evil.test/ answers %s %q", resp.Status, resp.Header.Get("Location"))
 	}
 }
