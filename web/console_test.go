@@ -1,12 +1,14 @@
 package web
 
 import (
+	"encoding/json"
 	"html"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyhole-dev/keyhole/authn"
 )
@@ -161,5 +163,41 @@ func TestHomeThen(t *testing.T) {
 	resp = b.do(s, "GET", "/?then="+url.QueryEscape("//evil.test/"), map[string]string{"Sec-Fetch-Site": "same-origin"})
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("signed in, /?then=//evil.test/ answers %s %q", resp.Status, resp.Header.Get("Location"))
+	}
+}
+
+// TestSessionInfo: SessionPath tells the console who is signed in and
+// until when, only to a same-origin request with the console header, and
+// answers 401 when signed out.
+func TestSessionInfo(t *testing.T) {
+	e := newEnv(t, false)
+	s := e.replica(t, "r0")
+	b := newBrowser(t)
+	hdr := map[string]string{"Sec-Fetch-Site": "same-origin", "X-Keyhole-Console": "1"}
+	if resp := b.do(s, "GET", SessionPath, hdr); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("signed out: %s", resp.Status)
+	}
+	b.signIn(s, e.idp)
+	resp := b.do(s, "GET", SessionPath, hdr)
+	var info SessionInfo
+	if err := json.Unmarshal([]byte(body(t, resp)), &info); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("signed in: %s %v", resp.Status, err)
+	}
+	if info.User != "alice@example.com" || info.Issuer != "Test IdP" || info.LogoutPath != LogoutPath ||
+		info.Expires.Before(time.Now().Add(time.Hour)) || info.IdleTimeout <= 0 {
+		t.Errorf("session info: %+v", info)
+	}
+	if cc, csp := resp.Header.Get("Cache-Control"), resp.Header.Get("Content-Security-Policy"); cc != "no-store" || !strings.HasPrefix(csp, "sandbox") {
+		t.Errorf("headers: Cache-Control %q, CSP %q", cc, csp)
+	}
+	for name, h := range map[string]map[string]string{
+		"no console header": {"Sec-Fetch-Site": "same-origin"},
+		"cross-site":        {"Sec-Fetch-Site": "cross-site", "X-Keyhole-Console": "1"},
+		"foreign Origin":    {"Origin": "https://evil.test", "X-Keyhole-Console": "1"},
+	} {
+		resp := b.do(s, "GET", SessionPath, h)
+		if p := body(t, resp); resp.StatusCode != http.StatusForbidden || strings.Contains(p, "alice") {
+			t.Errorf("%s: %s %s", name, resp.Status, p)
+		}
 	}
 }

@@ -221,7 +221,7 @@ func (s *Sessions) Close() {
 // Routes registers the browser pages and sign-in endpoints on mux: GET /
 // (the landing page), GET LoginPath, GET CallbackPath, POST LogoutPath,
 // GET KubeconfigPath, GET AssetsPath, and the console: GET ConsolePath
-// (and any path under it) and GET ConsoleAssetsPath. (GET and HEAD of /
+// (and any path under it), GET ConsoleAssetsPath and GET SessionPath. (GET and HEAD of /
 // only: other methods and paths stay with mux's catch-all.)
 func (s *Sessions) Routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /{$}", s.serveHome)
@@ -234,6 +234,7 @@ func (s *Sessions) Routes(mux *http.ServeMux) {
 	mux.Handle("GET "+ConsolePath, console)
 	mux.Handle("GET "+ConsolePath+"/", console)
 	mux.HandleFunc("GET "+ConsoleAssetsPath, serveConsoleAssets)
+	mux.HandleFunc("GET "+SessionPath, s.serveSessionInfo)
 	// Browsers ask for /favicon.ico on every page load; without this route
 	// it would be a cookie request refused (and audited) for lacking the
 	// console header.

@@ -8,6 +8,7 @@
 // it (views.ts). Each view module registers itself on import.
 
 import { setSignedOutHandler } from "./api";
+import { showSession } from "./session";
 import { el } from "./dom";
 import { href, link, parse, setNavigateHandler, type Route } from "./router";
 import { viewFor } from "./views";
@@ -102,6 +103,8 @@ function start(): void {
   setNavigateHandler(render);
   window.addEventListener("popstate", render);
   render();
+  const header = document.querySelector("header");
+  if (header) void showSession(header);
 }
 
 if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
