@@ -245,3 +245,72 @@ func (e *consoleEnv) screenshot(name string) {
 		e.t.Errorf("screenshot %s: %v", name, err)
 	}
 }
+
+// axeScript is axe-core (pinned in web/console/package.json, installed by
+// hack/console.sh, which hack/test.sh runs first): the accessibility
+// checker, evaluated in the tab through DevTools (the console's CSP does
+// not govern that, and the console never loads it).
+var axeScript struct {
+	once sync.Once
+	src  string
+	err  error
+}
+
+// axeViolation is one failed axe-core rule.
+type axeViolation struct {
+	ID     string `json:"id"`
+	Impact string `json:"impact"`
+	Help   string `json:"help"`
+	Nodes  []struct {
+		Target []any  `json:"target"`
+		HTML   string `json:"html"`
+	} `json:"nodes"`
+}
+
+// accessible runs axe-core's WCAG 2 A and AA rules (labels, names, roles,
+// contrast, …) on the tab's current page, in its current color scheme,
+// and fails the test for each violation of impact serious or critical.
+// It returns how many rules passed.
+func (e *consoleEnv) accessible(when string) int {
+	e.t.Helper()
+	axeScript.once.Do(func() {
+		var b []byte
+		b, axeScript.err = os.ReadFile(filepath.Join("..", "web", "console", "node_modules", "axe-core", "axe.min.js"))
+		axeScript.src = string(b)
+	})
+	if axeScript.err != nil {
+		e.t.Fatalf("axe-core is not installed (run hack/console.sh, which hack/test.sh runs first): %v", axeScript.err)
+	}
+	if _, err := eval[bool](e.tab, axeScript.src+";true"); err != nil {
+		e.t.Fatalf("load axe-core: %v", err)
+	}
+	type result struct {
+		Violations []axeViolation `json:"violations"`
+		Passes     int            `json:"passes"`
+	}
+	r := mustEval[result](e.t, e.tab, `axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}, resultTypes: ["violations"]})
+		.then(r => ({violations: r.violations, passes: r.passes.length}))`)
+	for _, v := range r.Violations {
+		if v.Impact != "serious" && v.Impact != "critical" {
+			continue
+		}
+		var where []string
+		for i, n := range v.Nodes {
+			if i == 3 {
+				where = append(where, fmt.Sprintf("… %d more", len(v.Nodes)-3))
+				break
+			}
+			where = append(where, fmt.Sprint(n.Target)+" "+n.HTML)
+		}
+		e.t.Errorf("%s: accessibility (axe-core %s, %s): %s\n  %s", when, v.ID, v.Impact, v.Help, strings.Join(where, "\n  "))
+	}
+	return r.Passes
+}
+
+// colorScheme switches the tab's prefers-color-scheme ("light", "dark").
+func (e *consoleEnv) colorScheme(scheme string) {
+	e.t.Helper()
+	if _, err := callIn(e.tab, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: scheme}}}); err != nil {
+		e.t.Fatalf("Emulation.setEmulatedMedia: %v", err)
+	}
+}
