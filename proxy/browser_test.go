@@ -400,6 +400,20 @@ func TestBrowserVerifyingCluster(t *testing.T) {
 	if f.currents.Load() == 0 {
 		t.Error("the session was not checked before the cluster")
 	}
+	// The cluster list says which clusters the console cannot reach.
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "https://keyhole.example.test:8443"+ClustersPath, nil)
+	req.Header = fromConsole("s-alice")
+	c.stub.ClusterList(c.tsrv, c.prober).ServeHTTP(rec, req)
+	var list []ClusterStatus
+	if err := json.Unmarshal(rec.Body.Bytes(), &list); rec.Code != 200 || err != nil || len(list) != 2 {
+		t.Fatalf("cluster list: %d %s", rec.Code, rec.Body)
+	}
+	for _, cs := range list {
+		if want := cs.ID == "c1"; cs.KubectlOnly != want {
+			t.Errorf("cluster %s: kubectlOnly %v, want %v", cs.ID, cs.KubectlOnly, want)
+		}
+	}
 }
 
 // Clusters may not grant CORS or set cookies on the stub's origin, for

@@ -31,6 +31,11 @@ type ClusterStatus struct {
 	// the API server within ReadyWindow (Prober.Ready).
 	Ready  bool          `json:"ready"`
 	Agents []AgentStatus `json:"agents"`
+	// KubectlOnly: the cluster's agents verify callers themselves
+	// (Cluster.CallerAudience) and accept only ID tokens issued for them,
+	// so a browser session never reaches it (docs/browser.md); kubectl
+	// with `stub kubeconfig --oidc` does.
+	KubectlOnly bool `json:"kubectlOnly,omitempty"`
 }
 
 // AgentStatus is a connected agent as the tunnel lists it, with what the
@@ -94,7 +99,7 @@ func clusterStatuses(clusters ClusterRegistry, pol Policy, user *authn.User, tok
 			h, _ := prober.Health(a.Cluster, a.ID)
 			list = append(list, AgentStatus{AgentInfo: a, Health: h})
 		}
-		out = append(out, ClusterStatus{ID: c.ID, Labels: c.Labels, Ready: prober.Ready(c.ID), Agents: list})
+		out = append(out, ClusterStatus{ID: c.ID, Labels: c.Labels, Ready: prober.Ready(c.ID), Agents: list, KubectlOnly: c.CallerAudience != ""})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out

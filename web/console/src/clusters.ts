@@ -25,6 +25,9 @@ export interface ClusterStatus {
   labels?: Record<string, string>;
   ready: boolean;
   agents: AgentStatus[];
+  // kubectlOnly: the cluster's agents verify callers themselves; a browser
+  // session cannot reach it (use kubectl with `stub kubeconfig --oidc`).
+  kubectlOnly?: boolean;
 }
 
 // filterClusters keeps the clusters that match every word of query: a word

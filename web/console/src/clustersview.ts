@@ -185,7 +185,9 @@ class ClustersView {
         "aria-label": `Download a kubeconfig (for ${c.id} and your other clusters)` }, "kubeconfig"));
     }
     const tr = el("tr", { "data-cluster": c.id },
-      el("th", { scope: "row" }, link(href({ view: "cluster", cluster: c.id }), c.id)),
+      c.kubectlOnly
+        ? el("th", { scope: "row" }, c.id, " ", el("span", { class: "label", title: "Its agents verify callers themselves and accept only ID tokens issued for this cluster: use kubectl with `stub kubeconfig --oidc`." }, "kubectl only"))
+        : el("th", { scope: "row" }, link(href({ view: "cluster", cluster: c.id }), c.id)),
       state,
       el("td", { class: "num" }, String(c.agents.length)),
       el("td", { class: "num" }, rtt === null ? "–" : `${rtt.toFixed(rtt < 1 ? 2 : rtt < 10 ? 1 : 0)} ms`),
