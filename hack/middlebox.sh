@@ -91,7 +91,9 @@ main() {
 		log "libraries missing on this machine (install their Debian packages): $missing"
 		exit 1
 	fi
-	"$out/haproxy" -v | head -1 >&2
+	# sed reads all of it: `head -1` could close the pipe while haproxy
+	# still writes, and SIGPIPE under pipefail ended the whole build.
+	"$out/haproxy" -v | sed -n 1p >&2
 	"$out/tinyproxy" -v >&2
 }
 
