@@ -48,6 +48,7 @@ type consoleEnvOptions struct {
 	cluster string         // default "kh-console"
 	users   []idptest.User // Dex users; default carol@example.com / carol-pw-1 in group dev
 	extra   string         // more stub config YAML (see gatewayOptions.extra)
+	browser string         // more keys of the config's browser: section, e.g. "apps: {domain: …}"
 	// hostRules are more Chromium host-resolver rules ("MAP name 127.0.0.1").
 	hostRules []string
 	trust     []*x509.Certificate // more certificates for Chromium to trust
@@ -74,7 +75,11 @@ func startConsoleEnv(t *testing.T, o consoleEnvOptions) *consoleEnv {
 	const webClient = "keyhole-web"
 	e := &consoleEnv{t: t, cluster: o.cluster}
 	e.c = kubetest.Start(t)
-	extra := "browser: {sessionMaxAge: 2h, sessionIdleTimeout: 1h}\n" + o.extra
+	browserKeys := "sessionMaxAge: 2h, sessionIdleTimeout: 1h"
+	if o.browser != "" {
+		browserKeys += ", " + o.browser
+	}
+	extra := "browser: {" + browserKeys + "}\n" + o.extra
 	e.g = startGatewayWith(t, e.c, gatewayOptions{publicHost: browserStubHost, extra: extra})
 	webSecret := "web-secret-" + fmt.Sprint(time.Now().UnixNano())
 	e.dex = idptest.Start(t, idptest.Options{
