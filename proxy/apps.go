@@ -232,9 +232,6 @@ func (a *apps) label(hostport string) (label string, under bool) {
 	return rest, true
 }
 
-// AppsEnabled reports whether the stub serves in-cluster apps.
-func (s *Stub) AppsEnabled() bool { return s.apps != nil }
-
 // WithApps routes requests for app hosts (any host under the apps domain)
 // to the app host handler, and all others to next. Without apps it is
 // next.
