@@ -37,6 +37,10 @@ const (
 	// AnnotationBrowserEvent names a browser sign-in Event: one of the
 	// BrowserEvent* values.
 	AnnotationBrowserEvent = "keyhole.dev/browser-event"
+	// AnnotationAppOrigin is the origin of the in-cluster app (a
+	// Service's web UI served on a host of browser.apps.domain) that a
+	// request was made from or launched: https://<label>.<domain>[:port].
+	AnnotationAppOrigin    = "keyhole.dev/app-origin"
 	AnnotationEnded        = "keyhole.dev/ended"
 	AnnotationEndedMessage = "keyhole.dev/ended-message"
 )
@@ -115,6 +119,9 @@ type Request struct {
 	// BrowserEvent is a BrowserEvent* value for the Events of sign-in,
 	// refresh failure and sign-out (AnnotationBrowserEvent); "" otherwise.
 	BrowserEvent string
+	// AppOrigin is the app origin of a request to an app host, or of the
+	// launch of an app (AnnotationAppOrigin); "" otherwise.
+	AppOrigin string
 }
 
 // Outcome is how a request ended.
@@ -217,6 +224,9 @@ func NewEvent(r Request, stage auditv1.Stage, o *Outcome) *auditv1.Event {
 	}
 	if r.BrowserEvent != "" {
 		ev.Annotations[AnnotationBrowserEvent] = r.BrowserEvent
+	}
+	if r.AppOrigin != "" {
+		ev.Annotations[AnnotationAppOrigin] = r.AppOrigin
 	}
 
 	if o == nil {

@@ -70,6 +70,21 @@ func TestLoadStub(t *testing.T) {
 		"browser idle":    {body: head + "browser: {sessionMaxAge: 1h, sessionIdleTimeout: 2h}\n", want: []string{"browser.sessionIdleTimeout: 2h0m0s is longer than browser.sessionMaxAge 1h0m0s"}},
 		"browser idle 0":  {body: head + "browser: {sessionIdleTimeout: 1m}\n", want: []string{"browser.sessionIdleTimeout: 1m0s must be at least 5m"}},
 		"browser unknown": {body: head + "browser: {maxAge: 1h}\n", want: []string{`unknown key "browser.maxAge"`, "browser.sessionMaxAge"}},
+		"apps":            {body: head + "publicURL: https://keyhole.example.com\nbrowser: {apps: {domain: apps.example-apps.net}}\n"},
+		"apps same site":  {body: head + "publicURL: https://keyhole.example.com\nbrowser: {apps: {domain: apps.example.com}}\n", want: []string{`browser.apps.domain: "apps.example.com" is the same site as publicURL's host "keyhole.example.com"`, `"example.com"`, "allowSameSite: true"}},
+		"apps same ok":    {body: head + "publicURL: https://keyhole.example.com\nbrowser: {apps: {domain: apps.example.com, allowSameSite: true}}\n"},
+		"apps psl":        {body: head + "publicURL: https://keyhole.example.co.uk\nbrowser: {apps: {domain: apps.example.co.uk}}\n", want: []string{`registrable domain "example.co.uk"`}},
+		"apps psl other":  {body: head + "publicURL: https://keyhole.example.co.uk\nbrowser: {apps: {domain: apps.other.co.uk}}\n"},
+		"apps contains":   {body: head + "publicURL: https://keyhole.apps.example.net\nbrowser: {apps: {domain: apps.example.net, allowSameSite: true}}\n", want: []string{`contains publicURL's host "keyhole.apps.example.net"`}},
+		"apps bad":        {body: head + "browser: {apps: {domain: \"*.apps.example.net\"}}\n", want: []string{`browser.apps.domain: "*.apps.example.net" must be a DNS name`}},
+		"apps one label":  {body: head + "browser: {apps: {domain: apps}}\n", want: []string{`browser.apps.domain: "apps" must be a DNS name`}},
+		"apps ip":         {body: head + "browser: {apps: {domain: 10.0.0.1}}\n", want: []string{`browser.apps.domain: "10.0.0.1"`}},
+		"apps acme":       {body: head + "publicURL: https://keyhole.example.com\ntls: {acme: {agreeTOS: true}}\nbrowser: {apps: {domain: apps.example-apps.net}}\n", want: []string{"browser.apps: with tls.acme", `"*.apps.example-apps.net"`, "DNS-01", "browser.apps.certFile"}},
+		"apps acme cert":  {body: head + "publicURL: https://keyhole.example.com\ntls: {acme: {agreeTOS: true}}\nbrowser: {apps: {domain: apps.example-apps.net, certFile: a, keyFile: b}}\n"},
+		"apps half pair":  {body: head + "browser: {apps: {domain: apps.example-apps.net, certFile: a}}\n", want: []string{"browser.apps.certFile", "give both"}},
+		"apps hosts":      {body: head + "tls: {hosts: [localhost]}\nbrowser: {apps: {domain: apps.example-apps.net}}\n", want: []string{`tls.hosts: [localhost] does not include "*.apps.example-apps.net"`}},
+		"apps hosts ok":   {body: head + "tls: {hosts: [localhost, \"*.apps.example-apps.net\"]}\nbrowser: {apps: {domain: apps.example-apps.net}}\n"},
+		"apps unknown":    {body: head + "browser: {apps: {domain: apps.example-apps.net, sameSite: true}}\n", want: []string{`unknown key "browser.apps.sameSite"`, "browser.apps"}},
 		"hub no host":     {body: head + "tls: {certFile: a, keyFile: b}\nhub: {enabled: true, namespace: keyhole}\n", want: []string{`hub.replicaID: ""`, "host name"}},
 	}
 	for name, tc := range cases {
@@ -94,6 +109,38 @@ func TestLoadStub(t *testing.T) {
 				t.Errorf("error %q does not name the file", err)
 			}
 		})
+	}
+}
+
+// TestAppsDefaults: the self-signed certificate's default hosts include
+// the apps wildcard; the domain is read without case or a final dot.
+func TestAppsDefaults(t *testing.T) {
+	c, err := ParseStub("c.yaml", []byte(head+"publicURL: https://kh.example.com\nbrowser: {apps: {domain: Apps.Example-Apps.NET.}}\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Browser.Apps.Domain != "apps.example-apps.net" || !slices.Contains(c.TLS.Hosts, "*.apps.example-apps.net") {
+		t.Fatalf("domain %q, hosts %v", c.Browser.Apps.Domain, c.TLS.Hosts)
+	}
+	c, err = ParseStub("c.yaml", []byte(head+"publicURL: https://kh.example.com\nbrowser: {apps: {domain: apps.example-apps.net, certFile: a, keyFile: b}}\n"), noEnv)
+	if err != nil || slices.Contains(c.TLS.Hosts, "*.apps.example-apps.net") {
+		t.Fatalf("with apps.certFile the self-signed certificate needs no wildcard: %v %v", c.TLS.Hosts, err)
+	}
+	for _, tc := range []struct {
+		host, domain, site string
+		same               bool
+	}{
+		{"keyhole.example.com", "apps.example.com", "example.com", true},
+		{"keyhole.example.com", "apps.example-apps.net", "example.com", false},
+		{"keyhole.example.test", "apps.keyhole-apps.test", "example.test", false},
+		{"127.0.0.1", "apps.example.net", "127.0.0.1", false},
+		{"localhost", "apps.localhost", "localhost", false},
+		{"a.github.io", "b.github.io", "a.github.io", false}, // github.io is a public suffix: each user a site
+	} {
+		site, same := SameSite(tc.host, tc.domain)
+		if site != tc.site || same != tc.same {
+			t.Errorf("SameSite(%q, %q) = %q, %v; want %q, %v", tc.host, tc.domain, site, same, tc.site, tc.same)
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/publicsuffix"
 
 	"github.com/keyhole-dev/keyhole/authn"
 	"github.com/keyhole-dev/keyhole/policy"
@@ -83,7 +84,41 @@ type Browser struct {
 	// (older keys still open cookies until their sessions are over, so
 	// rotation logs nobody out): from 1h to 2160h, default 168h.
 	KeyRotation Duration `json:"keyRotation,omitzero"`
+	// Apps serves in-cluster web UIs (a Service's port, through the API
+	// server's services/proxy) to signed-in browsers, each on an origin of
+	// its own under Apps.Domain (docs/console-apps.md). Off when absent.
+	Apps *BrowserApps `json:"apps,omitempty"`
 }
+
+// BrowserApps is the browser.apps section: where in-cluster web UIs are
+// served. Each app (a cluster, namespace, Service and port) gets the host
+// <label>.<domain> on publicURL's port; a wildcard DNS record for
+// *.<domain> must point at the stub, and its certificate must cover
+// *.<domain>.
+type BrowserApps struct {
+	// Domain is the wildcard's parent, e.g. "apps.example-apps.net":
+	// under a registrable domain other than publicURL's host's (another
+	// site), unless AllowSameSite.
+	Domain string `json:"domain"`
+	// AllowSameSite accepts a Domain under the same registrable domain as
+	// publicURL (e.g. apps.example.com beside keyhole.example.com). Weaker:
+	// SameSite cookies no longer separate the console from the apps, and
+	// an app's page may set cookies for the console's host (cookie
+	// tossing). The console's own checks still refuse every request from
+	// an app's page, but one layer is gone.
+	AllowSameSite bool `json:"allowSameSite"`
+	// CertFile and KeyFile are a certificate for *.<domain> served to app
+	// hosts (by SNI), picked up again when renewed. Needed with tls.acme
+	// (ACME issues a wildcard only through DNS-01, which the stub does not
+	// do); otherwise optional: without them app hosts get the stub's own
+	// certificate, which must then cover *.<domain> (the self-signed one
+	// does by default).
+	CertFile string `json:"certFile"`
+	KeyFile  string `json:"keyFile"`
+}
+
+// Wildcard is the name the certificate of app hosts must cover.
+func (a BrowserApps) Wildcard() string { return "*." + a.Domain }
 
 // Defaults and bounds of the browser: section.
 const (
@@ -310,11 +345,17 @@ func (c *Stub) Complete(env Env) {
 			a.Domains = []string{publicHost}
 		}
 	}
+	if a := c.Browser.Apps; a != nil {
+		a.Domain = strings.ToLower(strings.TrimSuffix(a.Domain, "."))
+	}
 	selfSigned := c.TLS.CertFile == "" && c.TLS.KeyFile == "" && c.TLS.ACME == nil
 	if selfSigned && len(c.TLS.Hosts) == 0 {
 		c.TLS.Hosts = []string{"localhost", "127.0.0.1", "::1"}
 		if publicHost != "" && publicHost != "localhost" {
 			c.TLS.Hosts = append(c.TLS.Hosts, publicHost)
+		}
+		if a := c.Browser.Apps; a != nil && a.CertFile == "" && a.Domain != "" {
+			c.TLS.Hosts = append(c.TLS.Hosts, a.Wildcard()) // app hosts get the stub's own certificate
 		}
 	}
 	{
@@ -373,6 +414,9 @@ func (c Stub) Validate() error {
 			c.Streams.CredentialExpiry, CredentialExpiryEnd, CredentialExpiryKeep)
 	}
 	checkBrowser(&p, c.Browser)
+	if c.Browser.Apps != nil {
+		checkApps(&p, c)
+	}
 	checkLevel(&p, c.Log.Level)
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
@@ -529,3 +573,79 @@ func checkLevel(p *problems, level string) {
 // TLSDir is where the self-signed CA and certificate of a first run live,
 // inside the state directory (whose other files package stub owns).
 func (c Stub) TLSDir() string { return filepath.Join(c.StateDir, "tls") }
+
+// checkApps checks browser.apps: a domain that can take a label in front,
+// on another site than the console (unless allowSameSite), and a
+// certificate that will cover its wildcard.
+func checkApps(p *problems, c Stub) {
+	a := c.Browser.Apps
+	const fix = `e.g. "apps.example-apps.net", with a wildcard DNS record *.apps.example-apps.net pointing at the stub`
+	if !validDomain(a.Domain) {
+		p.addf("browser.apps.domain: %q must be a DNS name of at least two labels (lower-case letters, digits, '-'), at most %d characters, %s",
+			a.Domain, MaxAppsDomainLength, fix)
+		return
+	}
+	publicHost := ""
+	if u, err := url.Parse(c.PublicURL); err == nil {
+		publicHost = strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	}
+	if publicHost == a.Domain || strings.HasSuffix(publicHost, "."+a.Domain) {
+		p.addf("browser.apps.domain: %q contains publicURL's host %q: the console would be served as an app; pick a domain the console is not under, %s", a.Domain, publicHost, fix)
+	} else if site, same := SameSite(publicHost, a.Domain); same && !a.AllowSameSite {
+		p.addf("browser.apps.domain: %q is the same site as publicURL's host %q (both under the registrable domain %q): SameSite cookies would not separate the apps from the console, and an app's page could set cookies for it; use a domain under another registrable domain, %s, or set browser.apps.allowSameSite: true to accept the weaker isolation (see docs/console-apps.md)",
+			a.Domain, publicHost, site, fix)
+	}
+	if (a.CertFile == "") != (a.KeyFile == "") {
+		p.addf("browser.apps.certFile %q / browser.apps.keyFile %q: give both (a certificate for %q) or neither (the stub's own certificate)", a.CertFile, a.KeyFile, a.Wildcard())
+	}
+	if a.CertFile != "" {
+		return
+	}
+	switch {
+	case c.TLS.ACME != nil:
+		p.addf("browser.apps: with tls.acme the stub has no certificate for %q (an ACME CA issues a wildcard only through the DNS-01 challenge, which the stub does not answer); set browser.apps.certFile and keyFile to a certificate for %q, e.g. from cert-manager with a DNS-01 solver", a.Wildcard(), a.Wildcard())
+	case c.TLS.CertFile == "" && !slices.Contains(c.TLS.Hosts, a.Wildcard()):
+		p.addf("tls.hosts: %v does not include %q, which browser.apps.domain needs in the self-signed certificate; add it, or remove tls.hosts for the default (which includes it)", c.TLS.Hosts, a.Wildcard())
+	}
+}
+
+// MaxAppsDomainLength leaves room in a 253-character host name for an
+// app's label (32 characters) and its dot.
+const MaxAppsDomainLength = 253 - 33
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func validDomain(d string) bool {
+	if len(d) > MaxAppsDomainLength || net.ParseIP(d) != nil {
+		return false
+	}
+	labels := strings.Split(d, ".")
+	if len(labels) < 2 {
+		return false
+	}
+	for _, l := range labels {
+		if !dnsLabel.MatchString(l) {
+			return false
+		}
+	}
+	return true
+}
+
+// SameSite reports whether a browser takes host and the hosts under
+// appsDomain for one site (the same registrable domain, by the Public
+// Suffix List as golang.org/x/net/publicsuffix has it), and names that
+// site. An IP address is a site of its own.
+func SameSite(host, appsDomain string) (string, bool) {
+	site := func(h string) string {
+		if net.ParseIP(h) != nil {
+			return h
+		}
+		s, err := publicsuffix.EffectiveTLDPlusOne(h)
+		if err != nil {
+			return h // a public suffix itself (or "localhost"): its own site
+		}
+		return s
+	}
+	s := site(host)
+	return s, s == site("app."+appsDomain)
+}

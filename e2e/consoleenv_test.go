@@ -48,6 +48,7 @@ type consoleEnvOptions struct {
 	cluster string         // default "kh-console"
 	users   []idptest.User // Dex users; default carol@example.com / carol-pw-1 in group dev
 	extra   string         // more stub config YAML (see gatewayOptions.extra)
+	browser string         // more keys of the config's browser: section, e.g. "apps: {domain: …}"
 	// hostRules are more Chromium host-resolver rules ("MAP name 127.0.0.1").
 	hostRules []string
 	trust     []*x509.Certificate // more certificates for Chromium to trust
@@ -74,7 +75,11 @@ func startConsoleEnv(t *testing.T, o consoleEnvOptions) *consoleEnv {
 	const webClient = "keyhole-web"
 	e := &consoleEnv{t: t, cluster: o.cluster}
 	e.c = kubetest.Start(t)
-	extra := "browser: {sessionMaxAge: 2h, sessionIdleTimeout: 1h}\n" + o.extra
+	browserKeys := "sessionMaxAge: 2h, sessionIdleTimeout: 1h"
+	if o.browser != "" {
+		browserKeys += ", " + o.browser
+	}
+	extra := "browser: {" + browserKeys + "}\n" + o.extra
 	e.g = startGatewayWith(t, e.c, gatewayOptions{publicHost: browserStubHost, extra: extra})
 	webSecret := "web-secret-" + fmt.Sprint(time.Now().UnixNano())
 	e.dex = idptest.Start(t, idptest.Options{
@@ -136,16 +141,19 @@ func (e *consoleEnv) signIn(email, password, path string) {
 		path = web.ConsolePath
 	}
 	e.open(path)
-	pollJS(e.t, e.tab, browserActionTimeout, "the console's Sign in", `document.body.dataset.state === "signed-out"`, e.g.stub)
+	// Each click waits for its page to have loaded whole: a click while the
+	// stylesheet still arrives can land where the link no longer is (seen
+	// once under load: the landing page's sign-in clicked, no navigation).
+	pollJS(e.t, e.tab, browserActionTimeout, "the console's Sign in", `document.readyState === "complete" && document.body.dataset.state === "signed-out"`, e.g.stub)
 	if err := doIn(e.tab, chromedp.Click(chromedp.CSS("section.signin a.button"))); err != nil {
 		e.t.Fatalf("click the console's Sign in: %v", err)
 	}
 	// The landing page, signed out: its sign-in button (it carries ?then=).
-	pollJS(e.t, e.tab, browserActionTimeout, "the landing page's sign-in", `location.pathname === "/" && document.querySelector("section.signin a.button") !== null`, e.g.stub)
+	pollJS(e.t, e.tab, browserActionTimeout, "the landing page's sign-in", `document.readyState === "complete" && location.pathname === "/" && document.querySelector("section.signin a.button") !== null`, e.g.stub)
 	if err := doIn(e.tab, chromedp.Click(chromedp.CSS("section.signin a.button"))); err != nil {
 		e.t.Fatalf("click the landing page's sign-in: %v", err)
 	}
-	pollJS(e.t, e.tab, browserActionTimeout, "Dex's login form or the console", `document.querySelector("#login") !== null || location.pathname.startsWith("/console")`)
+	pollJS(e.t, e.tab, browserActionTimeout, "Dex's login form or the console", `document.querySelector("#login") !== null || location.pathname.startsWith("/console")`, e.g.stub)
 	if mustEval[bool](e.t, e.tab, `document.querySelector("#login") !== null`) {
 		if err := doIn(e.tab,
 			chromedp.SendKeys(chromedp.ID("login"), email),

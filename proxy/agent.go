@@ -196,7 +196,8 @@ const agentIdentityKey ctxKey = 1
 // remove Impersonate-User and leave the request to run with the agent's own
 // rights. Credentials that are not the agent's (Authorization, cookies, a
 // WebSocket bearer subprotocol) and any other Impersonate-* or Keyhole-*
-// header are removed here, from the request as it will be sent; client-go's
+// header are removed here, from the request as it will be sent (cookies
+// but on the proxy subresources, where they are the app's); client-go's
 // transport then adds the agent's ServiceAccount token (it keeps an
 // Authorization already present, hence the Del).
 func (a *AgentHop) rewrite(pr *httputil.ProxyRequest) {
@@ -210,7 +211,12 @@ func (a *AgentHop) rewrite(pr *httputil.ProxyRequest) {
 	h := pr.Out.Header
 	h.Del("Authorization")
 	h.Del("Proxy-Authorization")
-	h.Del("Cookie")
+	if !proxySubresource(pr.In.Method, pr.In.URL.Path) {
+		// Cookies are no credential of the API server's. Through a proxy
+		// subresource they are the proxied app's own (the stub sends only
+		// those, for an in-cluster app; apps.go): they go on to the app.
+		h.Del("Cookie")
+	}
 	deletePrefix(h, "Impersonate-")
 	deletePrefix(h, identityPrefix)
 	deletePrefix(h, frontProxyPrefix)

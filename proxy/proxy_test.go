@@ -258,6 +258,7 @@ type chainOpts struct {
 	// sessions and publicURL are StubConfig's Sessions and PublicURL.
 	sessions  BrowserSessions
 	publicURL string
+	apps      *AppsConfig // StubConfig's Apps (apps_test.go)
 }
 
 func newChain(t testing.TB, apiRest *rest.Config, api *fakeAPI) *chain {
@@ -305,15 +306,16 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 		Auth:   auth,
 		Policy: pol, Metrics: metrics, Logger: stubLog,
 		RecheckInterval: o.recheck, KeepStreamsPastExpiry: o.keepPastExpiry,
-		Sessions: o.sessions, PublicURL: o.publicURL})
+		Sessions: o.sessions, PublicURL: o.publicURL, Apps: o.apps})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle(tunnel.ConnectPath, tsrv)
 	mux.Handle(ClustersPrefix, stub)
+	mux.Handle(AppsPath, stub.AppsAPI())
 	mux.Handle("/", stub)
-	ts := httptest.NewUnstartedServer(mux)
+	ts := httptest.NewUnstartedServer(stub.WithApps(mux))
 	ts.EnableHTTP2 = true
 	ts.StartTLS()
 	pool := x509.NewCertPool()

@@ -95,7 +95,10 @@ type StubConfig struct {
 	// PublicURL is the stub's public URL (stub config publicURL): cookie
 	// requests are accepted only from its origin. Required with Sessions.
 	PublicURL string
-	Logger    *zap.Logger
+	// Apps, with Sessions, serves in-cluster apps on hosts of their own
+	// (apps.go); nil: none (AppsPath answers that none are configured).
+	Apps   *AppsConfig
+	Logger *zap.Logger
 }
 
 // Stub is the http.Handler for /clusters/{id}/….
@@ -109,6 +112,8 @@ type Stub struct {
 	drain drainer
 	// origin is PublicURL's origin (origin.Of), with Sessions.
 	origin string
+	// apps serves in-cluster apps (apps.go); nil without StubConfig.Apps.
+	apps *apps
 }
 
 // ClustersPrefix is the path under which every cluster is served.
@@ -139,6 +144,16 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 			return nil, fmt.Errorf("proxy: StubConfig.PublicURL, needed with Sessions: %w", err)
 		}
 		s.origin = o
+	}
+	if cfg.Apps != nil {
+		if cfg.Sessions == nil {
+			return nil, errors.New("proxy: StubConfig.Apps needs Sessions")
+		}
+		a, err := newApps(cfg.Apps, cfg.PublicURL)
+		if err != nil {
+			return nil, err
+		}
+		s.apps = a
 	}
 	s.tr = &http.Transport{
 		// The "host" of an outbound URL is the cluster ID; each connection is
@@ -215,6 +230,8 @@ type reqState struct {
 	callerToken string
 	// browser: a cookie request, with this session (browser.go).
 	browser *BrowserSession
+	// app: a request to an app host (apps.go), with its session in browser.
+	app *appState
 
 	// sentAsUser and sentAsGroups are the impersonation the outbound request
 	// carried, read from its headers as rewrite left them: the audit record
@@ -494,6 +511,15 @@ func (s *Stub) rewrite(pr *httputil.ProxyRequest) {
 	deletePrefix(h, "Impersonate-")
 	deletePrefix(h, frontProxyPrefix)
 	dropBearerProtocols(h)
+	if st.app != nil {
+		// The app's own cookies, never the stub's (appCookies); the Origin
+		// the stub checked is not the app's to check again: the app sees
+		// the API server's host, not its origin's.
+		if st.app.cookie != "" {
+			h.Set("Cookie", st.app.cookie)
+		}
+		h.Del("Origin")
+	}
 	h.Set(HeaderUser, st.user.Name)
 	for _, g := range st.user.Groups {
 		h.Add(HeaderGroup, g)
@@ -525,6 +551,11 @@ func (s *Stub) modifyResponse(resp *http.Response) error {
 		}
 	}
 	resp.Header.Del(HeaderServedBy)
+	if st, ok := resp.Request.Context().Value(stateKey).(*reqState); ok && st.app != nil {
+		// An app's response is the app's page, which must run on its
+		// origin: no sandbox, but no CORS, no cookies of ours (apps.go).
+		return appResponse(resp, st.app)
+	}
 	stripClusterResponseHeaders(resp.Header)
 	if st, ok := resp.Request.Context().Value(stateKey).(*reqState); ok && st.browser != nil {
 		// Set on the response, not on the writer beforehand: ReverseProxy

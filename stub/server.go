@@ -79,6 +79,9 @@ func New(cfg config.Stub, opts Options) (*Server, error) {
 	if s.bundle, err = LoadBundle(cfg); err != nil {
 		return nil, err
 	}
+	if err := checkAppsCertificate(cfg, s.bundle); err != nil {
+		return nil, err
+	}
 	if s.state, err = StateFor(cfg, s.log.Named("state")); err != nil {
 		return nil, err
 	}
@@ -186,8 +189,12 @@ func (s *Server) start(ctx context.Context, r *running) error {
 	if err := s.startBrowser(r); err != nil {
 		return err
 	}
+	var apps *proxy.AppsConfig
+	if a := cfg.Browser.Apps; a != nil {
+		apps = &proxy.AppsConfig{Domain: a.Domain, Sealer: r.web}
+	}
 	r.proxy, err = proxy.NewStub(proxy.StubConfig{Dialer: r.tunnel, Clusters: s.state.Registry(), Auth: s.access, Policy: s.access,
-		Audit: r.sink, Metrics: metrics, Logger: log.Named("proxy"), Sessions: r.web, PublicURL: cfg.PublicURL,
+		Audit: r.sink, Metrics: metrics, Logger: log.Named("proxy"), Sessions: r.web, PublicURL: cfg.PublicURL, Apps: apps,
 		RecheckInterval:       cfg.Streams.RecheckInterval.Duration,
 		KeepStreamsPastExpiry: cfg.Streams.CredentialExpiry == config.CredentialExpiryKeep})
 	if err != nil {
@@ -237,11 +244,14 @@ func (s *Server) handler(r *running) http.Handler {
 	mux.Handle(tunnel.ConnectPath, r.tunnel)
 	mux.Handle(proxy.ClustersPrefix, r.proxy)
 	mux.Handle(proxy.ClustersPath, r.proxy.ClusterList(r.tunnel, r.prober))
+	mux.Handle(proxy.AppsPath, r.proxy.AppsAPI())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", s.readyz)
 	r.web.Routes(mux)        // the landing page at "/" and /keyhole/{login,callback,logout,kubeconfig,assets}
 	mux.Handle("/", r.proxy) // any other path: authenticated, audited, 404
-	return limitHeaders(mux, r.proxy, s.log.Named("http"))
+	// Hosts under browser.apps.domain never reach mux: each is one
+	// in-cluster app, and all of its paths are the app's (proxy/apps.go).
+	return limitHeaders(r.proxy.WithApps(mux), r.proxy, s.log.Named("http"))
 }
 
 // Request headers. kube-apiserver accepts a request header of up to 1 MiB

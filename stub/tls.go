@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -41,6 +42,70 @@ const acmeMinFree = 64 << 10
 // listener). Call it once the listener is bound: tls-alpn-01 validation
 // may connect as soon as it returns.
 func serverTLS(cfg config.Stub, bundle *certs.Bundle, hub kubernetes.Interface, log *zap.Logger) (*tls.Config, func(), error) {
+	tc, stop, err := mainTLS(cfg, bundle, hub, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	a := cfg.Browser.Apps
+	if a == nil || a.CertFile == "" {
+		return tc, stop, nil
+	}
+	// App hosts (browser.apps) get their own certificate, by SNI.
+	rl, err := certs.NewReloading(a.CertFile, a.KeyFile)
+	if err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("browser.apps.certFile: %w", err)
+	}
+	main, mainCerts := tc.GetCertificate, tc.Certificates
+	tc = tc.Clone()
+	tc.Certificates = nil
+	suffix := "." + a.Domain
+	tc.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+		if strings.HasSuffix(strings.ToLower(strings.TrimSuffix(hello.ServerName, ".")), suffix) {
+			return rl.GetCertificate(hello)
+		}
+		if main != nil {
+			return main(hello)
+		}
+		return &mainCerts[0], nil
+	}
+	return tc, stop, nil
+}
+
+// checkAppsCertificate checks, with browser.apps, that app hosts will get
+// a certificate for their names: browser.apps.certFile's, or else the
+// stub's own (an operator's tls.certFile, or the self-signed one, whose
+// default hosts include the wildcard). With tls.acme, config validation
+// already asked for browser.apps.certFile.
+func checkAppsCertificate(cfg config.Stub, bundle *certs.Bundle) error {
+	a := cfg.Browser.Apps
+	if a == nil {
+		return nil
+	}
+	host := strings.Repeat("a", 32) + "." + a.Domain // an app host's name
+	if a.CertFile != "" {
+		c, err := tls.LoadX509KeyPair(a.CertFile, a.KeyFile)
+		if err != nil {
+			return fmt.Errorf("browser.apps.certFile %q / keyFile %q: %w", a.CertFile, a.KeyFile, err)
+		}
+		if err := c.Leaf.VerifyHostname(host); err != nil {
+			return fmt.Errorf("browser.apps.certFile %q does not cover %q, the names of app hosts (%v); use a certificate for that wildcard", a.CertFile, a.Wildcard(), err)
+		}
+		return nil
+	}
+	if cfg.TLS.ACME != nil || bundle == nil || bundle.Cert.Leaf == nil {
+		return nil
+	}
+	if err := bundle.Cert.Leaf.VerifyHostname(host); err != nil {
+		if cfg.TLS.CertFile != "" {
+			return fmt.Errorf("browser.apps.domain %q: the certificate in tls.certFile %q does not cover %q, the names of app hosts (%v); add that name to it, or set browser.apps.certFile/keyFile to a certificate for it", a.Domain, cfg.TLS.CertFile, a.Wildcard(), err)
+		}
+		return fmt.Errorf("browser.apps.domain %q: the self-signed certificate does not cover %q (%v); add it to tls.hosts", a.Domain, a.Wildcard(), err)
+	}
+	return nil
+}
+
+func mainTLS(cfg config.Stub, bundle *certs.Bundle, hub kubernetes.Interface, log *zap.Logger) (*tls.Config, func(), error) {
 	switch {
 	case cfg.TLS.ACME != nil:
 		return acmeTLS(cfg, hub, log)
