@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/heapprofiler"
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	corev1 "k8s.io/api/core/v1"
@@ -190,12 +191,43 @@ spec:
 		t.Fatalf("kubectl delete: %v\n%s", err, out)
 	}
 	pollJS(t, e.tab, browserActionTimeout, "live-1 to disappear", `!document.querySelector('#list-table tr[data-name="live-1"]')`)
-	t.Logf("pod list: live-1 appeared %v after kubectl apply returned... (incl. kubectl's own time), gone %v after kubectl delete started",
+	t.Logf("pod list: live-1 appeared %v after kubectl apply started (kubectl's own start included), gone %v after kubectl delete started",
 		appeared.Round(time.Millisecond), time.Since(deleteStart).Round(time.Millisecond))
 	if lists := mustEval[int](t, e.tab, `window.__keyholeWatch.lists`); lists != lists0 {
 		t.Errorf("the pod list listed again (%d lists, was %d): changes must come from the watch", lists, lists0)
 	}
 	e.noErrors("the pod list")
+
+	// The network drops (DevTools: offline): the watch fails, the page
+	// says it is reconnecting and, back online, watches again from the
+	// version it had, without a second list; a new pod still shows.
+	watches0 := mustEval[int](t, e.tab, `window.__keyholeWatch.watches`)
+	offline := func(off bool) {
+		t.Helper()
+		if _, err := callIn(e.tab, network.EmulateNetworkConditionsByRule, network.EmulateNetworkConditionsByRuleParams{
+			MatchedNetworkConditions: []*network.Conditions{{Offline: off, DownloadThroughput: -1, UploadThroughput: -1}}}); err != nil {
+			t.Fatalf("Network.emulateNetworkConditionsByRule: %v", err)
+		}
+	}
+	offline(true)
+	pollJS(t, e.tab, 30*time.Second, "the page to say it is reconnecting", `document.querySelector(".watch-state").textContent.startsWith("Reconnecting")`)
+	reconnecting := mustEval[string](t, e.tab, `document.querySelector(".watch-state").textContent`)
+	offline(false)
+	pollJS(t, e.tab, 60*time.Second, "the watch to be live again", fmt.Sprintf(`document.querySelector(".watch-state").textContent === "Live." && window.__keyholeWatch.watches > %d`, watches0))
+	if out, err := c.Kubectl(t, "run", "live-2", "-n", ns, "--image=sim", "--restart=Never"); err != nil {
+		t.Fatalf("kubectl run: %v\n%s", err, out)
+	}
+	pollJS(t, e.tab, browserActionTimeout, "live-2 to appear after the reconnect", `!!document.querySelector('#list-table tr[data-name="live-2"]')`)
+	st := mustEval[map[string]int](t, e.tab, `window.__keyholeWatch`)
+	t.Logf("network dropped: %q; back online, watching again: %v", reconnecting, st)
+	if st["lists"] != lists0 {
+		t.Errorf("the reconnect listed again (%d lists, was %d): it must watch from the version it had", st["lists"], lists0)
+	}
+	if out, err := c.Kubectl(t, "delete", "pod", "live-2", "-n", ns, "--wait=false"); err != nil {
+		t.Fatalf("kubectl delete: %v\n%s", err, out)
+	}
+	pollJS(t, e.tab, browserActionTimeout, "live-2 to disappear", `!document.querySelector('#list-table tr[data-name="live-2"]')`)
+	e.expectErrors() // the failed loads while offline
 
 	// 3. A pod's page: containers, node, IP, its Event (live), its YAML.
 	if err := doIn(e.tab, chromedp.Click(chromedp.CSS(`#list-table tr[data-name="web-2"] a`))); err != nil {

@@ -8,7 +8,7 @@ import { el } from "../dom";
 import { formatRes, href, link, type Route } from "../router";
 import { registerView } from "../views";
 import { LiveTable, parseQuery } from "./livetable";
-import { pluralTitle, searchBox } from "./names";
+import { pluralTitle, searchBox, titles } from "./names";
 import { builtin, kinds, ref, type Kind } from "./resources";
 
 type ClusterRoute = Extract<Route, { view: "cluster" }>;
@@ -19,10 +19,11 @@ export function kindsTable(cluster: string, list: Kind[], caption: string, id: s
   const tbody = el("tbody");
   const count = el("p", { class: "muted", role: "status" });
   const sorted = [...list].sort((a, b) => (a.group === b.group ? a.kind.localeCompare(b.kind) : a.group === "" ? -1 : b.group === "" ? 1 : a.group.localeCompare(b.group)));
+  const names = titles(list);
   const rows = sorted.map((k) => {
     const res = formatRes(ref(k));
     const tr = el("tr", { "data-res": res },
-      el("th", { scope: "row" }, link(href({ view: "list", cluster, namespace: k.namespaced ? namespace : undefined, res: ref(k) }), pluralTitle(k))),
+      el("th", { scope: "row" }, link(href({ view: "list", cluster, namespace: k.namespaced ? namespace : undefined, res: ref(k) }), names.get(k) ?? pluralTitle(k))),
       el("td", {}, el("code", {}, res)),
       el("td", {}, k.group ? `${k.group}/${k.version}` : k.version),
       el("td", {}, k.shortNames.join(", ")));

@@ -374,15 +374,18 @@ export class LiveTable {
     this.table.setAttribute("aria-rowcount", String(v.length + 1));
   }
 
-  // fit sizes the scroller: rows' height, or what the window has left.
+  // fit sizes the scroller: rows' height, or what the window has left
+  // (as a maximum: a short list takes only its rows' room).
   private fit(): void {
     if (this.o.rows) {
-      this.scroller.style.maxHeight = `${(this.o.rows + 1) * this.rowPx + 4}px`;
-      return;
+      this.viewPx = (this.o.rows + 1) * this.rowPx + 4;
+    } else {
+      const top = this.scroller.getBoundingClientRect().top + window.scrollY;
+      this.viewPx = Math.max(240, window.innerHeight - top - 24);
     }
-    const top = this.scroller.getBoundingClientRect().top + window.scrollY;
-    this.scroller.style.height = `${Math.max(240, window.innerHeight - top - 24)}px`;
+    this.scroller.style.maxHeight = `${this.viewPx}px`;
   }
+  private viewPx = 0;
 
   // render draws the rows in view (and OVERSCAN more each side) between
   // two spacer rows that stand for the rest.
@@ -394,7 +397,7 @@ export class LiveTable {
     }
     const n = this.view.length;
     const top = this.scroller.scrollTop;
-    const h = this.scroller.clientHeight || window.innerHeight;
+    const h = this.viewPx || window.innerHeight;
     const from = Math.max(0, Math.floor(top / this.rowPx) - OVERSCAN);
     const to = Math.min(n, Math.ceil((top + h) / this.rowPx) + OVERSCAN);
     const range = `${from}:${to}:${n}`;

@@ -15,6 +15,14 @@ export function pluralTitle(k: Kind): string {
   return `${k.kind} (${k.resource})`;
 }
 
+// titles names each kind by pluralTitle, adding the group to a name that
+// two kinds share (Events and Events (events.k8s.io)).
+export function titles(ks: Kind[]): Map<Kind, string> {
+  const count = new Map<string, number>();
+  for (const k of ks) count.set(pluralTitle(k), (count.get(pluralTitle(k)) ?? 0) + 1);
+  return new Map(ks.map((k) => [k, (count.get(pluralTitle(k)) ?? 0) > 1 && k.group ? `${pluralTitle(k)} (${k.group})` : pluralTitle(k)]));
+}
+
 // searchBox is a labelled filter whose text is kept in the address (?q=),
 // so a filtered view can be bookmarked; onChange runs as the user types.
 export function searchBox(id: string, label: string, placeholder: string, initial: string, onChange: (q: string) => void, controls?: string): HTMLElement {

@@ -8,7 +8,7 @@ import { formatRes, href, link, type Route } from "../router";
 import { registerView } from "../views";
 import { listable } from "./clusterview";
 import { LiveTable } from "./livetable";
-import { pluralTitle, searchBox } from "./names";
+import { pluralTitle, searchBox, titles } from "./names";
 import { builtin, kinds, ref, type Kind } from "./resources";
 
 type NamespaceRoute = Extract<Route, { view: "namespace" }>;
@@ -48,9 +48,10 @@ registerView("namespace", (ctx) => {
   for (const t of tables) t.start(q);
   kinds(r.cluster).then(({ kinds: ks }) => {
     if (ctx.signal.aborted) return;
-    const ns = listable(ks).filter((k) => k.namespaced).sort((a, b) => pluralTitle(a).localeCompare(pluralTitle(b)));
+    const names = titles(listable(ks).filter((k) => k.namespaced));
+    const ns = [...names.keys()].sort((a, b) => names.get(a)!.localeCompare(names.get(b)!));
     nav.replaceChildren(el("h2", { class: "visually-hidden" }, "Kinds"), el("ul", {}, ...ns.map((k) =>
-      el("li", { "data-res": formatRes(ref(k)) }, link(href({ view: "list", cluster: r.cluster, namespace: r.namespace, res: ref(k) }), pluralTitle(k), { title: formatRes(ref(k)) })))));
+      el("li", { "data-res": formatRes(ref(k)) }, link(href({ view: "list", cluster: r.cluster, namespace: r.namespace, res: ref(k) }), names.get(k)!, { title: formatRes(ref(k)) })))));
   }, (e: unknown) => {
     if (!ctx.signal.aborted) nav.replaceChildren(el("span", { class: "problem" }, `Discovery failed: ${messageOf(e)}`));
   });

@@ -413,7 +413,13 @@ class ObjectPage {
   private renderYAML(): void {
     const o = this.obj;
     if (!o) { this.yaml.textContent = ""; return; }
-    const copy = JSON.parse(JSON.stringify(o)) as KubeObject & { data?: Record<string, string> | null };
+    // kubectl's order: apiVersion, kind, metadata, then the rest (list
+    // items come without apiVersion and kind).
+    const { apiVersion, kind, metadata, ...rest } = o;
+    const copy = JSON.parse(JSON.stringify({
+      apiVersion: apiVersion ?? (this.kind.group ? `${this.kind.group}/${this.kind.version}` : this.kind.version),
+      kind: kind ?? this.kind.kind, metadata, ...rest,
+    })) as KubeObject & { data?: Record<string, string> | null };
     if (!this.showManaged) delete copy.metadata.managedFields;
     if (this.secret) {
       const data: Record<string, string> = {};
