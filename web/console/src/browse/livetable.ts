@@ -116,6 +116,10 @@ export function parseQuery(q: string): { words: string[]; selector: string } {
   return { words, selector: sel.join(",") };
 }
 
+// Drawing costs, for tests and the docs (window.__keyholeList).
+export const renderStats = { renders: 0, ms: 0, maxMs: 0, rowsBuilt: 0 };
+(window as unknown as { __keyholeList: typeof renderStats }).__keyholeList = renderStats;
+
 const ROW_FALLBACK_PX = 33;
 const OVERSCAN = 10;
 
@@ -390,6 +394,15 @@ export class LiveTable {
   // render draws the rows in view (and OVERSCAN more each side) between
   // two spacer rows that stand for the rest.
   private render(changed: boolean): void {
+    const t0 = performance.now();
+    this.draw(changed);
+    const ms = performance.now() - t0;
+    renderStats.renders++;
+    renderStats.ms += ms;
+    renderStats.maxMs = Math.max(renderStats.maxMs, ms);
+  }
+
+  private draw(changed: boolean): void {
     if (!this.scroller.isConnected) return;
     if (!this.sized) {
       this.sized = true;
@@ -415,6 +428,7 @@ export class LiveTable {
       const row = this.view[i];
       let tr = this.trs.get(row);
       if (!tr) {
+        renderStats.rowsBuilt++;
         tr = this.rowElement(row, now);
         this.trs.set(row, tr);
       }
@@ -428,7 +442,7 @@ export class LiveTable {
         this.rowPx = measured;
         this.fit();
         this.lastRange = "";
-        this.render(true);
+        this.draw(true);
         return;
       }
     }
