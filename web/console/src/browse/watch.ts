@@ -82,6 +82,8 @@ export async function listWatch(o: ListWatchOptions): Promise<void> {
         o.onState?.({ state: "live" });
       }
       watchStats.watches++;
+      const started = Date.now();
+      let got = 0;
       const resp = await apiFetch(url(o.path, { ...q, watch: "1", resourceVersion: rv, allowWatchBookmarks: "true" }), { signal: o.signal, headers: watchHeaders });
       if (resp.status === 410) throw new Gone();
       if (!resp.ok || !resp.body) throw await errorOf(resp);
@@ -105,6 +107,7 @@ export async function listWatch(o: ListWatchOptions): Promise<void> {
           }
           const v = ev.object.metadata?.resourceVersion;
           if (v) rv = v;
+          got++;
           backoff = 500; // it works: a later failure starts the backoff anew
           if (ev.type === "BOOKMARK") {
             watchStats.bookmarks++;
@@ -115,7 +118,14 @@ export async function listWatch(o: ListWatchOptions): Promise<void> {
         }
       }
       // The server ended the watch (its timeout) or the connection closed:
-      // watch again from rv, without listing.
+      // watch again from rv, without listing; at once after a watch that
+      // lasted, with backoff after one that ended as soon as it began.
+      if (got === 0 && Date.now() - started < 5000) {
+        const wait = Math.round(backoff * (0.8 + Math.random() * 0.4));
+        o.onState?.({ state: "reconnecting", message: "the watch ended at once", inMs: wait });
+        await sleep(wait, o.signal);
+        backoff = Math.min(backoff * 2, 30_000);
+      }
     } catch (e) {
       if (o.signal.aborted) return;
       if (e instanceof Gone) {
