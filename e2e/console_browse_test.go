@@ -158,6 +158,7 @@ stringData: {token: hidden-from-carol}
 	}
 	pollJS(t, e.tab, browserActionTimeout, "the namespace's Events", `!!document.querySelector('#ns-events-table') && document.querySelector('#ns-events-table').textContent.includes("SeededByTest")`)
 	e.screenshot("browse-namespace")
+	a11y := e.accessible("the namespace view")
 	e.forgiveNetworkChanged("the namespace view")
 	e.noErrors("the namespace view")
 
@@ -186,6 +187,7 @@ spec:
 		t.Errorf("#list-summary: %q, want 3 pods", s)
 	}
 	e.screenshot("browse-pods")
+	a11y += e.accessible("the pod list")
 	deleteStart := time.Now()
 	if out, err := c.Kubectl(t, "delete", "pod", "live-1", "-n", ns, "--wait=false"); err != nil {
 		t.Fatalf("kubectl delete: %v\n%s", err, out)
@@ -257,6 +259,7 @@ spec:
 	}
 	pollJS(t, e.tab, browserActionTimeout, "the new label live", `document.getElementById("object-summary").textContent.includes("tier=front")`)
 	e.screenshot("browse-pod")
+	a11y += e.accessible("the pod's page")
 	if err := doIn(e.tab, chromedp.Click(chromedp.CSS(`a[data-tab="yaml"]`))); err != nil {
 		t.Fatalf("click YAML: %v", err)
 	}
@@ -266,6 +269,7 @@ spec:
 		t.Errorf("the YAML view (managedFields folded):\n%s", yml)
 	}
 	e.screenshot("browse-yaml")
+	a11y += e.accessible("the pod's YAML")
 	if err := doIn(e.tab, chromedp.Click(chromedp.ID("yaml-managed"))); err != nil {
 		t.Fatal(err)
 	}
@@ -283,6 +287,10 @@ spec:
 		 !!document.querySelector('#namespaced-kinds tr[data-res="widgets.example.com"]') && !!document.querySelector('#cluster-kinds tr[data-res="nodes"]') &&
 		 !!document.querySelector('#cluster-kinds tr[data-res="customresourcedefinitions.apiextensions.k8s.io"]')`)
 	e.screenshot("browse-cluster")
+	a11y += e.accessible("the cluster view")
+	e.colorScheme("dark")
+	a11y += e.accessible("the cluster view, dark")
+	e.colorScheme("light")
 	kindCount := mustEval[int](t, e.tab, `document.querySelectorAll("#namespaced-kinds tbody tr, #cluster-kinds tbody tr").length`)
 	t.Logf("cluster view: %d kinds (%s)", kindCount, mustEval[string](t, e.tab, `document.querySelector("#namespaced-kinds").closest(".kinds").nextElementSibling.textContent`))
 	// The filter narrows kinds and namespaces.
@@ -346,6 +354,10 @@ spec:
 		t.Errorf("revealing password showed username too")
 	}
 	e.screenshot("browse-secret")
+	a11y += e.accessible("the secret's page")
+	e.colorScheme("dark")
+	a11y += e.accessible("the secret's page, dark")
+	e.colorScheme("light")
 	if err := doIn(e.tab, chromedp.Click(chromedp.CSS(`a[data-tab="yaml"]`))); err != nil {
 		t.Fatal(err)
 	}
@@ -442,6 +454,7 @@ spec:
 			return {status: r.status, fetch: t1 - t0, parse: t2 - t1, bytes: text.length, rows}; })()`, cl, inc, proxy.HeaderConsole))
 		t.Logf("5,000-pod Table, includeObject=%s: %.0f ms to fetch, %.0f ms to parse, %.1f MB, %v rows", inc, m["fetch"], m["parse"], m["bytes"]/1e6, m["rows"])
 	}
+	a11y += e.accessible("the 5,000-pod list") // after the figures: axe-core weighs on the heap
 	e.forgiveNetworkChanged("the 5,000-pod list")
 	e.noErrors("the 5,000-pod list")
 
@@ -468,6 +481,7 @@ spec:
 		return seenList && seenWatch && seenSecretGet, nil
 	})
 	t.Logf("audit: the list, the watch and the Secret GET are carol's, each with the browser session's annotation")
+	t.Logf("accessibility: axe-core's WCAG 2 A/AA rules on 9 pages (light and dark): %d rule passes, no serious or critical violation", a11y)
 }
 
 // forgiveNetworkChanged drops, from the messages noErrors checks, the
