@@ -35,8 +35,10 @@ type consoleEnv struct {
 	b        *browsertest.Browser
 	tab      context.Context
 	cluster  string
-	adminTok string // a static token bound to cluster-admin, for kubectl through the gateway
-	console  string // the console's URL
+	adminTok string    // a static token bound to cluster-admin, for kubectl through the gateway
+	agent    *process  // the cluster's agent, c1
+	agentOpt agentOpts // how it was started (to start it again)
+	console  string    // the console's URL
 
 	mu       sync.Mutex
 	messages []chromedp.ConsoleMessage
@@ -87,7 +89,8 @@ func startConsoleEnv(t *testing.T, o consoleEnvOptions) *consoleEnv {
 		WebClients: []idptest.Client{{ID: webClient, Secret: webSecret, RedirectURIs: []string{e.g.publicURL + web.CallbackPath}}},
 	})
 	secret, tokenFile := e.g.install(o.cluster, "env=e2e")
-	e.g.startAgent(agentOpts{cluster: o.cluster, id: "c1", secretFile: secret, apiURL: e.c.URL, tokenFile: tokenFile, c: e.c})
+	e.agentOpt = agentOpts{cluster: o.cluster, id: "c1", secretFile: secret, apiURL: e.c.URL, tokenFile: tokenFile, c: e.c}
+	e.agent = e.g.startAgent(e.agentOpt)
 	_, e.adminTok = e.g.user("admin", "cluster-admin")
 	e.g.waitAgents(e.adminTok, o.cluster, "c1")
 	configureBrowserLogin(t, e.g, e.dex, webClient, webSecret)
