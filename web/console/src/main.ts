@@ -13,6 +13,7 @@ import { el } from "./dom";
 import { href, link, parse, setNavigateHandler, type Route } from "./router";
 import { viewFor } from "./views";
 import "./clustersview";
+import "./act";
 
 let current: AbortController | null = null;
 let signedOut = false;
