@@ -15,8 +15,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/internal/idptest"
@@ -80,6 +82,7 @@ func TestConsoleActions(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.c.CreatePod(t, ns, "victim", nil)
+	aggregateRoles(t, ctx, cs, "view", "edit")
 	e.bind("User", consoleEmail, "edit", ns)
 	e.bind("User", dave, "view", ns)
 
@@ -158,6 +161,17 @@ func TestConsoleActions(t *testing.T) {
 		return out
 	}
 
+	// trail is the user's requests in the audit log (for failures).
+	trail := func(user string) string {
+		var b strings.Builder
+		for _, ev := range readAudit(t, e.g, 0) {
+			if ev.User.Username == user && ev.Stage == auditv1.StageResponseComplete {
+				fmt.Fprintf(&b, "\n  %s %s %d %s", ev.Verb, ev.RequestURI, ev.ResponseStatus.Code, ev.ResponseStatus.Message)
+			}
+		}
+		return b.String()
+	}
+
 	// 1. The edit user opens the Deployment by a deep link: all four are
 	// offered.
 	e.signIn(consoleEmail, consolePassword, deployPage)
@@ -166,7 +180,7 @@ func TestConsoleActions(t *testing.T) {
 	t.Logf("the Deployment's actions %q shown %v after sign-in landed", got, time.Since(opened).Round(time.Millisecond))
 	for _, id := range []string{"scale", "restart", "edit", "delete"} {
 		if !has(got, id) {
-			t.Fatalf("the edit user is not offered %q on the Deployment: %q", id, got)
+			t.Fatalf("the edit user is not offered %q on the Deployment: %q; the user's requests:%s", id, got, trail(consoleEmail))
 		}
 	}
 	e.noErrors("the Deployment's page")
@@ -232,6 +246,7 @@ func TestConsoleActions(t *testing.T) {
 	}
 	at := labels + len("\n  labels:\n")
 	typeAt(at, at, "    tier: frontend\n")
+	mustEval[bool](t, e.tab, `(() => { document.getElementById("edit-yaml").scrollTop = 0; return true; })()`) // for the screenshot: the new label in view
 	e.screenshot("act-edit")
 	click("Apply", "#edit-apply")
 	waitMessage("the apply's message", "Applied: Deployment \"web\"")
@@ -370,6 +385,12 @@ metadata: {name: web, namespace: %s, labels: {owner: other}}
 	if got := actions("the StatefulSet, as the view user"); len(got) != 0 {
 		t.Errorf("the view user is offered %q on the StatefulSet", got)
 	}
+	// A deep link to the edit view says why there is nothing to edit.
+	e.open(deployPage + "?tab=edit")
+	pollJS(t, e.tab, browserActionTimeout, "the edit view, as the view user", `document.getElementById("edit-not-offered") !== null`, e.g.stub)
+	if mustEval[bool](t, e.tab, `document.getElementById("edit-yaml") !== null`) {
+		t.Errorf("the view user is shown the editor")
+	}
 	e.noErrors("the view user's pages")
 	crafted := func(method, path, contentType, body string) fetched {
 		t.Helper()
@@ -378,11 +399,11 @@ metadata: {name: web, namespace: %s, labels: {owner: other}}
 	}
 	patch := crafted("PATCH", apiBase+"/apis/apps/v1/namespaces/"+ns+"/deployments/web/scale?fieldManager="+manager, "application/merge-patch+json", `{"spec":{"replicas":7}}`)
 	wantPatch := fmt.Sprintf(`deployments.apps "web" is forbidden: User "%s" cannot patch resource "deployments/scale" in API group "apps" in the namespace "%s"`, dave, ns)
-	if patch.Status != 403 || !strings.Contains(patch.Body, wantPatch) {
+	if patch.Status != 403 || !strings.Contains(statusText(patch.Body), wantPatch) {
 		t.Errorf("the view user's crafted scale: %d %s; want 403 %q", patch.Status, patch.Body, wantPatch)
 	}
 	del := crafted("DELETE", apiBase+"/apis/apps/v1/namespaces/"+ns+"/statefulsets/db", "application/json", `{}`)
-	if del.Status != 403 || !strings.Contains(del.Body, "cannot delete resource \"statefulsets\"") {
+	if del.Status != 403 || !strings.Contains(statusText(del.Body), `cannot delete resource "statefulsets"`) {
 		t.Errorf("the view user's crafted delete: %d %s; want 403", del.Status, del.Body)
 	}
 	t.Logf("crafted by the view user: PATCH %d %s; DELETE %d %s", patch.Status, statusText(patch.Body), del.Status, statusText(del.Body))
@@ -414,36 +435,38 @@ metadata: {name: web, namespace: %s, labels: {owner: other}}
 			r.Resource == w.resource && r.Subresource == w.sub && r.Name == w.name && r.Namespace == ns &&
 			ev.ResponseStatus.Code == w.code && strings.Contains(ev.RequestURI, w.query)
 	}
-	var evs []auditv1.Event
+	// The actions happened one after the other, so their records are in
+	// that order: each want takes the first matching record after the
+	// previous one's (the restart and the apply look alike otherwise).
+	var found []auditv1.Event
 	pollTab(t, e.tab, browserActionTimeout, "the audit records of the actions", func() (bool, error) {
-		evs = readAudit(t, e.g, 0)
+		evs := readAudit(t, e.g, 0)
+		found = found[:0]
+		next := 0
 		for _, w := range wants {
-			found := false
-			for _, ev := range evs {
-				found = found || matches(ev, w)
+			i := next
+			for i < len(evs) && !matches(evs[i], w) {
+				i++
 			}
-			if !found {
-				return false, fmt.Errorf("no record of %s", w.what)
+			if i == len(evs) {
+				return false, fmt.Errorf("no record of %s after the previous action's", w.what)
 			}
+			found = append(found, evs[i])
+			next = i + 1
 		}
 		return true, nil
 	}, e.g.stub)
 	sessions := map[string]string{}
-	for _, w := range wants {
-		for _, ev := range evs {
-			if !matches(ev, w) {
-				continue
-			}
-			s := ev.Annotations[audit.AnnotationBrowserSession]
-			if s == "" {
-				t.Errorf("the record of %s has no %s annotation", w.what, audit.AnnotationBrowserSession)
-			} else if prev, ok := sessions[w.user]; ok && prev != s {
-				t.Errorf("the record of %s is from session %s; the user's other actions from %s", w.what, s, prev)
-			}
-			sessions[w.user] = s
-			t.Logf("audit: %s: %s %s %d by %s, session %s", w.what, ev.Verb, ev.RequestURI, ev.ResponseStatus.Code, ev.User.Username, s)
-			break
+	for i, w := range wants {
+		ev := found[i]
+		s := ev.Annotations[audit.AnnotationBrowserSession]
+		if s == "" {
+			t.Errorf("the record of %s has no %s annotation", w.what, audit.AnnotationBrowserSession)
+		} else if prev, ok := sessions[w.user]; ok && prev != s {
+			t.Errorf("the record of %s is from session %s; the user's other actions from %s", w.what, s, prev)
 		}
+		sessions[w.user] = s
+		t.Logf("audit: %s: %s %s %d by %s, session %s", w.what, ev.Verb, ev.RequestURI, ev.ResponseStatus.Code, ev.User.Username, s)
 	}
 	if sessions[consoleEmail] == sessions[dave] {
 		t.Errorf("both users' records carry the same browser session %q", sessions[dave])
@@ -467,4 +490,40 @@ metadata: {name: web, namespace: %s, labels: {owner: other}}
 	}
 	t.Logf("SelfSubjectAccessReviews sent for the edit user over 3 object pages (some repeated after the 30 s cache or a refusal): %d", ssar)
 	t.Logf("TestConsoleActions took %v", time.Since(start).Round(time.Millisecond))
+}
+
+// aggregateRoles does what kube-controller-manager's ClusterRole
+// aggregation controller would (the test control plane runs no
+// controller-manager): it fills each aggregated ClusterRole ("view", then
+// "edit", which takes view's rules) with the rules of the ClusterRoles its
+// aggregationRule selects. The roles are then the cluster's own view and
+// edit.
+func aggregateRoles(t *testing.T, ctx context.Context, cs kubernetes.Interface, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		role, err := cs.RbacV1().ClusterRoles().Get(ctx, name, metav1.GetOptions{})
+		if err != nil || role.AggregationRule == nil {
+			t.Fatalf("ClusterRole %s: %v (aggregation rule %v)", name, err, role.AggregationRule)
+		}
+		role.Rules = nil
+		for _, sel := range role.AggregationRule.ClusterRoleSelectors {
+			ls, err := metav1.LabelSelectorAsSelector(&sel)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts, err := cs.RbacV1().ClusterRoles().List(ctx, metav1.ListOptions{LabelSelector: ls.String()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range parts.Items {
+				if p.Name != name && !ls.Empty() && ls.Matches(labels.Set(p.Labels)) {
+					role.Rules = append(role.Rules, p.Rules...)
+				}
+			}
+		}
+		if _, err := cs.RbacV1().ClusterRoles().Update(ctx, role, metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("fill ClusterRole %s: %v", name, err)
+		}
+		t.Logf("ClusterRole %s: %d rules aggregated", name, len(role.Rules))
+	}
 }

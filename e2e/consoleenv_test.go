@@ -141,11 +141,11 @@ func (e *consoleEnv) signIn(email, password, path string) {
 		e.t.Fatalf("click the console's Sign in: %v", err)
 	}
 	// The landing page, signed out: its sign-in button (it carries ?then=).
-	pollJS(e.t, e.tab, browserActionTimeout, "the landing page's sign-in", `location.pathname === "/" && document.querySelector("section.signin a.button") !== null`, e.g.stub)
+	pollJS(e.t, e.tab, browserActionTimeout, "the landing page's sign-in", `location.pathname === "/" && document.querySelector("section.signin a.button") !== null && document.readyState === "complete"`, e.g.stub)
 	if err := doIn(e.tab, chromedp.Click(chromedp.CSS("section.signin a.button"))); err != nil {
 		e.t.Fatalf("click the landing page's sign-in: %v", err)
 	}
-	pollJS(e.t, e.tab, browserActionTimeout, "Dex's login form or the console", `document.querySelector("#login") !== null || location.pathname.startsWith("/console")`)
+	pollJS(e.t, e.tab, browserActionTimeout, "Dex's login form or the console", `document.querySelector("#login") !== null || location.pathname.startsWith("/console")`, e.g.stub)
 	if mustEval[bool](e.t, e.tab, `document.querySelector("#login") !== null`) {
 		if err := doIn(e.tab,
 			chromedp.SendKeys(chromedp.ID("login"), email),

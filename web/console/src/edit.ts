@@ -39,11 +39,26 @@ export function forEdit(obj: KubeObject): KubeObject {
   delete o.status;
   const m = o.metadata as Record<string, unknown>;
   for (const k of NOISE) delete m[k];
+  dropNullTimes(o);
   if (o.metadata.annotations) {
     delete o.metadata.annotations[LAST_APPLIED];
     if (Object.keys(o.metadata.annotations).length === 0) delete o.metadata.annotations;
   }
-  return o;
+  // apiVersion and kind first, as kubectl shows them.
+  const { apiVersion, kind, ...rest } = o;
+  return { apiVersion, kind, ...rest } as KubeObject;
+}
+
+// dropNullTimes removes "creationTimestamp: null", which Go writes for the
+// embedded metadata of a pod template or a volume claim template.
+function dropNullTimes(v: unknown): void {
+  if (Array.isArray(v)) {
+    for (const x of v) dropNullTimes(x);
+  } else if (v !== null && typeof v === "object") {
+    const m = v as Record<string, unknown>;
+    if (m.creationTimestamp === null) delete m.creationTimestamp;
+    for (const x of Object.values(m)) dropNullTimes(x);
+  }
 }
 
 export function toYAML(obj: KubeObject): string {
@@ -137,14 +152,16 @@ async function render(o: ObjectContext, panel: HTMLElement): Promise<void> {
   let loaded = "";
 
   const show = (text: string, error: boolean, extra: Node[] = []): void => {
-    (error ? alert : status).replaceChildren(el("p", {}, text), ...extra);
+    const box = error ? alert : status;
+    box.replaceChildren(el("p", {}, text), ...extra);
     (error ? status : alert).replaceChildren();
+    box.scrollIntoView({ block: "nearest" });
   };
   const setText = (obj: KubeObject) => {
     original = obj;
     loaded = toYAML(forEdit(obj));
     area.value = loaded;
-    area.rows = Math.min(40, Math.max(10, loaded.split("\n").length + 1));
+    area.rows = Math.min(22, Math.max(10, loaded.split("\n").length + 1));
   };
   const busy = (b: boolean) => {
     for (const x of [apply, dry, reload]) x.disabled = b;
