@@ -184,6 +184,7 @@ func TestConsoleActions(t *testing.T) {
 		}
 	}
 	e.noErrors("the Deployment's page")
+	passed := e.accessible("the Deployment's page")
 
 	// 2. Scale to 3.
 	click("Scale", `#object-actions [data-action="scale"]`)
@@ -193,6 +194,7 @@ func TestConsoleActions(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.screenshot("act-scale")
+	passed += e.accessible("the scale dialog")
 	confirmDialog("scale", `Deployment "web"`, "Replicas")
 	waitMessage("the scale's message", "scaled to 3")
 	waitFor("spec.replicas = 3", func() bool { d := deployment(); return d.Spec.Replicas != nil && *d.Spec.Replicas == 3 })
@@ -248,6 +250,10 @@ func TestConsoleActions(t *testing.T) {
 	typeAt(at, at, "    tier: frontend\n")
 	mustEval[bool](t, e.tab, `(() => { document.getElementById("edit-yaml").scrollTop = 0; return true; })()`) // for the screenshot: the new label in view
 	e.screenshot("act-edit")
+	passed += e.accessible("the edit view")
+	e.colorScheme("dark")
+	passed += e.accessible("the edit view, dark")
+	e.colorScheme("light")
 	click("Apply", "#edit-apply")
 	waitMessage("the apply's message", "Applied: Deployment \"web\"")
 	if v := kubectl("get", "deployment", "web", "-n", ns, "-o", "jsonpath={.metadata.labels.tier}"); v != "frontend" {
@@ -313,6 +319,7 @@ metadata: {name: web, namespace: %s, labels: {owner: other}}
 	}
 	t.Logf("conflict shown as the API server words it: %q", shown)
 	e.screenshot("act-conflict")
+	passed += e.accessible("the conflict")
 	e.expectErrors() // the 409 is a failed load in the console
 	click("Apply anyway (force)", "#edit-force")
 	waitMessage("the forced apply's message", "Applied (forced)")
@@ -333,6 +340,13 @@ metadata: {name: web, namespace: %s, labels: {owner: other}}
 		t.Errorf("the pod offers %q; want delete and edit, no scale or restart", got)
 	}
 	click("Delete", `#object-actions [data-action="delete"]`)
+	pollJS(t, e.tab, browserActionTimeout, "the delete dialog", `document.querySelector("dialog.act-dialog[open]") !== null`)
+	if f := mustEval[string](t, e.tab, `document.activeElement.textContent`); f != "Cancel" {
+		t.Errorf("the delete dialog opens with the focus on %q, not Cancel", f)
+	}
+	e.colorScheme("dark")
+	passed += e.accessible("the delete dialog, dark")
+	e.colorScheme("light")
 	confirmDialog("delete the pod", `Delete Pod "victim"?`, `namespace "act"`)
 	pollTab(t, e.tab, browserActionTimeout, "the deletion's message", func() (bool, error) {
 		m := messages()
@@ -489,6 +503,7 @@ metadata: {name: web, namespace: %s, labels: {owner: other}}
 		}
 	}
 	t.Logf("SelfSubjectAccessReviews sent for the edit user over 3 object pages (some repeated after the 30 s cache or a refusal): %d", ssar)
+	t.Logf("axe-core WCAG 2 A/AA: %d rule passes over 6 checks (pages, dialogs, light and dark), no serious or critical violation reported above", passed)
 	t.Logf("TestConsoleActions took %v", time.Since(start).Round(time.Millisecond))
 }
 
