@@ -15,6 +15,7 @@ import { viewFor } from "./views";
 import "./clustersview";
 import "./browse/index";
 import "./apps";
+import "./act";
 
 let current: AbortController | null = null;
 let signedOut = false;

@@ -91,3 +91,31 @@ export interface KubeObject {
   status?: any; // eslint-disable-line @typescript-eslint/no-explicit-any
   [k: string]: unknown;
 }
+
+// ObjectTab is a tab of an object's page beyond the page's own (the edit
+// view, ?tab=edit): the object page lists the tabs that are available for
+// the object and renders the one ?tab= names into its tab panel.
+export interface ObjectTab {
+  id: string; // the ?tab= value
+  label: string;
+  // available reports whether the tab applies to the object (and the user
+  // may use it); absent means always.
+  available?: (o: ObjectContext) => Promise<boolean>;
+  render: (o: ObjectContext, panel: HTMLElement) => void | Promise<void>;
+}
+
+const tabs: ObjectTab[] = [];
+
+export function registerObjectTab(t: ObjectTab): void {
+  tabs.push(t);
+}
+
+// objectTab is the registered tab with id, if any.
+export function objectTab(id: string): ObjectTab | undefined {
+  return tabs.find((t) => t.id === id);
+}
+
+// objectTabs are the registered tabs, in registration order.
+export function objectTabs(): readonly ObjectTab[] {
+  return tabs;
+}

@@ -14,7 +14,7 @@ import { stringify } from "yaml";
 import { ApiError, apiFetch, check, getJSON, messageOf } from "../api";
 import { el, type Child } from "../dom";
 import { formatRes, href, link, type Route } from "../router";
-import { actionsFor, registerView, type Action, type KubeObject, type ObjectContext, type ViewContext } from "../views";
+import { actionsFor, objectTab, objectTabs, registerView, type Action, type KubeObject, type ObjectContext, type ObjectTab, type ViewContext } from "../views";
 import { LiveTable } from "./livetable";
 import { builtin, collectionPath, kindOf, objectPath, ref, resolve, type Kind } from "./resources";
 import { conditions, dl, kindSummary, labelsOf, table, when } from "./summary";
@@ -61,13 +61,16 @@ class ObjectPage {
   private liveNote = "";
   private eventsStarted = false;
   private readonly octx: ObjectContext;
-  private tab: "summary" | "yaml";
+  private tab: string; // "summary", "yaml" or a registered tab (views.registerObjectTab)
+  private extraTabs: ObjectTab[] = [];
+  private extraShown = "";
+  private readonly extraPanel = el("div", { id: "object-tab-panel", class: "panel" });
   private showManaged = false;
 
   private readonly heading = el("h1");
   private readonly meta = el("p", { class: "muted object-meta" });
   private readonly banner = el("p", { class: "problem", role: "alert" });
-  private readonly actions = el("div", { id: "object-actions", class: "actions", role: "group", "aria-label": "Actions" });
+  private readonly actions = el("div", { id: "object-actions", class: "actions", role: "group", "aria-label": "Actions", "aria-busy": "true" });
   private readonly actionResult = el("p", { id: "object-action-result", role: "status", "aria-live": "polite" });
   private readonly tabs = el("nav", { class: "tabs", "aria-label": "Views of this object" });
   private readonly summary = el("div", { id: "object-summary", class: "panel" });
@@ -83,7 +86,8 @@ class ObjectPage {
     this.kind = kind;
     this.secret = kind.group === "" && kind.resource === "secrets";
     this.path = objectPath(r.cluster, kind, r.namespace, r.name);
-    this.tab = ctx.params.get("tab") === "yaml" ? "yaml" : "summary";
+    const tab = ctx.params.get("tab") ?? "";
+    this.tab = tab === "yaml" || objectTab(tab) ? tab : "summary";
     const self = this;
     this.octx = {
       cluster: r.cluster, namespace: r.namespace, res: r.res, name: r.name,
@@ -108,7 +112,7 @@ class ObjectPage {
       this.secret ? el("span", { class: "muted" }, " Values stay hidden unless revealed on the Summary tab.") : ""), this.yaml);
     this.summaryPanel.append(this.summary, this.events);
     this.ctx.main.replaceChildren(el("section", { class: "object", "aria-labelledby": "object-title" },
-      this.heading, this.meta, this.banner, this.actions, this.actionResult, this.tabs, this.summaryPanel, this.yamlPanel));
+      this.heading, this.meta, this.banner, this.actions, this.actionResult, this.tabs, this.summaryPanel, this.yamlPanel, this.extraPanel));
     this.heading.id = "object-title";
     this.renderTabs();
     if (this.secret) void this.startSecret();
@@ -118,7 +122,7 @@ class ObjectPage {
   // --- tabs
 
   private renderTabs(): void {
-    const mk = (id: "summary" | "yaml", text: string) => {
+    const mk = (id: string, text: string) => {
       const u = new URL(location.href);
       if (id === "summary") u.searchParams.delete("tab");
       else u.searchParams.set("tab", id);
@@ -133,10 +137,16 @@ class ObjectPage {
       });
       return a;
     };
-    this.tabs.replaceChildren(mk("summary", "Summary"), mk("yaml", "YAML"));
+    this.tabs.replaceChildren(mk("summary", "Summary"), mk("yaml", "YAML"), ...this.extraTabs.map((t) => mk(t.id, t.label)));
+    const extra = objectTab(this.tab);
     this.summaryPanel.hidden = this.tab !== "summary";
     this.yamlPanel.hidden = this.tab !== "yaml";
+    this.extraPanel.hidden = !extra;
     if (this.tab === "yaml") this.renderYAML();
+    if (extra && this.obj && this.extraShown !== extra.id) {
+      this.extraShown = extra.id;
+      void extra.render(this.octx, this.extraPanel);
+    }
   }
 
   // --- reading the object
@@ -176,6 +186,7 @@ class ObjectPage {
 
   // reread GETs the object (after an action, or without a watch).
   private async reread(actions: boolean): Promise<void> {
+    if (actions) this.actions.setAttribute("aria-busy", "true");
     if (this.secret) {
       await this.readSecret();
     } else {
@@ -277,6 +288,7 @@ class ObjectPage {
 
   private gone(message: string): void {
     this.deleted = true;
+    if (!this.obj) this.actions.setAttribute("aria-busy", "false");
     this.banner.textContent = message;
     this.banner.hidden = false;
     if (!this.obj) this.summary.replaceChildren(el("p", {}, message));
@@ -294,6 +306,9 @@ class ObjectPage {
     if (!this.eventsStarted && o.metadata.uid) this.startEvents(o.metadata.uid);
     if (first) {
       void this.renderActions();
+      void Promise.all(objectTabs().map(async (t) => ((await t.available?.(this.octx)) ?? true) ? t : null))
+        .then((ts) => { this.extraTabs = ts.filter((t) => t !== null); this.renderTabs(); });
+      this.renderTabs();
       document.body.dataset.state = "object";
     }
   }
@@ -456,6 +471,7 @@ class ObjectPage {
     if (this.ctx.signal.aborted) return;
     this.actions.replaceChildren(...acts.map((a) => this.actionElement(a)));
     this.actions.hidden = acts.length === 0;
+    this.actions.setAttribute("aria-busy", "false");
   }
 
   private actionElement(a: Action): HTMLElement {
