@@ -309,23 +309,19 @@ func waitTargetInfo(t *testing.T, tab context.Context, id target.ID, ok func(*ta
 	}
 }
 
-// openAppFromConsole returns the launch URL it will open and a function
-// that opens the app in a new tab from the console page, as a user does.
-// The console's Service page offers "Open http" (apps.ts) when the object
-// pages are there; until then, the test asks the stub for the launch URL
-// from the console page (the same POST the action sends) and clicks a
-// link to it with target=_blank rel="noopener noreferrer", which is what
-// the action opens.
+// openAppFromConsole opens the Service's page in the console and returns
+// a function that clicks its "Open http" action (apps.ts), which asks the
+// stub for a launch URL (POST /keyhole/v1/apps) and opens it in a new tab
+// with no opener and no referrer.
 func (e *consoleEnv) openAppFromConsole(ns, svc string) (string, func()) {
 	e.t.Helper()
-	u := e.launchURL(ns, svc)
-	mustEval[bool](e.t, e.tab, fmt.Sprintf(`(() => {
-		const a = document.createElement("a");
-		a.id = "open-app-test"; a.href = %s; a.target = "_blank"; a.rel = "noopener noreferrer"; a.textContent = "Open the app";
-		document.body.append(a); return true; })()`, jsString(u)))
-	return u, func() {
-		if err := doIn(e.tab, chromedp.Click(chromedp.ID("open-app-test"))); err != nil {
-			e.e2eFatal("click the app's link: %v", err)
+	e.open(fmt.Sprintf("/console/c/%s/ns/%s/services/%s", e.cluster, ns, svc))
+	pollJS(e.t, e.tab, browserActionTimeout, "the Service page's Open http action",
+		`document.querySelector('#object-actions[aria-busy="false"] [data-action="open-app-http"]') !== null`, e.g.stub)
+	e.screenshot("apps-service")
+	return "", func() {
+		if err := doIn(e.tab, chromedp.Click(chromedp.CSS(`#object-actions [data-action="open-app-http"]`))); err != nil {
+			e.e2eFatal("click Open http: %v", err)
 		}
 	}
 }
