@@ -11,6 +11,7 @@
 // metadata only.
 
 import { stringify } from "yaml";
+import { can } from "../access";
 import { ApiError, apiFetch, check, getJSON, messageOf } from "../api";
 import { el, type Child } from "../dom";
 import { formatRes, href, link, type Route } from "../router";
@@ -303,7 +304,7 @@ class ObjectPage {
     this.renderMeta();
     this.renderSummary();
     if (this.tab === "yaml") this.renderYAML();
-    if (!this.eventsStarted && o.metadata.uid) this.startEvents(o.metadata.uid);
+    if (!this.eventsStarted && o.metadata.uid) void this.startEvents(o.metadata.uid);
     if (first) {
       void this.renderActions();
       void Promise.all(objectTabs().map(async (t) => ((await t.available?.(this.octx)) ?? true) ? t : null))
@@ -448,8 +449,21 @@ class ObjectPage {
 
   // --- events and actions
 
-  private startEvents(uid: string): void {
+  private async startEvents(uid: string): Promise<void> {
     this.eventsStarted = true;
+    // Ask first: a user who may see an object need not see its Events,
+    // and a refused watch would only be noise.
+    const ns = this.kind.namespaced ? this.r.namespace : undefined;
+    const [list, watch] = await Promise.all([
+      can(this.r.cluster, { verb: "list", resource: "events", namespace: ns }),
+      can(this.r.cluster, { verb: "watch", resource: "events", namespace: ns }),
+    ]);
+    if (this.ctx.signal.aborted) return;
+    if (!list || !watch) {
+      this.events.append(el("p", { class: "muted", "data-events": "forbidden" },
+        `You may not list and watch Events ${ns ? `in namespace ${ns}` : "across namespaces"}, so this object's Events are not shown.`));
+      return;
+    }
     const evKind = builtin({ resource: "events", group: "" })!;
     const t = new LiveTable({
       cluster: this.r.cluster, kind: evKind, namespace: this.kind.namespaced ? this.r.namespace : undefined,
