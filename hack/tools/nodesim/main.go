@@ -17,7 +17,8 @@
 //     workingDir if that exists on the host), but absolute paths (for example
 //     the ones `kubectl cp` passes to tar) refer to the host file system.
 //     Environment: nodesim's own plus literal `env` values of the container
-//     spec plus HOSTNAME=<pod>. Exit codes are passed back (a signal N gives
+//     spec plus HOSTNAME=<pod> (and TERM=xterm with -t, as containerd
+//     sets it). Exit codes are passed back (a signal N gives
 //     128+N), stdin EOF closes the command's stdin, -t uses a real pty whose
 //     size follows the client's resize events (EOF on stdin sends ^D). The
 //     command's process group is killed when the client goes away.

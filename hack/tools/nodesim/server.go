@@ -284,6 +284,8 @@ func (s *sim) runCommand(ctx context.Context, pod *corev1.Pod, c *corev1.Contain
 	defer s.wg.Done()
 
 	if tty {
+		// As containerd and Docker do for a session with a tty.
+		cmd.Env = append(cmd.Env, "TERM=xterm")
 		return s.runTTY(ctx, cmd, in, stdout, resize, pid)
 	}
 

@@ -229,7 +229,7 @@ class LogView {
     const tail = el("select", { id: "log-tail" });
     const tails = TAILS.includes(o.tail) ? TAILS : [o.tail, ...TAILS];
     for (const t of tails) {
-      const opt = el("option", { value: t }, t === "all" ? "all (the page keeps the last 10,000)" : `last ${Number(t).toLocaleString("en")}`);
+      const opt = el("option", { value: t }, t === "all" ? "all" : `last ${Number(t).toLocaleString("en")}`);
       opt.selected = t === o.tail;
       tail.append(opt);
     }
@@ -290,7 +290,7 @@ class LogView {
 
   private say(text: string, kind: "" | "problem" = "", ...more: Node[]): void {
     this.status.className = "log-status" + (kind ? " " + kind : "");
-    this.status.replaceChildren(text, ...more);
+    this.status.replaceChildren(text.replace(/\s+$/, more.length ? " " : ""), ...more);
   }
 
   // run (re)starts the stream for the current options.
@@ -331,6 +331,7 @@ class LogView {
     try {
       for (;;) {
         const { done, value } = await reader.read();
+        if (ac.signal.aborted) return;
         if (done) break;
         const text = partial + dec.decode(value, { stream: true });
         const parts = text.split("\n");

@@ -73,7 +73,8 @@ interface Conn {
   output: boolean; // any stdout/stderr seen
   outcome: Outcome | null;
   closing: boolean; // closed by the view (Disconnect, another container, leaving)
-  status: string; // the error stream's bytes so far
+  status: string; // the error stream's text so far
+  decoder: TextDecoder; // of the error stream
 }
 
 class TermView {
@@ -87,7 +88,6 @@ class TermView {
   private container!: ContainerInfo;
   private shell: Shell = "auto";
   private line = ""; // the line being typed, when the session has no tty (attach)
-  private readonly decoder = new TextDecoder();
 
   constructor(private readonly ctx: ViewContext, private readonly r: PodRoute, private readonly mode: Mode,
     private readonly pod: KubeObject) {}
@@ -137,6 +137,7 @@ class TermView {
       convertEol: !this.tty,
       fontFamily: 'ui-monospace, SFMono-Regular, Menlo, Consolas, "DejaVu Sans Mono", "Liberation Mono", monospace',
       fontSize: 14,
+      lineHeight: 1.2, // room for the descenders ("_") in the DOM renderer's rows
       scrollback: 5000,
       theme: { background: "#16191e", foreground: "#e6e8eb", cursor: "#e6e8eb", selectionBackground: "#3b5a85" },
       // Links that output makes (OSC 8) open only as web links, in a
@@ -344,7 +345,7 @@ class TermView {
   private startConn(path: string, shell: string): void {
     const ws = new WebSocket(wsURL(path), PROTOCOLS);
     ws.binaryType = "arraybuffer";
-    const conn: Conn = { ws, path, shell, opened: false, output: false, outcome: null, closing: false, status: "" };
+    const conn: Conn = { ws, path, shell, opened: false, output: false, outcome: null, closing: false, status: "", decoder: new TextDecoder() };
     this.conn = conn;
     const what = this.mode === "exec" ? `${shell} in ${this.container.name}` : this.container.name;
     this.say(`Connecting to ${what}…`);
@@ -372,7 +373,7 @@ class TermView {
           }
           break;
         case ERROR:
-          conn.status += this.decoder.decode(data, { stream: true });
+          conn.status += conn.decoder.decode(data, { stream: true });
           break;
         case CLOSE:
           break;
