@@ -23,6 +23,7 @@ import (
 	"github.com/keyhole-dev/keyhole/audit"
 	"github.com/keyhole-dev/keyhole/internal/idptest"
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
+	"github.com/keyhole-dev/keyhole/internal/testbed"
 )
 
 // TestConsoleTerminal: a pod's log, terminal and attach in the console, in
@@ -57,6 +58,17 @@ func TestConsoleTerminal(t *testing.T) {
 	})
 	tab, c := e.tab, e.c
 	start := time.Now()
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		e.mu.Lock()
+		for _, m := range e.messages {
+			t.Logf("browser console: %s %s", m.URL, m)
+		}
+		e.mu.Unlock()
+		t.Logf("--- stub log:\n%s\n--- agent log:\n%s", e.g.stub.tail(80), testbed.Tail(filepath.Join(e.g.dir, "agent-c1.log"), 40))
+	})
 
 	// carol may read pods and their logs, exec and attach in the
 	// namespace; dave may get pods, pods/log and pods/exec, which lets a
@@ -305,6 +317,28 @@ rules:
 	typeIn("echo hello-$((6*7))\r")
 	waitScreen("hello-42 in the terminal", func(s string) bool { return strings.Contains(s, "\nhello-42") || strings.HasPrefix(s, "hello-42") })
 	t.Logf("terminal: typed echo hello-$((6*7)), read hello-42")
+
+	// Copy: a double click selects the word, Ctrl+Shift+C copies it. (The
+	// page may use the clipboard: DevTools grants it, as a user would.)
+	origin := e.g.publicURL
+	for _, p := range []string{"clipboard-read", "clipboard-write"} {
+		if _, err := callIn(tab, browser.SetPermission, browser.SetPermissionParams{Permission: &browser.PermissionDescriptor{Name: p, AllowWithoutSanitization: true},
+			Setting: browser.PermissionSettingGranted, Origin: origin}); err != nil {
+			t.Fatalf("Browser.setPermission %s: %v", p, err)
+		}
+	}
+	if _, err := callIn(tab, emulation.SetFocusEmulationEnabled, emulation.SetFocusEmulationEnabledParams{Enabled: true}); err != nil {
+		t.Fatal(err)
+	}
+	clipboard := func() string { return mustEval[string](t, tab, `navigator.clipboard.readText()`) }
+	box := mustEval[[]float64](t, tab, `(() => { const row = [...document.querySelectorAll("#terminal .xterm-rows > div")].find(r => r.textContent.startsWith("hello-42"));
+		const b = row.getBoundingClientRect(); return [b.left + 20, b.top + b.height / 2]; })()`)
+	if err := doIn(tab, chromedp.MouseClickXY(box[0], box[1], chromedp.ClickCount(2))); err != nil {
+		t.Fatalf("double-click hello-42: %v", err)
+	}
+	press("C", "KeyC", 67, 2|8)
+	pollTab(t, tab, 5*time.Second, "the copied selection", func() (bool, error) { return clipboard() == "hello-42", nil })
+	t.Logf("copy: a double click on hello-42 and Ctrl+Shift+C put %q on the clipboard", clipboard())
 	// 24-bit color: xterm styles the cell with a style attribute, which
 	// the console sets through the CSSOM (no CSP violation, noErrors).
 	typeIn(`printf '\e[38;2;255;120;0mtrue%s\e[0m\n' color-ok` + "\r")
@@ -370,14 +404,15 @@ rules:
 	// 8. Paste cannot end bracketed paste: with bracketed paste on,
 	// cat -v shows what the terminal sent. The pasted ESC [ 2 0 1 ~ loses
 	// its ESC, so the only end bracket is the terminal's own, after the
-	// text. (The paste comes as the browser delivers one: a paste event
-	// with the text in its clipboardData.)
+	// text. (The text is put on the clipboard, and Ctrl+Shift+V has the
+	// browser paste it.)
 	typeIn("clear; printf '\\e[?2004h'; echo cat-$((3+4))-ready; cat -v\r")
 	waitScreen("cat -v running, bracketed paste on", func(s string) bool { return strings.Contains(s, "cat-7-ready") })
-	if !mustEval[bool](t, tab, `(() => { const dt = new DataTransfer(); dt.setData("text/plain", "PASTE\x1b[201~rm -rf /tmp/keyhole-pasted\n");
-		return document.querySelector("#terminal .xterm-helper-textarea").dispatchEvent(new ClipboardEvent("paste", {clipboardData: dt, bubbles: true, cancelable: true})) === false; })()`) {
-		t.Errorf("the terminal did not take the paste event")
+	mustEval[bool](t, tab, `navigator.clipboard.writeText("PASTE\x1b[201~rm -rf /tmp/keyhole-pasted\n").then(() => true)`)
+	if err := doIn(tab, chromedp.Focus(chromedp.CSS("#terminal .xterm-helper-textarea"))); err != nil {
+		t.Fatal(err)
 	}
+	press("V", "KeyV", 86, 2|8) // Ctrl+Shift+V: the browser pastes the clipboard
 	typeIn("END\r")
 	got := waitScreen("cat -v's echo of the paste", func(s string) bool {
 		return strings.Contains(s, "^[[200~PASTE") && strings.Contains(s, "^[[201~END")
@@ -393,16 +428,6 @@ rules:
 	press("d", "KeyD", 68, 2) // ^D: cat ends
 
 	// 9. OSC 52 from the container cannot write the clipboard.
-	origin := e.g.publicURL
-	for _, p := range []string{"clipboard-read", "clipboard-write"} {
-		if _, err := callIn(tab, browser.SetPermission, browser.SetPermissionParams{Permission: &browser.PermissionDescriptor{Name: p, AllowWithoutSanitization: true},
-			Setting: browser.PermissionSettingGranted, Origin: origin}); err != nil {
-			t.Fatalf("Browser.setPermission %s: %v", p, err)
-		}
-	}
-	if _, err := callIn(tab, emulation.SetFocusEmulationEnabled, emulation.SetFocusEmulationEnabledParams{Enabled: true}); err != nil {
-		t.Fatal(err)
-	}
 	const before = "keyhole-clipboard-before"
 	if got := mustEval[string](t, tab, `navigator.clipboard.writeText("`+before+`").then(() => navigator.clipboard.readText())`); got != before {
 		t.Fatalf("the clipboard cannot be set and read in this browser: %q", got)

@@ -166,6 +166,20 @@ class TermView {
       if (text && this.stdin) term.paste(sanitizePaste(text));
     };
     this.box.addEventListener("paste", onPaste, { capture: true });
+    // Ctrl+Shift+C copies the selection (a selection is copied by the
+    // browser's own Copy too); Ctrl+Shift+V is left to the browser, which
+    // pastes (the paste event above). Plain Ctrl+C and Ctrl+V go to the
+    // program, as in a terminal.
+    term.attachCustomKeyEventHandler((ev) => {
+      if (ev.type !== "keydown" || !ev.ctrlKey || !ev.shiftKey || ev.altKey || ev.metaKey) return true;
+      if (ev.code === "KeyC") {
+        const sel = term.getSelection();
+        if (sel) navigator.clipboard?.writeText(sel).catch(() => this.say("The selection could not be copied (the browser refused the clipboard).", "problem"));
+        ev.preventDefault();
+        return false;
+      }
+      return ev.code !== "KeyV";
+    });
     term.onData((d) => this.input(d));
     term.onBinary((d) => this.send(frame(STDIN, Uint8Array.from(d, (ch) => ch.charCodeAt(0) & 0xff))));
     term.onResize(({ cols, rows }) => {
