@@ -142,6 +142,9 @@ rules:
 	slices.Sort(lat)
 	t.Logf("log latency, AppendLog to the line in the page (10 lines): p50 %v, max %v (min %v); nodesim polls the file every 20 ms",
 		lat[len(lat)/2].Round(100*time.Microsecond), lat[len(lat)-1].Round(100*time.Microsecond), lat[0].Round(100*time.Microsecond))
+	if st := mustEval[string](t, tab, `document.getElementById("log-status").textContent`); st != "Following the log of app." {
+		t.Logf("the log view's status after the latency lines: %q (the stream broke and was followed again)", st)
+	}
 	e.screenshot("term-logs")
 
 	// 3. Options: container, init container, previous, timestamps, tail.

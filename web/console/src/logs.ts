@@ -27,6 +27,7 @@ const MAX_LINE = 64 * 1024; // a longer line is cut into pieces
 export const DOWNLOAD_LIMIT = 16 * 1024 * 1024;
 const TAILS = ["100", "1000", "10000", "all"];
 const DEFAULT_TAIL = "1000";
+const MAX_RESUMES = 3; // a broken followed stream starts again by itself, at most this often a minute
 
 export interface LogOptions {
   container: string;
@@ -293,8 +294,21 @@ class LogView {
     this.status.replaceChildren(text.replace(/\s+$/, more.length ? " " : ""), ...more);
   }
 
-  // run (re)starts the stream for the current options.
-  private async run(): Promise<void> {
+  // breaks are the times of the followed stream's recent breaks.
+  private breaks: number[] = [];
+
+  // mayResume reports whether a broken followed stream is started again
+  // by itself: at most MAX_RESUMES times a minute.
+  private mayResume(): boolean {
+    const now = Date.now();
+    this.breaks = this.breaks.filter((t) => now - t < 60_000);
+    this.breaks.push(now);
+    return this.breaks.length <= MAX_RESUMES;
+  }
+
+  // run (re)starts the stream for the current options. resumed: after
+  // the previous stream broke (the view says so).
+  private async run(resumed = false): Promise<void> {
     this.stream?.abort();
     const ac = new AbortController();
     this.stream = ac;
@@ -322,7 +336,7 @@ class LogView {
       return;
     }
     const following = o.follow && !o.previous;
-    this.say(following ? `Following the log of ${o.container}${o.previous ? " (previous instance)" : ""}.` :
+    this.say(following ? `Following the log of ${o.container}${resumed ? ` (again, after the stream broke ${this.breaks.length}× in the last minute)` : ""}.` :
       `Reading the log of ${o.container}${o.previous ? " (previous instance)" : ""}…`);
     document.body.dataset.state = "log";
     const reader = resp.body.getReader();
@@ -347,6 +361,14 @@ class LogView {
     } catch (e) {
       if (ac.signal.aborted) return;
       this.lines.flush();
+      if (following && this.mayResume()) {
+        // A followed log broke off (the connection, not the API server's
+        // end): start it again, from its tail, after a short pause.
+        this.say(`The log stream broke (${messageOf(e)}); following it again…`, "problem");
+        await new Promise((res) => window.setTimeout(res, 500 * this.breaks.length));
+        if (!ac.signal.aborted) void this.run(true);
+        return;
+      }
       await this.failed(e);
       return;
     }
