@@ -470,6 +470,12 @@ rules:
 	pollJS(t, tab, browserActionTimeout, "the terminal connected again", `document.body.dataset.state === "exec"`, e.g.stub)
 	typeIn("echo before-$((2+2))-signout\r")
 	waitScreen("a command before the sign-out", func(s string) bool { return strings.Contains(s, "before-4-signout") })
+	// A third tab follows the log meanwhile.
+	logTab := e.b.NewTab(t)
+	if err := doIn(logTab, chromedp.Navigate(e.g.publicURL+base+"/log?container=sidecar")); err != nil {
+		t.Fatal(err)
+	}
+	pollJS(t, logTab, browserActionTimeout, "the log followed in a third tab", `document.body.dataset.state === "log"`, e.g.stub)
 	other := e.b.NewTab(t)
 	if err := doIn(other, chromedp.Navigate(e.console)); err != nil {
 		t.Fatal(err)
@@ -485,6 +491,12 @@ rules:
 		t.Errorf("after the sign-out the terminal says %q", s)
 	}
 	waitScreen("the end in the terminal", func(s string) bool { return strings.Contains(s, "[the browser session ended]") })
+	pollJS(t, logTab, 30*time.Second, "the followed log to end after the sign-out", `document.body.dataset.state === "log-ended"`, e.g.stub)
+	if s := mustEval[string](t, logTab, `document.getElementById("log-status").textContent`); !strings.Contains(s, "the browser session ended") || !strings.Contains(s, "Sign in again") {
+		t.Errorf("after the sign-out the log view says %q", s)
+	} else {
+		t.Logf("the followed log in the third tab says %q", s)
+	}
 	e.expectErrors()
 
 	// The audit records so far: the followed log, the exec and attach
