@@ -70,8 +70,8 @@ func TestConsoleTerminal(t *testing.T) {
 		t.Logf("--- stub log:\n%s\n--- agent log:\n%s", e.g.stub.tail(80), testbed.Tail(filepath.Join(e.g.dir, "agent-c1.log"), 40))
 	})
 
-	// carol may read pods and their logs, exec and attach in the
-	// namespace; dave may get pods, pods/log and pods/exec, which lets a
+	// carol may read pods, their logs and events (the pod's page shows
+	// them), exec and attach in the namespace; dave may get pods, pods/log and pods/exec, which lets a
 	// WebSocket exec through a 1.33 API server, but not the agent. (No
 	// controller-manager runs, so the aggregated roles "edit" and "view"
 	// are empty here.)
@@ -83,6 +83,7 @@ rules:
 - {apiGroups: [""], resources: [pods], verbs: [get, list, watch]}
 - {apiGroups: [""], resources: [pods/log], verbs: [get]}
 - {apiGroups: [""], resources: [pods/exec, pods/attach], verbs: [get, create]}
+- {apiGroups: [""], resources: [events], verbs: [get, list, watch]}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -642,4 +643,5 @@ func checkActions(t *testing.T, e *consoleEnv, base string, want, notWant []stri
 			t.Errorf("the pod's page offers %s", id)
 		}
 	}
+	t.Logf("the pod's page offers %q", mustEval[[]string](t, e.tab, `[...document.querySelectorAll("[data-action]")].map(a => a.dataset.action)`))
 }
