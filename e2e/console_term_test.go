@@ -635,13 +635,16 @@ func checkActions(t *testing.T, e *consoleEnv, base string, want, notWant []stri
 		t.Logf("the pod's page is not part of this console yet: its actions are not checked here")
 		return
 	}
+	pollJS(t, e.tab, browserActionTimeout, "the pod's actions", `document.querySelector('#object-actions[aria-busy="false"]') !== null`, e.g.stub)
 	for _, id := range want {
-		pollJS(t, e.tab, browserActionTimeout, "the action "+id, fmt.Sprintf(`document.querySelector('[data-action=%q]') !== null`, id), e.g.stub)
+		if !mustEval[bool](t, e.tab, fmt.Sprintf(`document.querySelector('#object-actions [data-action=%q]') !== null`, id)) {
+			t.Errorf("the pod's page does not offer %s", id)
+		}
 	}
 	for _, id := range notWant {
-		if mustEval[bool](t, e.tab, fmt.Sprintf(`document.querySelector('[data-action=%q]') !== null`, id)) {
+		if mustEval[bool](t, e.tab, fmt.Sprintf(`document.querySelector('#object-actions [data-action=%q]') !== null`, id)) {
 			t.Errorf("the pod's page offers %s", id)
 		}
 	}
-	t.Logf("the pod's page offers %q", mustEval[[]string](t, e.tab, `[...document.querySelectorAll("[data-action]")].map(a => a.dataset.action)`))
+	t.Logf("the pod's page offers %q", mustEval[[]string](t, e.tab, `[...document.querySelectorAll("#object-actions [data-action]")].map(a => a.dataset.action)`))
 }
