@@ -101,8 +101,9 @@ func TestConsole(t *testing.T) {
 	if err != nil || resp.Status != 200 {
 		t.Fatalf("GET %s: %v, %v\n%s", console, resp, err, g.stub.tail(20))
 	}
-	if csp := headerOf(resp.Headers, "Content-Security-Policy"); csp != web.ConsoleCSP {
-		t.Errorf("GET /console: Content-Security-Policy %q, want %q", csp, web.ConsoleCSP)
+	nonce := mustEval[string](t, tab, `document.querySelector('meta[name="keyhole-style-nonce"]').content`)
+	if csp := headerOf(resp.Headers, "Content-Security-Policy"); nonce == "" || csp != web.ConsoleCSPWith(nonce) {
+		t.Errorf("GET /console: Content-Security-Policy %q, want %q (the page's style nonce %q)", csp, web.ConsoleCSPWith(nonce), nonce)
 	}
 	pollJS(t, tab, browserActionTimeout, "the signed-out console", `document.body.dataset.state === "signed-out"`, g.stub)
 	if href := mustEval[string](t, tab, `document.querySelector("section.signin a").getAttribute("href")`); href != "/?then=%2Fconsole" {

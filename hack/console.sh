@@ -41,6 +41,10 @@ mkdir -p "$out"
 node_modules/.bin/tsc -p .
 node_modules/.bin/esbuild src/main.ts --bundle --minify --format=iife --target=es2022 \
   --legal-comments=none --charset=utf8 --log-level=warning --outfile="$out/console.js"
+# xterm.js, loaded by the terminal view only when a terminal opens (its
+# license comments kept at the end of the file).
+node_modules/.bin/esbuild src/xterm-entry.ts --bundle --minify --format=iife --target=es2022 \
+  --legal-comments=eof --charset=utf8 --log-level=warning --outfile="$out/xterm.js"
 node_modules/.bin/esbuild src/console.css --bundle --minify --log-level=warning --outfile="$out/console.css"
 cp src/index.html "$out/index.html"
 
@@ -52,7 +56,7 @@ if $check; then
   fi
   echo "console: web/console/dist is up to date" >&2
 else
-  for f in console.js console.css index.html; do
+  for f in console.js xterm.js console.css index.html; do
     printf 'console: %-11s %6d bytes, %5d gzipped\n' "$f" "$(wc -c <"$out/$f")" "$(gzip -9n <"$out/$f" | wc -c)" >&2
   done
 fi

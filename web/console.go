@@ -2,8 +2,10 @@ package web
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"embed"
+	"encoding/base64"
 	"encoding/hex"
 	"net/http"
 	"strings"
@@ -14,20 +16,48 @@ import (
 // hack/console.sh from web/console/src into web/console/dist, which is
 // committed: the stub serves it with no Node at build or run time.
 
-//go:embed console/dist/index.html console/dist/console.js console/dist/console.css
+//go:embed console/dist/index.html console/dist/console.js console/dist/console.css console/dist/xterm.js
 var consoleFS embed.FS
 
 // Paths of the console: the page (ConsolePath, and any path under it, for
-// deep links) and its assets (ConsoleAssetsPath + console.js, console.css).
+// deep links) and its assets (ConsoleAssetsPath + console.js, console.css,
+// and xterm.js, which the terminal view loads when a terminal opens).
 const (
 	ConsolePath       = "/console"
 	ConsoleAssetsPath = "/keyhole/console/"
 )
 
-// ConsoleCSP is the Content-Security-Policy of the console's page: script
-// and style from the stub's origin only (no inline script or style, no
-// eval), and connections to the stub's origin only.
-const ConsoleCSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+// ConsoleCSP is the Content-Security-Policy of the console's page, with
+// ConsoleStyleNonce where each response has its own nonce (see
+// ConsoleCSPWith): script from the stub's origin only (no inline script,
+// no eval); style sheets from the stub's origin, and style elements only
+// with the page's nonce; connections to the stub's origin only.
+//
+// The nonce is for the style elements xterm.js (the terminal view) makes
+// at run time: a new random value per response, in the header and in the
+// page's <meta name="keyhole-style-nonce">, which the console gives to
+// the style elements it creates (web/console/src/stylenonce.ts). Markup
+// injected into the page cannot carry it (it would have to know it first,
+// and no injected script runs), so inline style stays refused.
+const ConsoleCSP = "default-src 'none'; script-src 'self'; style-src 'self' 'nonce-" + ConsoleStyleNonce + "'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+
+// ConsoleStyleNonce stands for the response's style nonce in ConsoleCSP.
+const ConsoleStyleNonce = "{style-nonce}"
+
+// ConsoleCSPWith is ConsoleCSP with nonce as the style nonce.
+func ConsoleCSPWith(nonce string) string {
+	return strings.Replace(ConsoleCSP, ConsoleStyleNonce, nonce, 1)
+}
+
+// consoleNonceMeta is the page's nonce element as built (empty).
+const consoleNonceMeta = `<meta name="keyhole-style-nonce" content="">`
+
+// newStyleNonce is a fresh nonce: 128 random bits, base64url.
+func newStyleNonce() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
 
 // consoleAsset is one embedded file of the console.
 type consoleAsset struct {
@@ -48,6 +78,7 @@ func newConsoleAsset(name, contentType string) consoleAsset {
 var consoleAssets = map[string]consoleAsset{
 	"console.js":  newConsoleAsset("console.js", "text/javascript; charset=utf-8"),
 	"console.css": newConsoleAsset("console.css", "text/css; charset=utf-8"),
+	"xterm.js":    newConsoleAsset("xterm.js", "text/javascript; charset=utf-8"),
 }
 
 // consoleIndex is the console's page. Its body's data-kubeconfig
@@ -66,21 +97,27 @@ func (s *Sessions) consoleIndex() []byte {
 }
 
 // serveConsole serves the console's page for ConsolePath and every path
-// under it. The page is the same for everyone and holds nothing of the
+// under it. The page is the same for everyone but for its style nonce (a
+// new one in each response, see ConsoleCSP) and holds nothing of the
 // session: it learns who is signed in from /keyhole/v1/clusters, with the
 // console header, and shows "Sign in" when that answers 401.
 func (s *Sessions) serveConsole() http.Handler {
 	page := s.consoleIndex()
+	if !bytes.Contains(page, []byte(consoleNonceMeta)) {
+		panic("web: the console's index.html lacks " + consoleNonceMeta) // built from web/console/src: always there
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		nonce := newStyleNonce()
+		b := bytes.Replace(page, []byte(consoleNonceMeta), []byte(`<meta name="keyhole-style-nonce" content="`+nonce+`">`), 1)
 		pageHeaders(w.Header())
-		w.Header().Set("Content-Security-Policy", ConsoleCSP)
+		w.Header().Set("Content-Security-Policy", ConsoleCSPWith(nonce))
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(page))
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(b))
 	})
 }
 
-// serveConsoleAssets serves ConsoleAssetsPath + console.js and console.css
-// (and nothing else: 404).
+// serveConsoleAssets serves ConsoleAssetsPath + console.js, console.css and
+// xterm.js (and nothing else: 404).
 func serveConsoleAssets(w http.ResponseWriter, r *http.Request) {
 	a, ok := consoleAssets[strings.TrimPrefix(r.URL.Path, ConsoleAssetsPath)]
 	if !ok {

@@ -26,15 +26,28 @@ func TestConsoleRoutes(t *testing.T) {
 	b := newBrowser(t)
 
 	var index string
+	nonceMeta := regexp.MustCompile(`<meta name="keyhole-style-nonce" content="([^"]*)">`)
+	nonces := map[string]bool{}
 	for _, path := range []string{"/console", "/console/", "/console/clusters/c1?q=env%3Dprod"} {
 		resp := b.do(s, "GET", path, nil)
 		page := body(t, resp)
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET %s: %s", path, resp.Status)
 		}
+		// Each response has its own style nonce, in the page and its CSP.
+		m := nonceMeta.FindStringSubmatch(page)
+		if m == nil || !regexp.MustCompile(`^[A-Za-z0-9_-]{22}$`).MatchString(m[1]) {
+			t.Fatalf("GET %s: no 128-bit style nonce in the page: %q", path, m)
+		}
+		nonce := m[1]
+		if nonces[nonce] {
+			t.Errorf("GET %s: the style nonce %s was served before", path, nonce)
+		}
+		nonces[nonce] = true
+		page = strings.Replace(page, nonce, "NONCE", 1)
 		h := resp.Header
 		want := map[string]string{
-			"Content-Security-Policy":    ConsoleCSP,
+			"Content-Security-Policy":    ConsoleCSPWith(nonce),
 			"Content-Type":               "text/html; charset=utf-8",
 			"X-Frame-Options":            "DENY",
 			"Referrer-Policy":            "no-referrer",
@@ -58,6 +71,9 @@ func TestConsoleRoutes(t *testing.T) {
 		if !strings.Contains(ConsoleCSP, d) {
 			t.Errorf("ConsoleCSP lacks %q", d)
 		}
+	}
+	if !strings.Contains(ConsoleCSP, "style-src 'self' 'nonce-"+ConsoleStyleNonce+"';") {
+		t.Errorf("ConsoleCSP's style-src is not 'self' and the nonce: %q", ConsoleCSP)
 	}
 	if strings.Contains(ConsoleCSP, "unsafe") {
 		t.Errorf("ConsoleCSP allows something unsafe: %q", ConsoleCSP)
@@ -88,7 +104,7 @@ func TestConsoleRoutes(t *testing.T) {
 	}
 
 	// The assets, with their types, sniffing off, and nothing else there.
-	for name, ct := range map[string]string{"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"} {
+	for name, ct := range map[string]string{"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8", "xterm.js": "text/javascript; charset=utf-8"} {
 		resp := b.do(s, "GET", ConsoleAssetsPath+name, nil)
 		got := body(t, resp)
 		if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != ct || len(got) < 100 {

@@ -17,7 +17,8 @@
 //     workingDir if that exists on the host), but absolute paths (for example
 //     the ones `kubectl cp` passes to tar) refer to the host file system.
 //     Environment: nodesim's own plus literal `env` values of the container
-//     spec plus HOSTNAME=<pod>. Exit codes are passed back (a signal N gives
+//     spec plus HOSTNAME=<pod> (and TERM=xterm with -t, as containerd
+//     sets it). Exit codes are passed back (a signal N gives
 //     128+N), stdin EOF closes the command's stdin, -t uses a real pty whose
 //     size follows the client's resize events (EOF on stdin sends ^D). The
 //     command's process group is killed when the client goes away.
@@ -31,7 +32,11 @@
 //   - logs: the log of a container is the file
 //     <data-dir>/logs/<ns>_<pod>_<container>.log (created empty when the pod
 //     starts); follow=true polls it every 20 ms until the client goes away.
-//     tailLines and limitBytes are honoured; other options are ignored.
+//     Init and ephemeral containers have logs too. tailLines and limitBytes
+//     are honoured; previous=true serves <ns>_<pod>_<container>.previous.log
+//     (400 "previous terminated container … not found", as the kubelet, when
+//     there is none); timestamps=true starts each line with the time nodesim
+//     read it (the kubelet's format); other options are ignored.
 //   - Pods being deleted are removed at once (grace period 0), as a kubelet
 //     does once its containers are stopped. Init containers are reported as
 //     completed without running anything; nothing is ever run at pod start.

@@ -284,6 +284,8 @@ func (s *sim) runCommand(ctx context.Context, pod *corev1.Pod, c *corev1.Contain
 	defer s.wg.Done()
 
 	if tty {
+		// As containerd and Docker do for a session with a tty.
+		cmd.Env = append(cmd.Env, "TERM=xterm")
 		return s.runTTY(ctx, cmd, in, stdout, resize, pid)
 	}
 
@@ -460,11 +462,17 @@ func (f *forwarder) PortForward(ctx context.Context, name string, _ types.UID, p
 
 func (s *sim) serveLogs(w http.ResponseWriter, r *http.Request) {
 	container := r.PathValue("container")
-	pod, _, ok := s.lookup(w, r, container)
+	pod, _, ok := s.lookup(w, r, "")
 	if !ok {
 		return
 	}
+	if !hasContainer(pod, container) {
+		http.Error(w, fmt.Sprintf("container %q in pod %q is not valid", container, pod.Name), http.StatusBadRequest)
+		return
+	}
 	q := r.URL.Query()
+	previous := q.Get("previous") == "true" || q.Get("previous") == "1"
+	timestamps := q.Get("timestamps") == "true" || q.Get("timestamps") == "1"
 	follow := q.Get("follow") == "true" || q.Get("follow") == "1"
 	tail := int64(-1)
 	if v := q.Get("tailLines"); v != "" {
@@ -485,6 +493,16 @@ func (s *sim) serveLogs(w http.ResponseWriter, r *http.Request) {
 		limit = n
 	}
 	path := s.logPath(pod.Namespace, pod.Name, container)
+	if previous {
+		// The previous instance's log: <ns>_<pod>_<container>.previous.log
+		// (a container name has no dot). Without it, the kubelet's answer.
+		path = s.logPath(pod.Namespace, pod.Name, container+".previous")
+		if _, err := os.Stat(path); err != nil {
+			http.Error(w, fmt.Sprintf("previous terminated container %q in pod %q not found", container, pod.Name), http.StatusBadRequest)
+			return
+		}
+		follow = false // a terminated instance's log does not grow
+	}
 
 	w.Header().Set("Content-Type", "text/plain")
 	w.WriteHeader(http.StatusOK)
@@ -530,6 +548,9 @@ func (s *sim) serveLogs(w http.ResponseWriter, r *http.Request) {
 		lw = &limitedWriter{w: w, n: limit}
 		dst = lw
 	}
+	if timestamps {
+		dst = &timestampWriter{w: dst, start: true}
+	}
 	buf := make([]byte, 32*1024)
 	for {
 		n, err := f.Read(buf)
@@ -557,6 +578,60 @@ func (s *sim) serveLogs(w http.ResponseWriter, r *http.Request) {
 		case <-time.After(poll):
 		}
 	}
+}
+
+// hasContainer reports whether pod has a container, init container or
+// ephemeral container of that name (all of which have logs).
+func hasContainer(pod *corev1.Pod, name string) bool {
+	for _, c := range pod.Spec.Containers {
+		if c.Name == name {
+			return true
+		}
+	}
+	for _, c := range pod.Spec.InitContainers {
+		if c.Name == name {
+			return true
+		}
+	}
+	for _, c := range pod.Spec.EphemeralContainers {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// timestampWriter starts every line with the time nodesim read it, in the
+// kubelet's format (RFC 3339 with nanoseconds, then a space). A kubelet
+// gives the time the runtime wrote the line; for a followed log the two
+// are within the 20 ms poll.
+type timestampWriter struct {
+	w     io.Writer
+	start bool // the next byte starts a line
+}
+
+func (t *timestampWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	var b []byte
+	for len(p) > 0 {
+		if t.start {
+			b = time.Now().UTC().AppendFormat(b, "2006-01-02T15:04:05.000000000Z07:00")
+			b = append(b, ' ')
+			t.start = false
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			b = append(b, p...)
+			break
+		}
+		b = append(b, p[:i+1]...)
+		p = p[i+1:]
+		t.start = true
+	}
+	if _, err := t.w.Write(b); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 type limitedWriter struct {

@@ -16,6 +16,7 @@ import "./clustersview";
 import "./browse/index";
 import "./apps";
 import "./act";
+import "./term";
 
 let current: AbortController | null = null;
 let signedOut = false;
