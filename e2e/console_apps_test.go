@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +23,6 @@ import (
 	"github.com/chromedp/cdproto/target"
 	"github.com/chromedp/chromedp"
 	"golang.org/x/net/websocket"
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -478,7 +476,7 @@ const appScript = `(async () => {
 func startTestApp(t *testing.T, consoleOrigin, cluster, namespace string) *testApp {
 	t.Helper()
 	nsName, ip := startAppNetns(t)
-	ln, err := listenIn(nsName, net.JoinHostPort(ip, "0"))
+	ln, err := listenIn(nsName, net.JoinHostPort(ip, "0"), &net.ListenConfig{})
 	if err != nil {
 		t.Fatalf("listen in %s: %v", nsName, err)
 	}
@@ -623,51 +621,4 @@ func startAppNetns(t *testing.T) (string, string) {
 	runIP(t, "ip", "-n", nsName, "link", "set", nsDev, "up")
 	runIP(t, "ip", "-n", nsName, "link", "set", "lo", "up")
 	return nsName, nsIP
-}
-
-// listenIn opens a TCP listener at addr inside network namespace nsName:
-// the socket is made on an OS thread that entered the namespace (setns)
-// and went back before any other goroutine could run on it; a socket
-// stays in the namespace it was made in, and so do its connections.
-func listenIn(nsName, addr string) (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer unix.Close(orig)
-		fd, err := unix.Open("/run/netns/"+nsName, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("setns into %s: %w", nsName, err)}
-			return
-		}
-		ln, lerr := net.Listen("tcp4", addr)
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// The thread stays locked and ends with this goroutine.
-			if ln != nil {
-				ln.Close()
-			}
-			ch <- result{err: fmt.Errorf("setns back: %w", err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{ln, lerr}
-	}()
-	r := <-ch
-	return r.ln, r.err
 }

@@ -253,47 +253,7 @@ func setNotSent(c net.Conn) error {
 // went back before any other goroutine could run on it; a socket stays in
 // the namespace it was made in, and the connections it accepts too.
 func (l *thinLink) listenInNS() (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer unix.Close(orig)
-		nsfd, err := unix.Open("/run/netns/"+l.ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer unix.Close(nsfd)
-		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("setns into %s: %w", l.ns, err)}
-			return
-		}
-		ln, lerr := (&net.ListenConfig{Control: relaySockopts}).Listen(context.Background(), "tcp4", net.JoinHostPort(l.nsIP, "0"))
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// The thread stays locked: it ends with this goroutine and
-			// the runtime does not reuse it.
-			if ln != nil {
-				ln.Close()
-			}
-			ch <- result{err: fmt.Errorf("setns back: %w", err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{ln, lerr}
-	}()
-	r := <-ch
-	return r.ln, r.err
+	return listenIn(l.ns, net.JoinHostPort(l.nsIP, "0"), &net.ListenConfig{Control: relaySockopts})
 }
 
 // thinPath is one way to a server at target across the link: a delay relay

@@ -283,15 +283,7 @@ func (p *portValue) UnmarshalJSON(b []byte) error {
 // cookie rule of browser.go applies). Every request is audited.
 func (s *Stub) AppsAPI() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		ar := audit.Request{ID: newRequestID(), Received: start, SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
-			Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
-		w.Header().Set(HeaderRequestID, ar.ID)
-		cred, st := s.authenticate(w, r)
-		ar.BrowserSession = cred.auditID()
-		if cred.cookie {
-			s.setBrowserResponseHeaders(w.Header())
-		}
+		ar, cred, st := s.ownRequest(w, r)
 		refuse := func(st *apierrors.StatusError) {
 			kubestatus.Write(w, st)
 			o := audit.StatusOutcome(st.ErrStatus, time.Now())
@@ -556,14 +548,9 @@ func (s *Stub) serveApp(w http.ResponseWriter, r *http.Request, label string) {
 	ar.Path = rest
 
 	// As a cookie request: the session, its token, the cluster, the policy.
-	token, st := s.cfg.Sessions.Current(r.Context(), nil, bs)
+	token, user, st := s.sessionUser(r.Context(), bs)
 	if st != nil {
 		refuse(st)
-		return
-	}
-	user, err := s.cfg.Auth.Authenticate(r.Context(), token)
-	if err != nil {
-		refuse(kubestatus.Unauthorized(browserTokenMessage(err)))
 		return
 	}
 	ar.User, ar.Groups = user.Name, user.Groups
@@ -718,14 +705,9 @@ func (s *Stub) launchApp(w http.ResponseWriter, r *http.Request, label string, a
 		refuse(kubestatus.Forbidden("this link was issued for another app host"))
 		return
 	}
-	token, st := s.cfg.Sessions.Current(r.Context(), nil, bs)
+	_, user, st := s.sessionUser(r.Context(), bs)
 	if st != nil {
 		refuse(st)
-		return
-	}
-	user, err := s.cfg.Auth.Authenticate(r.Context(), token)
-	if err != nil {
-		refuse(kubestatus.Unauthorized(browserTokenMessage(err)))
 		return
 	}
 	ar.User, ar.Groups = user.Name, user.Groups
@@ -877,4 +859,19 @@ func unprefixHTML(resp *http.Response, prefix, appOrigin string) error {
 type readCloser struct {
 	io.Reader
 	io.Closer
+}
+
+// sessionUser is the browser session's ID token as it stands now and the
+// user it authenticates as (a cookie request's steps 5 and 6), or the 401
+// that says why the session no longer stands.
+func (s *Stub) sessionUser(ctx context.Context, bs *BrowserSession) (string, *authn.User, *apierrors.StatusError) {
+	token, st := s.cfg.Sessions.Current(ctx, nil, bs)
+	if st != nil {
+		return "", nil, st
+	}
+	user, err := s.cfg.Auth.Authenticate(ctx, token)
+	if err != nil {
+		return "", nil, kubestatus.Unauthorized(browserTokenMessage(err))
+	}
+	return token, user, nil
 }

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	auditv1 "k8s.io/apiserver/pkg/apis/audit/v1"
 
 	"github.com/keyhole-dev/keyhole/audit"
@@ -51,15 +52,7 @@ type AgentStatus struct {
 // cluster, refusals included.
 func (s *Stub) ClusterList(agents AgentLister, prober *Prober) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		ar := audit.Request{ID: newRequestID(), Received: start, SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
-			Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
-		w.Header().Set(HeaderRequestID, ar.ID)
-		cred, st := s.authenticate(w, r)
-		ar.BrowserSession = cred.auditID()
-		if cred.cookie {
-			s.setBrowserResponseHeaders(w.Header())
-		}
+		ar, cred, st := s.ownRequest(w, r)
 		if st != nil {
 			kubestatus.Write(w, st)
 			o := audit.StatusOutcome(st.ErrStatus, time.Now())
@@ -103,4 +96,21 @@ func clusterStatuses(clusters ClusterRegistry, pol Policy, user *authn.User, tok
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// ownRequest starts a request to one of the stub's own endpoints
+// (/keyhole/v1/…): its audit record's request, with a new request ID (also
+// in the response's HeaderRequestID), and the caller's credential as
+// authenticate finds it (a refusal in st). A cookie request's response
+// gets the browser headers.
+func (s *Stub) ownRequest(w http.ResponseWriter, r *http.Request) (audit.Request, credential, *apierrors.StatusError) {
+	ar := audit.Request{ID: newRequestID(), Received: time.Now(), SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
+		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
+	w.Header().Set(HeaderRequestID, ar.ID)
+	cred, st := s.authenticate(w, r)
+	ar.BrowserSession = cred.auditID()
+	if cred.cookie {
+		s.setBrowserResponseHeaders(w.Header())
+	}
+	return ar, cred, st
 }
