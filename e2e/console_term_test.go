@@ -268,12 +268,30 @@ rules:
 	}
 	e.noErrors("log flood")
 
-	// 6. The terminal, by deep link.
-	e.open(base + "/exec?container=app")
-	pollJS(t, tab, browserActionTimeout, "the terminal connected", `document.body.dataset.state === "exec"`, e.g.stub)
+	// 6. The terminal, by deep link: a page opened by a link (from any
+	// site) starts nothing until the user presses Connect.
 	status := func() string {
 		return mustEval[string](t, tab, `document.getElementById("terminal-status").textContent`)
 	}
+	connectByLink := func(path, mode string) {
+		t.Helper()
+		from := fileSize(t, filepath.Join(e.g.dir, "audit.log"))
+		e.open(path)
+		pollJS(t, tab, browserActionTimeout, "the "+mode+" view waiting for Connect", `document.body.dataset.state === "`+mode+`-ready"`, e.g.stub)
+		if s := status(); !strings.Contains(s, "Press Connect") {
+			t.Errorf("a %s opened by a link says %q before Connect", mode, s)
+		}
+		for _, ev := range readAudit(t, e.g, from) {
+			if (ev.ObjectRef != nil && ev.ObjectRef.Subresource == mode) || strings.Contains(ev.RequestURI, "/"+mode+"?") {
+				t.Errorf("a %s opened by a link reached the cluster before Connect: %s %s", mode, ev.Verb, ev.RequestURI)
+			}
+		}
+		if err := doIn(tab, chromedp.Click(chromedp.ID("terminal-connect"))); err != nil {
+			t.Fatalf("click Connect: %v", err)
+		}
+		pollJS(t, tab, browserActionTimeout, "the "+mode+" connected", `document.body.dataset.state === "`+mode+`"`, e.g.stub)
+	}
+	connectByLink(base+"/exec?container=app", "exec")
 	if s := status(); s != "connected (bash)" {
 		t.Errorf("the terminal's status: %q", s)
 	}
@@ -454,8 +472,7 @@ rules:
 
 	// 11. Attach to a container without tty: the view echoes the line and
 	// sends it on Enter; the container's cat sends it back.
-	e.open(base + "/attach?container=sidecar")
-	pollJS(t, tab, browserActionTimeout, "attached", `document.body.dataset.state === "attach"`, e.g.stub)
+	connectByLink(base+"/attach?container=sidecar", "attach")
 	t.Logf("attach: %q", status())
 	typeIn("attach-hello\r")
 	waitScreen("the container's answer", func(s string) bool { return strings.Count(s, "attach-hello") == 2 })
@@ -467,8 +484,7 @@ rules:
 	e.noErrors("attach")
 
 	// 12. Signed out in another tab: the open terminal ends and says so.
-	e.open(base + "/exec?container=app")
-	pollJS(t, tab, browserActionTimeout, "the terminal connected again", `document.body.dataset.state === "exec"`, e.g.stub)
+	connectByLink(base+"/exec?container=app", "exec")
 	typeIn("echo before-$((2+2))-signout\r")
 	waitScreen("a command before the sign-out", func(s string) bool { return strings.Contains(s, "before-4-signout") })
 	// A third tab follows the log meanwhile.

@@ -748,6 +748,9 @@ func appResponse(resp *http.Response, a *appState) error {
 	h := resp.Header
 	deletePrefix(h, "Access-Control-")
 	h.Del("Alt-Svc")
+	// Clear-Site-Data "cookies" would clear the cookies of the whole site:
+	// every other app host's (and, with allowSameSite, the console's).
+	h.Del("Clear-Site-Data")
 	if cs := h.Values("Set-Cookie"); len(cs) > 0 {
 		h.Del("Set-Cookie")
 		for _, c := range cs {
@@ -778,14 +781,17 @@ func appResponse(resp *http.Response, a *appState) error {
 }
 
 // appSetCookie is an app's Set-Cookie as the browser gets it: "" for a
-// cookie named like the stub's own (__Host-keyhole…), which an app may
-// never set; otherwise without a Domain attribute, so that the cookie
+// cookie named like the stub's own (__Host-keyhole…, in any case, or a
+// nameless cookie whose value starts so), which an app may never set;
+// otherwise without a Domain attribute, so that the cookie
 // stays on the app's host and cannot reach other app hosts (or, with
 // allowSameSite, the console's).
 func appSetCookie(line string) string {
 	parts := strings.Split(line, ";")
-	name, _, _ := strings.Cut(parts[0], "=")
-	if strings.HasPrefix(strings.TrimSpace(name), "__Host-keyhole") {
+	name, value, hasValue := strings.Cut(parts[0], "=")
+	name = strings.ToLower(strings.TrimSpace(name))
+	if strings.HasPrefix(name, "__host-keyhole") ||
+		(hasValue && name == "" && strings.HasPrefix(strings.ToLower(strings.TrimSpace(value)), "__host-keyhole")) {
 		return ""
 	}
 	kept := parts[:1]

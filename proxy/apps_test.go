@@ -112,6 +112,7 @@ func newFakeServiceProxy(t *testing.T) *fakeServiceProxy {
 			h.Set("Access-Control-Allow-Origin", "https://keyhole.example.test:8443")
 			h.Set("Access-Control-Allow-Credentials", "true")
 			h.Set("Alt-Svc", `h2="elsewhere.example:443"`)
+			h.Set("Clear-Site-Data", `"cookies", "storage"`)
 			h.Set("Content-Type", "text/plain")
 			_, _ = io.WriteString(w, "headers")
 		case "/ws":
@@ -411,7 +412,7 @@ func TestAppsRequests(t *testing.T) {
 	if got := resp.Header.Values("Set-Cookie"); len(got) != 1 || got[0] != "app=1; Path=/; HttpOnly" {
 		t.Errorf("Set-Cookie %q: want only the app's own, without its Domain", got)
 	}
-	for _, k := range []string{"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Alt-Svc"} {
+	for _, k := range []string{"Access-Control-Allow-Origin", "Access-Control-Allow-Credentials", "Alt-Svc", "Clear-Site-Data"} {
 		if v := resp.Header.Get(k); v != "" {
 			t.Errorf("%s: %q reached the browser", k, v)
 		}
@@ -554,6 +555,9 @@ func TestAppPath(t *testing.T) {
 		"__Host-keyhole=x; Path=/":         "",
 		"__Host-app=x; Path=/; Secure":     "__Host-app=x; Path=/; Secure",
 		"session=abc; HttpOnly; Max-Age=5": "session=abc; HttpOnly; Max-Age=5",
+		"__HOST-keyhole-app=x; Path=/":     "",
+		"=__Host-keyhole-app=x; Path=/":    "",
+		" __host-KEYHOLE=x":                "",
 	} {
 		if got := appSetCookie(in); got != want {
 			t.Errorf("appSetCookie(%q) = %q, want %q", in, got, want)

@@ -10,7 +10,7 @@
 import { setSignedOutHandler } from "./api";
 import { showSession } from "./session";
 import { el } from "./dom";
-import { href, link, parse, setNavigateHandler, type Route } from "./router";
+import { href, link, markInConsole, parse, setNavigateHandler, type Route } from "./router";
 import { viewFor } from "./views";
 import "./clustersview";
 import "./browse/index";
@@ -105,7 +105,10 @@ function render(): void {
 function start(): void {
   setSignedOutHandler(showSignedOut);
   setNavigateHandler(render);
-  window.addEventListener("popstate", render);
+  window.addEventListener("popstate", () => {
+    markInConsole();
+    render();
+  });
   render();
   const header = document.querySelector("header");
   if (header) void showSession(header);

@@ -47,7 +47,15 @@ export function formatRes(r: ResourceRef): string {
 // parse reads a path (location.pathname) into a Route.
 export function parse(pathname: string): Route {
   if (pathname !== BASE && !pathname.startsWith(BASE + "/")) return { view: "notfound", path: pathname };
-  const parts = pathname.slice(BASE.length).split("/").filter((p) => p !== "").map(decodeURIComponent);
+  let parts: string[];
+  try {
+    parts = pathname.slice(BASE.length).split("/").filter((p) => p !== "").map(decodeURIComponent);
+  } catch {
+    return { view: "notfound", path: pathname }; // a malformed %-escape
+  }
+  // No name in Kubernetes holds a "/" or is "." or "..": a segment that
+  // decodes to one would make the API path differ from what the page shows.
+  if (parts.some((p) => p.includes("/") || p === "." || p === "..")) return { view: "notfound", path: pathname };
   if (parts.length === 0 || (parts.length === 1 && parts[0] === "clusters")) return { view: "clusters" };
   if (parts[0] !== "c" || parts.length < 2) return { view: "notfound", path: pathname };
   const cluster = parts[1];
@@ -90,6 +98,24 @@ export function href(r: Route): string {
 
 let onNavigate: () => void = () => {};
 
+// inConsole is set once the user has moved within the console (a link of
+// the console, back or forward): the page was not just opened by a link
+// from elsewhere. A view that would start something (a terminal) waits
+// for a click when it is not set: another site can open any console
+// address in a new tab, and its requests would carry the session.
+let inConsole = false;
+
+// openedInConsole reports whether the current view was reached by moving
+// within the console, rather than by loading the page at its address.
+export function openedInConsole(): boolean {
+  return inConsole;
+}
+
+// markInConsole records a move within the console (main.ts, on popstate).
+export function markInConsole(): void {
+  inConsole = true;
+}
+
 // setNavigateHandler sets what runs when the address changes (main.ts).
 export function setNavigateHandler(f: () => void): void {
   onNavigate = f;
@@ -97,6 +123,7 @@ export function setNavigateHandler(f: () => void): void {
 
 // navigate goes to a console path (with its query) without reloading.
 export function navigate(to: string, replace = false): void {
+  inConsole = true;
   if (replace) history.replaceState(null, "", to);
   else history.pushState(null, "", to);
   onNavigate();

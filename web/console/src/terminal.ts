@@ -26,6 +26,7 @@ import {
   containerLabel, containersOf, kubectlContext, loadPod, pickContainer, podCrumbs, probeCluster, probeSession, shellQuote,
   signInAgain, type ContainerInfo, type PodRoute,
 } from "./podview";
+import { openedInConsole } from "./router";
 import { allowTerminalStyles } from "./stylenonce";
 import { registerView, type KubeObject, type ViewContext } from "./views";
 
@@ -207,7 +208,17 @@ class TermView {
       term.dispose();
       unstyle();
     });
-    this.connect();
+    if (openedInConsole()) {
+      this.connect();
+      return;
+    }
+    // Opened by loading this address (a link from anywhere, even another
+    // site): nothing starts in the pod until the user asks.
+    const what = mode === "exec" ? `a shell (${this.shell === "auto" ? "bash, else sh" : this.shell})` : "the container's process";
+    this.say(`Press Connect to start ${what} in container ${this.container.name} of pod ${r.pod}. ` +
+      "This page was opened by a link, so nothing runs until you do.");
+    document.body.dataset.state = `${mode}-ready`;
+    this.connectBtn.focus();
   }
 
   private skeleton(list: ContainerInfo[]): HTMLElement {
