@@ -124,15 +124,20 @@ stringData: {token: hidden-from-carol}
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := metav1.Now()
-	if _, err := c.Client().CoreV1().Events(ns).Create(ctx, &corev1.Event{
-		ObjectMeta:     metav1.ObjectMeta{Name: "web-1.seeded", Namespace: ns},
-		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: "web-1", UID: web1.UID},
-		Reason:         "SeededByTest", Message: "an event the test made for web-1", Type: "Normal",
-		Source: corev1.EventSource{Component: "e2e"}, FirstTimestamp: now, LastTimestamp: now, Count: 1,
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	// podEvent records an Event about web-1, as a kubelet would.
+	podEvent := func(name, reason, message, typ string) {
+		t.Helper()
+		now := metav1.Now()
+		if _, err := c.Client().CoreV1().Events(ns).Create(ctx, &corev1.Event{
+			ObjectMeta:     metav1.ObjectMeta{Name: name, Namespace: ns},
+			InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: "web-1", UID: web1.UID},
+			Reason:         reason, Message: message, Type: typ,
+			Source: corev1.EventSource{Component: "e2e"}, FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	podEvent("web-1.seeded", "SeededByTest", "an event the test made for web-1", "Normal")
 	c.Apply(t, widgetCRD)
 	if out, err := c.Kubectl(t, "wait", "--for=condition=Established", "--timeout=60s", "crd/widgets.example.com"); err != nil {
 		t.Fatalf("CRD not established: %v\n%s", err, out)
@@ -243,15 +248,7 @@ spec:
 	e.open(base + "/ns/" + ns + "/pods/web-1") // a deep link to an object
 	pollJS(t, e.tab, browserActionTimeout, "web-1's Event on its page", `document.body.dataset.state === "object" && document.getElementById("object-events").textContent.includes("SeededByTest")`)
 	// A new Event for it shows up live.
-	now = metav1.Now()
-	if _, err := c.Client().CoreV1().Events(ns).Create(ctx, &corev1.Event{
-		ObjectMeta:     metav1.ObjectMeta{Name: "web-1.live", Namespace: ns},
-		InvolvedObject: corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: ns, Name: "web-1", UID: web1.UID},
-		Reason:         "LiveEvent", Message: "made while the page was open", Type: "Warning",
-		Source: corev1.EventSource{Component: "e2e"}, FirstTimestamp: now, LastTimestamp: now, Count: 1,
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	podEvent("web-1.live", "LiveEvent", "made while the page was open", "Warning")
 	pollJS(t, e.tab, browserActionTimeout, "the new Event live", `document.getElementById("object-events").textContent.includes("LiveEvent")`)
 	// A label set with kubectl shows on the page (the object is watched).
 	if out, err := c.Kubectl(t, "label", "pod", "web-1", "-n", ns, "tier=front"); err != nil {

@@ -236,20 +236,7 @@ func TestAppsLaunch(t *testing.T) {
 	own := with(fromConsole("s-alice"), "Content-Type", "application/json")
 	launch := func(hdr http.Header, token, body string) (*http.Response, string) {
 		t.Helper()
-		req, _ := http.NewRequest("POST", c.stubURL+AppsPath, strings.NewReader(body))
-		for k, v := range hdr {
-			req.Header[k] = v
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := c.client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp, string(b)
+		return c.doBody(t, "POST", AppsPath, token, hdr, strings.NewReader(body))
 	}
 	body := `{"cluster":"c1","namespace":"apps","service":"web","port":"http","path":"/dash?x=1"}`
 

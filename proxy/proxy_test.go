@@ -354,7 +354,13 @@ func newChainWith(t testing.TB, apiRest *rest.Config, api *fakeAPI, o chainOpts)
 
 func (c *chain) do(t *testing.T, method, path, token string, hdr http.Header) (*http.Response, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, c.stubURL+path, nil)
+	return c.doBody(t, method, path, token, hdr, nil)
+}
+
+// doBody is do with a request body.
+func (c *chain) doBody(t *testing.T, method, path, token string, hdr http.Header, body io.Reader) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, c.stubURL+path, body)
 	for k, v := range hdr {
 		req.Header[k] = v
 	}

@@ -3,6 +3,7 @@ package web
 import (
 	"bytes"
 	"embed"
+	"errors"
 	"html"
 	"html/template"
 	"io/fs"
@@ -118,22 +119,42 @@ func (s *Sessions) signedIn(w http.ResponseWriter, r *http.Request) (u *authn.Us
 	if !pageMaySeeSession(r) {
 		return nil, "", nil, time.Time{}, ""
 	}
-	bs, found, st := s.Open(w, r)
-	if !found {
+	u, token, bs, found, err := s.sessionOf(w, r)
+	switch {
+	case !found:
 		return nil, "", nil, time.Time{}, ""
-	}
-	if st != nil {
+	case errors.Is(err, errSessionEnded):
 		return nil, "", nil, time.Time{}, "Your session has ended; sign in again."
-	}
-	token, st = s.Current(r.Context(), w, bs)
-	if st != nil {
-		return nil, "", nil, time.Time{}, "Your session has ended; sign in again."
-	}
-	u, err := s.cfg.Auth.Authenticate(r.Context(), token)
-	if err != nil {
+	case err != nil:
 		return nil, "", nil, time.Time{}, "Your sign-in is no longer accepted: " + err.Error()
 	}
 	return u, token, bs.Ref.(*handle), bs.Expires, ""
+}
+
+// errSessionEnded: the session cookie no longer opens, or the session no
+// longer stands (signed out, expired, refresh failed).
+var errSessionEnded = errors.New("the browser session has ended")
+
+// sessionOf finds r's session (found: r carries the cookie), its current
+// ID token and the user it authenticates as; err is errSessionEnded, or
+// why the token no longer authenticates.
+func (s *Sessions) sessionOf(w http.ResponseWriter, r *http.Request) (u *authn.User, token string, bs *proxy.BrowserSession, found bool, err error) {
+	bs, found, st := s.Open(w, r)
+	if !found {
+		return nil, "", nil, false, nil
+	}
+	if st != nil {
+		return nil, "", nil, true, errSessionEnded
+	}
+	token, st = s.Current(r.Context(), w, bs)
+	if st != nil {
+		return nil, "", nil, true, errSessionEnded
+	}
+	u, err = s.cfg.Auth.Authenticate(r.Context(), token)
+	if err != nil {
+		return nil, "", nil, true, err
+	}
+	return u, token, bs, true, nil
 }
 
 // serveHome serves the landing page, GET /.

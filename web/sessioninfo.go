@@ -2,6 +2,7 @@ package web
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -46,22 +47,15 @@ func (s *Sessions) serveSessionInfo(w http.ResponseWriter, r *http.Request) {
 		kubestatus.Write(w, kubestatus.Forbidden(fmt.Sprintf("the session is shown only to requests with the header %s: 1", proxy.HeaderConsole)))
 		return
 	}
-	bs, found, st := s.Open(w, r)
-	if !found {
+	u, _, bs, found, err := s.sessionOf(w, r)
+	switch {
+	case !found:
 		kubestatus.Write(w, kubestatus.Unauthorized("not signed in"))
 		return
-	}
-	if st != nil {
-		kubestatus.Write(w, st)
+	case errors.Is(err, errSessionEnded):
+		kubestatus.Write(w, kubestatus.Unauthorized("the browser session has ended: sign in again"))
 		return
-	}
-	token, st := s.Current(r.Context(), w, bs)
-	if st != nil {
-		kubestatus.Write(w, st)
-		return
-	}
-	u, err := s.cfg.Auth.Authenticate(r.Context(), token)
-	if err != nil {
+	case err != nil:
 		kubestatus.Write(w, kubestatus.Unauthorized("your sign-in is no longer accepted: sign in again"))
 		return
 	}
