@@ -56,7 +56,13 @@ type env struct {
 	// raw opens a connection to the stub's HTTP server as a client would,
 	// past TLS if there is any.
 	raw func() (net.Conn, error)
+	// keepAlive is the stub's and the agents' liveness (KeepAliveInterval,
+	// KeepAliveTimeout).
+	keepAlive liveness
 }
+
+// testLiveness is the tests' default: a dead link is noticed in 0.5 s.
+var testLiveness = liveness{interval: 200 * time.Millisecond, timeout: 300 * time.Millisecond}
 
 // transports carry the tunnel in the tests that run over each of them, as
 // hashicorp/yamux's session_test.go runs its tests over a pipe, TCP and
@@ -86,12 +92,18 @@ func newEnv(t *testing.T) *env { return newEnvOver(t, serveTLS) }
 
 func newEnvOver(t testing.TB, serve func(*env, http.Handler) func()) *env {
 	t.Helper()
+	return newEnvLive(t, serve, testLiveness)
+}
+
+// newEnvLive is newEnvOver with the liveness lv at the stub and its agents.
+func newEnvLive(t testing.TB, serve func(*env, http.Handler) func(), lv liveness) *env {
+	t.Helper()
 	srv, err := NewServer(ServerConfig{Auth: secrets{"c1": "s3cret", "c2": "other"}, Logger: zaptest.NewLogger(t),
-		KeepAliveInterval: 200 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond})
+		KeepAliveInterval: lv.interval, KeepAliveTimeout: lv.timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, srv: srv}
+	e := &env{t: t, srv: srv, keepAlive: lv}
 	stop := serve(e, srv)
 	t.Cleanup(func() {
 		srv.Close()
@@ -201,7 +213,7 @@ func (e *env) agentConfig(cluster, id, fp, secret string, h http.Handler) AgentC
 		TLS:     &tls.Config{RootCAs: e.pool},
 		Proxy:   func(*http.Request) (*url.URL, error) { return nil, nil },
 		Handler: h, Logger: zaptest.NewLogger(e.t),
-		KeepAliveInterval: 200 * time.Millisecond, KeepAliveTimeout: 300 * time.Millisecond,
+		KeepAliveInterval: e.keepAlive.interval, KeepAliveTimeout: e.keepAlive.timeout,
 		Backoff:  Backoff{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond, StableAfter: time.Second},
 		dialStub: e.dial,
 	}
