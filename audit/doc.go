@@ -53,11 +53,16 @@
 //
 // # Sinks
 //
-// A [Sink] writes events as JSON lines. [NewWriterSink] writes each event
-// with a single Write call under a lock, so concurrent requests never
-// interleave partial lines; [OpenFileSink] appends to a file created with
-// mode 0600, or writes to stdout for "-". A Sink never drops an event
-// silently: Write returns the error, and the caller logs it.
+// A [Sink] writes events as JSON lines. [NewWriterSink] commits them in
+// groups: events that arrive while a write is under way go out together in
+// the next single Write call, so concurrent requests never interleave
+// partial lines and cost one system call per group, not per event; each
+// Write returns only once its event was written. [OpenFileSink] appends to a
+// file created with mode 0600, or writes to stdout for "-": a crash of the
+// stub loses no record of an answered request (the record is in the kernel
+// before the answer ends), a crash of the machine what the kernel had not
+// yet put on disk. A Sink never drops an event silently: Write returns the
+// error, and the caller logs it.
 //
 // # Counting bytes
 //
