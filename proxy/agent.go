@@ -69,7 +69,7 @@ func NewAgentHop(cfg AgentHopConfig) (*AgentHop, error) {
 	if target.Scheme == "" {
 		target.Scheme = "https"
 	}
-	plainRT, err := rest.TransportFor(cfg.Rest)
+	plainRT, err := apiTransport(cfg.Rest)
 	if err != nil {
 		return nil, fmt.Errorf("API server transport: %w", err)
 	}
@@ -127,7 +127,7 @@ func (a *AgentHop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	user := r.Header.Get(HeaderUser)
 	groups := r.Header.Values(HeaderGroup)
-	log := a.log.With(zap.String("request_id", r.Header.Get(HeaderRequestID)), zap.String("user", user))
+	log := a.log.WithLazy(zap.String("request_id", r.Header.Get(HeaderRequestID)), zap.String("user", user))
 	if user == "" {
 		// Fail closed: never forward a request with the agent's own rights.
 		log.Warn("request without caller identity refused")
@@ -161,7 +161,7 @@ func (a *AgentHop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			kubestatus.Write(w, st)
 			return
 		}
-		log = log.With(zap.String("as_user", asUser))
+		log = log.WithLazy(zap.String("as_user", asUser))
 		user, groups = asUser, asGroups
 	}
 	if st := a.mayConnect(r.Context(), r, user, groups); st != nil {

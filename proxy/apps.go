@@ -488,7 +488,7 @@ func (s *Stub) serveApp(w http.ResponseWriter, r *http.Request, label string) {
 	start := time.Now()
 	reqID := newRequestID()
 	w.Header().Set(HeaderRequestID, reqID)
-	log := s.log.With(zap.String("request_id", reqID), zap.String("remote_addr", r.RemoteAddr), zap.String("app_host", r.Host))
+	log := s.log.WithLazy(zap.String("request_id", reqID), zap.String("remote_addr", r.RemoteAddr), zap.String("app_host", r.Host))
 	ar := audit.Request{ID: reqID, Received: start, SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
 		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
 	if label != "" {
@@ -517,7 +517,7 @@ func (s *Stub) serveApp(w http.ResponseWriter, r *http.Request, label string) {
 	bs, g, st := s.openAppCookie(r, label)
 	if bs != nil {
 		ar.BrowserSession = bs.AuditID
-		log = log.With(zap.String("browser_session", bs.AuditID))
+		log = log.WithLazy(zap.String("browser_session", bs.AuditID))
 	}
 	if st != nil {
 		refuse(st)
@@ -554,7 +554,7 @@ func (s *Stub) serveApp(w http.ResponseWriter, r *http.Request, label string) {
 		return
 	}
 	ar.User, ar.Groups = user.Name, user.Groups
-	log = log.With(zap.String("user", user.Name), zap.String("cluster", t.Cluster))
+	log = log.WithLazy(zap.String("user", user.Name), zap.String("cluster", t.Cluster))
 	if _, ok := s.cfg.Clusters.Cluster(t.Cluster); ok {
 		metricCluster = t.Cluster
 	}
@@ -581,12 +581,8 @@ func (s *Stub) serveApp(w http.ResponseWriter, r *http.Request, label string) {
 		expires = bs.Expires
 	}
 	a := admission{token: token, user: user, cluster: t.Cluster, expires: expires, browser: bs}
-	rechecked := make(chan struct{})
-	go func() {
-		defer close(rechecked)
-		s.recheck(tctx, lr, a, log)
-	}()
-	defer func() { release(); <-rechecked }()
+	stopRecheck := s.startRecheck(tctx, lr, a, log) // ended by release, which ends tctx
+	defer func() { release(); stopRecheck() }()
 	out := r.Clone(ctx)
 	out.URL.Path, out.URL.RawPath = rest, ""
 	out.Header.Del("Authorization") // the API server's credential is the agent's; never the page's

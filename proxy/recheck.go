@@ -101,37 +101,68 @@ func (lr *longReq) Reason() (reason, words string) {
 	return lr.why.reason, lr.why.words
 }
 
-// recheck admits a long-running request again every RecheckInterval until
-// ctx ends (the request returned) and ends it when it is no longer
-// admitted. It runs in its own goroutine, owned by the request.
-func (s *Stub) recheck(ctx context.Context, lr *longReq, a admission, log *zap.Logger) {
-	tick := time.NewTicker(s.cfg.RecheckInterval)
-	defer tick.Stop()
-	var expired <-chan time.Time
-	if !a.expires.IsZero() && !s.cfg.KeepStreamsPastExpiry {
-		t := time.NewTimer(time.Until(a.expires))
-		defer t.Stop()
-		expired = t.C
-	}
-	for {
-		var reason, words string
-		select {
-		case <-ctx.Done():
+// startRecheck admits a long-running request again every RecheckInterval
+// until stop is called (the request returned) and ends it when it is no
+// longer admitted. It holds no goroutine while it waits: each check runs on
+// a timer (time.AfterFunc), so an idle watch costs the stub its handler's
+// goroutine only. stop, which the request's owner calls after ending ctx,
+// cancels the timers and waits for a check under way.
+func (s *Stub) startRecheck(ctx context.Context, lr *longReq, a admission, log *zap.Logger) (stop func()) {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		running sync.WaitGroup
+		tick    *time.Timer
+		expiry  *time.Timer
+	)
+	// run runs check unless stopped, counted in running.
+	run := func(check func() (reason, words string)) {
+		mu.Lock()
+		if stopped {
+			mu.Unlock()
 			return
-		case <-expired:
-			reason, words = EndedExpired, fmt.Sprintf("the caller's credential expired at %s", a.expires.UTC().Format(time.RFC3339))
-		case <-tick.C:
-			reason, words = s.readmit(ctx, a)
 		}
-		if reason == "" {
-			continue
-		}
-		if ctx.Err() != nil {
-			return // it ended by itself meanwhile
+		running.Add(1)
+		mu.Unlock()
+		defer running.Done()
+		reason, words := check()
+		if reason == "" || ctx.Err() != nil {
+			return // still admitted, or it ended by itself meanwhile
 		}
 		log.Info("long-running request ended: no longer admitted", zap.String("ended", reason), zap.String("why", words))
 		lr.end(reason, words)
-		return
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	tick = time.AfterFunc(s.cfg.RecheckInterval, func() {
+		run(func() (string, string) {
+			reason, words := s.readmit(ctx, a)
+			if reason == "" {
+				mu.Lock()
+				if !stopped {
+					tick.Reset(s.cfg.RecheckInterval)
+				}
+				mu.Unlock()
+			}
+			return reason, words
+		})
+	})
+	if !a.expires.IsZero() && !s.cfg.KeepStreamsPastExpiry {
+		expiry = time.AfterFunc(time.Until(a.expires), func() {
+			run(func() (string, string) {
+				return EndedExpired, fmt.Sprintf("the caller's credential expired at %s", a.expires.UTC().Format(time.RFC3339))
+			})
+		})
+	}
+	return func() {
+		mu.Lock()
+		stopped = true
+		tick.Stop()
+		if expiry != nil {
+			expiry.Stop()
+		}
+		mu.Unlock()
+		running.Wait()
 	}
 }
 

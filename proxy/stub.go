@@ -173,8 +173,14 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 		MaxIdleConnsPerHost: 256,
 		IdleConnTimeout:     90 * time.Second,
 		DisableCompression:  true, // pass the API server's encoding through untouched
-		ReadBufferSize:      64 << 10,
-		WriteBufferSize:     64 << 10,
+		// Each pooled tunnel stream keeps these two buffers for its life,
+		// idle watches included. Bodies mostly bypass the read buffer
+		// (ReverseProxy reads copyBufferSize at a time, more than it holds),
+		// so it serves headers and chunk sizes; the write buffer carries
+		// request headers and bodies. 64 KiB each cost 128 KiB of heap per
+		// idle watch and bought no throughput (docs/benchmarks.md).
+		ReadBufferSize:  8 << 10,
+		WriteBufferSize: 8 << 10,
 	}
 	s.rp = &httputil.ReverseProxy{
 		Rewrite:   s.rewrite,
@@ -249,7 +255,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	reqID := newRequestID()
 	w.Header().Set(HeaderRequestID, reqID)
-	log := s.log.With(zap.String("request_id", reqID), zap.String("remote_addr", r.RemoteAddr))
+	log := s.log.WithLazy(zap.String("request_id", reqID), zap.String("remote_addr", r.RemoteAddr))
 	ar := audit.Request{ID: reqID, Received: start, SourceIP: audit.SourceIP(r.RemoteAddr), UserAgent: r.UserAgent(),
 		Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery}
 	cluster, rest, pathOK := ParseClusterPath(r.URL.Path)
@@ -274,7 +280,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	cred, st := s.authenticate(w, r)
 	cookie = cred.cookie
 	if ar.BrowserSession = cred.auditID(); ar.BrowserSession != "" {
-		log = log.With(zap.String("browser_session", ar.BrowserSession))
+		log = log.WithLazy(zap.String("browser_session", ar.BrowserSession))
 	}
 	if st != nil {
 		log.Info("request refused: authentication failed", zap.String("path", r.URL.Path), zap.String("reason", st.ErrStatus.Message))
@@ -283,7 +289,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	token, user := cred.token, cred.user
 	ar.User, ar.Groups = user.Name, user.Groups
-	log = log.With(zap.String("user", user.Name))
+	log = log.WithLazy(zap.String("user", user.Name))
 	if !pathOK {
 		// Any path outside /clusters/{id}/ (the stub serves its other paths
 		// itself): kubectl --raw ignores the kubeconfig's path, so say where
@@ -291,7 +297,7 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(kubestatus.NotFound(fmt.Sprintf("no cluster in path %q: cluster APIs live under %s{cluster-id}/ (with kubectl --raw, include that prefix)", r.URL.Path, ClustersPrefix)))
 		return
 	}
-	log = log.With(zap.String("cluster", cluster))
+	log = log.WithLazy(zap.String("cluster", cluster))
 	if cookie && proxySubresource(r.Method, rest) {
 		log.Info("request refused: a proxy subresource with a browser session", zap.String("path", rest))
 		refuse(kubestatus.Forbidden(proxySubresourceMessage))
@@ -348,12 +354,8 @@ func (s *Stub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// first (readmit).
 			a.browser, a.expires = cred.browser, cred.browser.Expires
 		}
-		rechecked := make(chan struct{})
-		go func() { // owned by this request: release ends tctx, and it is waited for
-			defer close(rechecked)
-			s.recheck(tctx, lr, a, log)
-		}()
-		defer func() { release(); <-rechecked }()
+		stopRecheck := s.startRecheck(tctx, lr, a, log) // ended by release, which ends tctx
+		defer func() { release(); stopRecheck() }()
 	}
 	out := r.Clone(ctx)
 	out.URL.Path, out.URL.RawPath = rest, ""
@@ -611,11 +613,18 @@ func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	kubestatus.Write(w, st)
 }
 
-// bufferPool shares 32 KiB copy buffers between requests.
+// copyBufferSize is the size of ReverseProxy's response copy buffers: one
+// tunnel frame (tunnel.maxRecord) and one HTTP/2 DATA frame at the
+// default SETTINGS_MAX_FRAME_SIZE, so a larger buffer would only be cut
+// into pieces of this size on the way. A streaming response (watch,
+// followed log) holds its buffer for its whole life.
+const copyBufferSize = 16 << 10
+
+// bufferPool shares copy buffers of copyBufferSize between requests.
 type bufferPool struct{ p sync.Pool }
 
 func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}}
 }
 func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
 func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
