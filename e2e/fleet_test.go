@@ -40,8 +40,12 @@ type fleet struct {
 }
 
 // startFleet starts clusters×perCluster agents, spread over spread (a fleet
-// that boots together still starts over a few seconds).
-func (g *gateway) startFleet(t *testing.T, clusters, perCluster int, spread time.Duration) *fleet {
+// that boots together still starts over a few seconds). Each serves the
+// stub's requests with h (nil: "ok" to every request).
+func (g *gateway) startFleet(t testing.TB, clusters, perCluster int, spread time.Duration, h http.Handler) *fleet {
+	if h == nil {
+		h = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	}
 	core, logs := observer.New(zapcore.InfoLevel)
 	log := zap.New(core)
 	pool := x509.NewCertPool()
@@ -60,7 +64,7 @@ func (g *gateway) startFleet(t *testing.T, clusters, perCluster int, spread time
 					return strings.TrimSpace(string(b)), err
 				},
 				TLS: &tls.Config{RootCAs: pool}, Proxy: func(*http.Request) (*url.URL, error) { return nil, nil },
-				Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
+				Handler: h,
 				Logger:  log.With(zap.String("agent", id+"/"+fmt.Sprint(i))), KeepAliveInterval: 2 * time.Second, KeepAliveTimeout: 2 * time.Second,
 				DrainTimeout: 2 * time.Second})
 			if err != nil {
@@ -246,7 +250,7 @@ func TestFleet(t *testing.T) {
 	}
 
 	t0 := time.Now()
-	f := g.startFleet(t, clusters, perCluster, 2*time.Second)
+	f := g.startFleet(t, clusters, perCluster, 2*time.Second, nil)
 	token = tokenOf(t, g.kubeconfig("ops"))
 	waitCount("the fleet to connect", n, 60*time.Second)
 	t.Logf("fleet start: %d agents (%d clusters × %d, started over 2 s) connected, after the first was started: %s",
