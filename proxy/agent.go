@@ -97,7 +97,7 @@ func NewAgentHop(cfg AgentHopConfig) (*AgentHop, error) {
 			// logs -f answers, which have no Content-Length, still reach the
 			// stub on every write.
 			FlushInterval: 0,
-			BufferPool:    newBufferPool(),
+			BufferPool:    newBufferPool(agentCopyBufferSize),
 			ErrorHandler:  a.proxyError,
 			ErrorLog:      zap.NewStdLog(cfg.Logger.Named("reverseproxy")),
 		}

@@ -175,7 +175,7 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 		DisableCompression:  true, // pass the API server's encoding through untouched
 		// Each pooled tunnel stream keeps these two buffers for its life,
 		// idle watches included. Bodies mostly bypass the read buffer
-		// (ReverseProxy reads copyBufferSize at a time, more than it holds),
+		// (ReverseProxy reads stubCopyBufferSize at a time, more than it holds),
 		// so it serves headers and chunk sizes; the write buffer carries
 		// request headers and bodies. 64 KiB each cost 128 KiB of heap per
 		// idle watch and bought no throughput (docs/benchmarks.md).
@@ -190,7 +190,7 @@ func NewStub(cfg StubConfig) (*Stub, error) {
 		// says; 0 spares fixed-length responses a flush per write (-13%
 		// CPU per small request in BenchmarkChain).
 		FlushInterval:  0,
-		BufferPool:     newBufferPool(),
+		BufferPool:     newBufferPool(stubCopyBufferSize),
 		ErrorHandler:   s.proxyError,
 		ModifyResponse: s.modifyResponse,
 		ErrorLog:       zap.NewStdLog(cfg.Logger.Named("reverseproxy")),
@@ -613,18 +613,25 @@ func (s *Stub) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	kubestatus.Write(w, st)
 }
 
-// copyBufferSize is the size of ReverseProxy's response copy buffers: one
-// tunnel frame (tunnel.maxRecord) and one HTTP/2 DATA frame at the
-// default SETTINGS_MAX_FRAME_SIZE, so a larger buffer would only be cut
-// into pieces of this size on the way. A streaming response (watch,
-// followed log) holds its buffer for its whole life.
-const copyBufferSize = 16 << 10
+// Sizes of ReverseProxy's response copy buffers, each so that one write of
+// a full buffer leaves its process as one frame in one TLS record (16 KiB
+// of payload, RFC 8446 §5.1). A buffer one frame header larger costs every
+// write a second record and a second system call of a few bytes, and a
+// larger one is only cut into frames on the way. A streaming response
+// (watch, followed log) holds its buffer for its whole life.
+const (
+	// stubCopyBufferSize: the stub writes to its HTTP/2 client hop, whose
+	// DATA frames have a 9-byte header.
+	stubCopyBufferSize = 16<<10 - 9
+	// agentCopyBufferSize: the agent writes into a tunnel stream.
+	agentCopyBufferSize = tunnel.StreamWriteSize
+)
 
-// bufferPool shares copy buffers of copyBufferSize between requests.
+// bufferPool shares copy buffers of one size between requests.
 type bufferPool struct{ p sync.Pool }
 
-func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}}
+func newBufferPool(size int) *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, size); return &b }}}
 }
 func (b *bufferPool) Get() []byte  { return *(b.p.Get().(*[]byte)) }
 func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }

@@ -63,6 +63,13 @@ const (
 	maxFrameData = maxRecord - yamuxHeaderSize
 )
 
+// StreamWriteSize is the largest write to a Stream that goes out as one
+// frame in one TLS record (16,372 bytes): a copy loop that writes pieces of
+// this size into a stream costs the link one record and one system call a
+// piece, where a 16 KiB piece costs two of each (a full one and one of 24
+// bytes).
+const StreamWriteSize = maxFrameData
+
 func newLink(rwc io.ReadWriteCloser) *link {
 	return &link{ReadWriteCloser: rwc, epoch: time.Now(), answered: make(chan struct{})}
 }
