@@ -4,9 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -26,7 +30,9 @@ import (
 //
 //	go test -run '^$' -bench Gateway -benchtime 5s ./e2e/
 //
-// Both paths use one HTTP/2 client each, as kubectl and client-go do.
+// Both paths use one HTTP/2 client each, as kubectl and client-go do; the
+// port-forward and cp scenarios run the real kubectl against a pod of the
+// node simulator, with the admin kubeconfig (direct) and a stub kubeconfig.
 func BenchmarkGateway(b *testing.B) {
 	c := kubetest.Start(b)
 	g := startGateway(b, c)
@@ -34,13 +40,15 @@ func BenchmarkGateway(b *testing.B) {
 	for _, id := range []string{"a1", "a2"} {
 		g.startAgent(agentOpts{cluster: "bench", id: id, secretFile: secret, apiURL: c.URL, tokenFile: tokenFile, c: c, logLevel: "info"})
 	}
-	_, aliceTok := g.user("alice", "cluster-admin")
+	aliceKC, aliceTok := g.user("alice", "cluster-admin")
 	g.waitAgents(aliceTok, "bench", "a1", "a2")
 	fillConfigMaps(b, c, "bulk", 5000)
+	c.CreatePod(b, "default", "bench-pod", map[string]string{"nodesim.keyhole.dev/port-8080": startDataServer(b)})
 
 	type target struct {
 		name, base, token string
 		client            *http.Client
+		kubeconfig        string // for kubectl port-forward and cp
 	}
 	mk := func(caPEM []byte) *http.Client {
 		pool := x509.NewCertPool()
@@ -50,8 +58,8 @@ func BenchmarkGateway(b *testing.B) {
 		return &http.Client{Transport: tr}
 	}
 	targets := []target{
-		{"direct", c.URL, c.AdminToken, mk(c.CAData)},
-		{"gateway", g.url + "/clusters/bench", aliceTok, mk(g.caPEM)},
+		{"direct", c.URL, c.AdminToken, mk(c.CAData), c.AdminKubeconfig},
+		{"gateway", g.url + "/clusters/bench", aliceTok, mk(g.caPEM), aliceKC},
 	}
 	get := func(b *testing.B, t target, path string) int64 {
 		req, _ := http.NewRequest("GET", t.base+path, nil)
@@ -126,6 +134,63 @@ func BenchmarkGateway(b *testing.B) {
 			b.SetBytes(n)
 		})
 	}
+	// One kubectl port-forward stream (WebSocket, kubectl 1.32's default)
+	// to the node simulator's pod, 100 MB each way per op; then kubectl cp
+	// of 50 MB to and from the pod (exec of tar over WebSocket).
+	const pfBytes, cpBytes = 100 << 20, 50 << 20
+	for _, dir := range []string{"from", "to"} {
+		for _, t := range targets {
+			b.Run("port-forward-"+dir+"-pod/"+t.name, func(b *testing.B) {
+				local, stop := portForwardAs(b, c, t.kubeconfig, nil, "bench-pod")
+				defer stop()
+				download(b, local, 1<<20, 1) // the first connection sets up the stream
+				b.ResetTimer()
+				start := time.Now()
+				for i := 0; i < b.N; i++ {
+					if dir == "from" {
+						download(b, local, pfBytes, uint64(i))
+					} else {
+						upload(b, local, pfBytes, uint64(i))
+					}
+				}
+				report(b, "port-forward-"+dir, t, time.Since(start))
+				b.SetBytes(pfBytes)
+			})
+		}
+	}
+	blob := filepath.Join(b.TempDir(), "blob.bin")
+	if err := os.WriteFile(blob, randomBytes(cpBytes), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	podDir := b.TempDir() // the simulated container's filesystem is the host's
+	for _, dir := range []string{"to", "from"} {
+		for _, t := range targets {
+			b.Run("cp-"+dir+"-pod/"+t.name, func(b *testing.B) {
+				start := time.Now()
+				for i := 0; i < b.N; i++ {
+					args := []string{"cp", blob, "bench-pod:" + podDir + "/in.bin"}
+					if dir == "from" {
+						args = []string{"cp", "bench-pod:" + podDir + "/in.bin", filepath.Join(b.TempDir(), "back.bin")}
+					}
+					if out, err := g.kubectl(t.kubeconfig, nil, nil, args...); err != nil {
+						b.Fatalf("kubectl %v: %v %s", args, err, out)
+					}
+				}
+				report(b, "cp-"+dir, t, time.Since(start))
+				b.SetBytes(cpBytes)
+			})
+		}
+	}
+}
+
+// randomBytes returns n pseudo-random bytes (a file that does not compress).
+func randomBytes(n int) []byte {
+	out := make([]byte, n)
+	r := rand.New(rand.NewChaCha8([32]byte{}))
+	for i := 0; i+8 <= n; i += 8 {
+		binary.LittleEndian.PutUint64(out[i:], r.Uint64())
+	}
+	return out
 }
 
 func fillConfigMaps(tb testing.TB, c *kubetest.Cluster, ns string, n int) {

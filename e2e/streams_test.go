@@ -149,8 +149,14 @@ var forwarding = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) -> 8080`
 // portForward runs kubectl port-forward to the pod's 8080 and returns the
 // local address.
 func (s *suite) portForward(t *testing.T, env []string, pod string) (string, func()) {
+	return portForwardAs(t, s.c, s.alice, env, pod)
+}
+
+// portForwardAs runs kubectl port-forward to pod's port 8080 with
+// kubeconfig and returns the local address and a stop function.
+func portForwardAs(t testing.TB, c *kubetest.Cluster, kubeconfig string, env []string, pod string) (string, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := s.c.KubectlCmdAs(ctx, s.alice, "port-forward", "pod/"+pod, ":8080", "--address", "127.0.0.1")
+	cmd := c.KubectlCmdAs(ctx, kubeconfig, "port-forward", "pod/"+pod, ":8080", "--address", "127.0.0.1")
 	cmd.Env = append(cmd.Env, env...)
 	out, _ := cmd.StdoutPipe()
 	var errb bytes.Buffer
@@ -193,7 +199,7 @@ func (s *suite) portForward(t *testing.T, env []string, pod string) (string, fun
 // mode byte and an 8-byte length: 'd' gets that many pseudo-random bytes
 // (seeded by the length's high byte), 'u' sends that many and gets back
 // their SHA-256.
-func startDataServer(t *testing.T) string {
+func startDataServer(t testing.TB) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -248,7 +254,7 @@ func sumOf(seed uint64, n int64) [32]byte {
 	return out
 }
 
-func dialData(t *testing.T, addr string, mode byte, seed uint64, n int64) net.Conn {
+func dialData(t testing.TB, addr string, mode byte, seed uint64, n int64) net.Conn {
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
 		t.Error(err)
@@ -264,7 +270,7 @@ func dialData(t *testing.T, addr string, mode byte, seed uint64, n int64) net.Co
 	return c
 }
 
-func download(t *testing.T, addr string, n int64, seed uint64) {
+func download(t testing.TB, addr string, n int64, seed uint64) {
 	c := dialData(t, addr, 'd', seed, n)
 	if c == nil {
 		return
@@ -283,7 +289,7 @@ func download(t *testing.T, addr string, n int64, seed uint64) {
 	}
 }
 
-func upload(t *testing.T, addr string, n int64, seed uint64) {
+func upload(t testing.TB, addr string, n int64, seed uint64) {
 	c := dialData(t, addr, 'u', seed, n)
 	if c == nil {
 		return
