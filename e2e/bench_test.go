@@ -159,7 +159,7 @@ func BenchmarkGateway(b *testing.B) {
 		}
 	}
 	blob := filepath.Join(b.TempDir(), "blob.bin")
-	if err := os.WriteFile(blob, randomBytes(cpBytes), 0o644); err != nil {
+	if err := os.WriteFile(blob, randomBytes(cpBytes, 0), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	podDir := b.TempDir() // the simulated container's filesystem is the host's
@@ -183,10 +183,11 @@ func BenchmarkGateway(b *testing.B) {
 	}
 }
 
-// randomBytes returns n pseudo-random bytes (a file that does not compress).
-func randomBytes(n int) []byte {
+// randomBytes returns n pseudo-random bytes of seed (a file that does not
+// compress).
+func randomBytes(n int, seed byte) []byte {
 	out := make([]byte, n)
-	r := rand.New(rand.NewChaCha8([32]byte{}))
+	r := rand.New(rand.NewChaCha8([32]byte{seed}))
 	for i := 0; i+8 <= n; i += 8 {
 		binary.LittleEndian.PutUint64(out[i:], r.Uint64())
 	}

@@ -186,7 +186,7 @@ func (g *gateway) finalRecord(t *testing.T, id string) auditv1.Event {
 }
 
 // metric reads one sample of the stub's metrics; -1 if absent.
-func (g *gateway) metric(t *testing.T, sample string) float64 {
+func (g *gateway) metric(t testing.TB, sample string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + g.metricsAddr + "/metrics")
 	if err != nil {

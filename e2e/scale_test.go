@@ -297,28 +297,11 @@ func (g *gateway) stubUsage(tb testing.TB) stubUsage {
 			}
 		}
 	}
-	resp, err := http.Get("http://" + g.metricsAddr + "/metrics")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "go_goroutines "); ok {
-			u.goroutines, _ = strconv.Atoi(v)
-		}
-		for _, name := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes "} {
-			if v, ok := strings.CutPrefix(line, name); ok {
-				f, _ := strconv.ParseFloat(v, 64)
-				u.heapStackKiB += int64(f / 1024)
-			}
-		}
-	}
-	if u.goroutines == 0 {
+	u.goroutines = int(g.metric(tb, "go_goroutines"))
+	if u.goroutines <= 0 {
 		tb.Fatal("no go_goroutines on the stub's metrics endpoint")
 	}
+	u.heapStackKiB = int64((g.metric(tb, "go_memstats_heap_inuse_bytes") + g.metric(tb, "go_memstats_stack_inuse_bytes")) / 1024)
 	return u
 }
 

@@ -53,11 +53,7 @@ func (s *suite) testStreams(t *testing.T, env []string) {
 	t.Run("cp 50 MB both ways", func(t *testing.T) {
 		dir := t.TempDir()
 		src := filepath.Join(dir, "src.bin")
-		blob := make([]byte, 50<<20)
-		r := rand.New(rand.NewChaCha8([32]byte{byte(genCount)}))
-		for i := 0; i < len(blob); i += 8 {
-			binary.LittleEndian.PutUint64(blob[i:], r.Uint64())
-		}
+		blob := randomBytes(50<<20, byte(genCount))
 		if err := os.WriteFile(src, blob, 0o644); err != nil {
 			t.Fatal(err)
 		}
