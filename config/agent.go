@@ -151,7 +151,7 @@ func (c Agent) Validate() error {
 		}
 	}
 	checkTunnel(&p, c.Tunnel)
-	checkLevel(&p, c.Log.Level)
+	checkLog(&p, c.Log)
 	if c.HealthListen != "" {
 		if _, _, err := net.SplitHostPort(c.HealthListen); err != nil {
 			p.addf("healthListen: %q is not host:port; write e.g. \":8081\", or leave it empty", c.HealthListen)

@@ -49,6 +49,8 @@ func TestLoadStub(t *testing.T) {
 		"half a pair":     {body: head + "tls: {certFile: /c.pem}\n", want: []string{"tls.keyFile", "give both"}},
 		"hosts with cert": {body: head + "tls: {certFile: a, keyFile: b, hosts: [x]}\n", want: []string{"tls.hosts"}},
 		"bad level":       {body: head + "log: {level: loud}\n", want: []string{`log.level: "loud"`}},
+		"bad log format":  {body: head + "log: {format: text}\n", want: []string{`log.format: "text"`, "json or console"}},
+		"console logs":    {body: head + "log: {format: console}\n"},
 		"tiny keepalive":  {body: head + "tunnel: {keepAliveInterval: 1ms}\n", want: []string{"tunnel.keepAliveInterval", "default (5s)"}},
 		"zero keepalive":  {body: head + "tunnel: {keepAliveInterval: 0s, keepAliveTimeout: 0s, maxSessions: 0}\n"},
 		"tunnel limits":   {body: head + "tunnel: {maxSessions: -1, maxHandshakesPerSecond: -1}\n", want: []string{"tunnel.maxSessions: -1", "default (10000)", "tunnel.maxHandshakesPerSecond: -1"}},

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/net/publicsuffix"
 
 	"github.com/keyhole-dev/keyhole/authn"
+	"github.com/keyhole-dev/keyhole/internal/logging"
 	"github.com/keyhole-dev/keyhole/policy"
 )
 
@@ -262,9 +263,15 @@ type StubTunnel struct {
 	MaxHandshakesPerSecond int `json:"maxHandshakesPerSecond"`
 }
 
-// Log sets the log level: debug, info, warn or error.
+// Log sets how the binary logs to stderr.
 type Log struct {
+	// Level is the lowest level written: debug, info, warn or error.
 	Level string `json:"level"`
+	// Format is "json" (one JSON object per line, for log collectors),
+	// "console" (one readable line per entry: time, level, logger,
+	// message, then the fields as JSON), or empty: console when stderr
+	// is a terminal, JSON otherwise. Both carry the same keys.
+	Format string `json:"format"`
 }
 
 // DefaultStub returns the defaults this package owns: a single stub on
@@ -417,7 +424,7 @@ func (c Stub) Validate() error {
 	if c.Browser.Apps != nil {
 		checkApps(&p, c)
 	}
-	checkLevel(&p, c.Log.Level)
+	checkLog(&p, c.Log)
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
 			p.addf("metrics.listen: %q is not host:port; write e.g. \"127.0.0.1:9090\", or leave it empty for no metrics", c.Metrics.Listen)
@@ -564,9 +571,14 @@ func checkLimits(p *problems, t StubTunnel) {
 	}
 }
 
-func checkLevel(p *problems, level string) {
-	if _, err := zapcore.ParseLevel(level); err != nil {
-		p.addf("log.level: %q is not a level; use debug, info, warn or error", level)
+func checkLog(p *problems, l Log) {
+	if _, err := zapcore.ParseLevel(l.Level); err != nil {
+		p.addf("log.level: %q is not a level; use debug, info, warn or error", l.Level)
+	}
+	switch l.Format {
+	case "", logging.FormatJSON, logging.FormatConsole:
+	default:
+		p.addf("log.format: %q is not a format; use json or console, or leave it out for console on a terminal and JSON otherwise", l.Format)
 	}
 }
 

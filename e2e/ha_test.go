@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -248,6 +249,20 @@ func TestReplicasFailover(t *testing.T) {
 	c := kubetest.Start(t)
 	s := startHASet(t, c, "keyhole-hub")
 	waitFor(t, 30*time.Second, "a leader", func() bool { return s.leader() != "" })
+	// client-go's leader election logs through klog: into each replica's
+	// own JSON log, as logger "client-go".
+	for id, r := range s.replicas {
+		found := false
+		for _, l := range strings.Split(r.p.logText(), "\n") {
+			var e struct{ Logger, Msg string }
+			if json.Unmarshal([]byte(l), &e) == nil && e.Logger == "client-go" && strings.HasPrefix(e.Msg, "attempting to acquire leader lease") {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("%s: no JSON line of logger client-go saying \"attempting to acquire leader lease\":\n%s", id, r.p.tail(20))
+		}
+	}
 	clusters := []string{"ha-a", "ha-b"}
 	agents := map[string]string{}
 	for _, cl := range clusters {

@@ -55,7 +55,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := logging.New(cfg.Log.Level)
+	log, err := logging.New(cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return err
 	}

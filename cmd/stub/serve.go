@@ -19,11 +19,15 @@ func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log, err := logging.New(cfg.Log.Level)
+	log, err := logging.New(cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
+	// client-go logs through klog (the hub's leader election and Secret
+	// watch, its rate limiter's waits): into this log, not klog's own
+	// stderr format.
+	logging.RouteKlog(log.Named("client-go"))
 	srv, err := stub.New(cfg, stub.Options{
 		ConfigPath: cfgPath,
 		Parse:      func(data []byte) (config.Stub, error) { return config.ParseStub(cfgPath, data, env) },

@@ -1,29 +1,75 @@
-// Package logging builds the zap logger both binaries use: JSON lines on
-// stderr at a level parsed strictly from the configuration. RouteKlog sends
-// what Kubernetes libraries log through klog (client-go's rate limiter,
-// among others) to the same logger.
+// Package logging builds the zap logger both binaries use, on stderr at a
+// level parsed strictly from the configuration: JSON lines for log
+// collectors, or readable console lines for a person at a terminal, with
+// the same keys in both. RouteKlog sends what Kubernetes libraries log
+// through klog (client-go's rate limiter and leader election, among others)
+// to the same logger.
 package logging
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/go-logr/zapr"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
 	"k8s.io/klog/v2"
 )
 
-// New returns a production JSON logger at level.
-func New(level string) (*zap.Logger, error) {
+// The formats New takes (config's log.format).
+const (
+	FormatJSON    = "json"
+	FormatConsole = "console"
+)
+
+// New returns a logger at level ("debug", "info", "warn" or "error") that
+// writes to stderr in format: FormatJSON, FormatConsole, or "" for console
+// when stderr is a terminal and JSON otherwise. Errors name the key and the
+// values allowed.
+func New(level, format string) (*zap.Logger, error) {
+	return build(level, format, zapcore.Lock(os.Stderr), term.IsTerminal(int(os.Stderr.Fd())))
+}
+
+// build is New writing to w; terminal says whether w is one (console
+// lines then also get coloured levels).
+func build(level, format string, w zapcore.WriteSyncer, terminal bool) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("log.level %q: %w", level, err)
 	}
-	c := zap.NewProductionConfig()
-	c.Level = zap.NewAtomicLevelAt(lvl)
-	c.EncoderConfig.EncodeTime = zapcore.RFC3339NanoTimeEncoder
-	c.Sampling = nil
-	return c.Build()
+	// The production keys (ts, level, logger, caller, msg, stacktrace) in
+	// both formats: the console encoder writes the same entries, the first
+	// five as columns and the fields as one JSON object after the message.
+	ec := zap.NewProductionEncoderConfig()
+	var enc zapcore.Encoder
+	switch format {
+	case FormatJSON:
+	case FormatConsole:
+	case "":
+		format = FormatJSON
+		if terminal {
+			format = FormatConsole
+		}
+	default:
+		return nil, fmt.Errorf("log.format %q: use json or console, or leave it out for console on a terminal and JSON otherwise", format)
+	}
+	if format == FormatConsole {
+		ec.EncodeTime = zapcore.TimeEncoderOfLayout("2006-01-02T15:04:05.000Z07:00")
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		if terminal {
+			ec.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		}
+		ec.ConsoleSeparator = " "
+		enc = zapcore.NewConsoleEncoder(ec)
+	} else {
+		ec.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+		enc = zapcore.NewJSONEncoder(ec)
+	}
+	// As zap.NewProductionConfig().Build(), without sampling: callers, and
+	// stack traces on errors.
+	return zap.New(zapcore.NewCore(enc, w, zap.NewAtomicLevelAt(lvl)),
+		zap.AddCaller(), zap.AddStacktrace(zapcore.ErrorLevel), zap.ErrorOutput(w)), nil
 }
 
 // KlogMaxVerbosity is the highest klog verbosity RouteKlog passes on, at
