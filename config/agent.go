@@ -30,6 +30,9 @@ type Agent struct {
 	// means in-cluster (ServiceAccount token and CA from the pod). Its
 	// cluster's proxy-url, if any, is the proxy to the API server.
 	Kubeconfig string `json:"kubeconfig"`
+	// Context is the kubeconfig's context to use (kubectl's --context);
+	// empty: its current-context. Only with Kubeconfig.
+	Context string `json:"context"`
 	// APIServer overrides the in-cluster defaults (used by tests and by
 	// agents that run beside, not inside, a cluster).
 	APIServer APIServer `json:"apiServer"`
@@ -130,6 +133,9 @@ func (c Agent) Validate() error {
 	}
 	if c.JoinSecretFile == "" {
 		p.addf("joinSecretFile: must name the file holding the join secret")
+	}
+	if c.Context != "" && c.Kubeconfig == "" {
+		p.addf("context %q: a context is chosen in a kubeconfig; set kubeconfig too (e.g. ~/.kube/config written out), or leave context out", c.Context)
 	}
 	if c.Kubeconfig != "" && c.APIServer.URL != "" {
 		p.addf("kubeconfig %q and apiServer.url %q: give one of them, not both", c.Kubeconfig, c.APIServer.URL)

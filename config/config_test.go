@@ -315,6 +315,7 @@ func TestLoadAgent(t *testing.T) {
 		ah + "cluster: prod\n":                                        {"stubURL"},
 		ah + "stubURL: https://x\n":                                   {"cluster:"},
 		ok + "kubeconfig: /k\napiServer: {url: https://a}\n":          {"give one of them", "apiServer.tokenFile"},
+		ok + "context: kind-kind\n":                                   {`context "kind-kind"`, "set kubeconfig too"},
 		ok + "apiServer: {url: http://a, tokenFile: /t}\n":            {`apiServer.url: "http://a"`},
 		ok + "joinSecret: abc\n":                                      {`unknown key "joinSecret"`, "joinSecretFile"},
 		ok + "apiServer: {proxyURL: proxy:3128}\n":                    {`apiServer.proxyURL: "proxy:3128" must be a proxy URL`, "http://proxy.corp.example:3128"},

@@ -137,8 +137,13 @@ func run(args []string) error {
 func restConfig(cfg config.Agent) (*rest.Config, string, error) {
 	switch {
 	case cfg.Kubeconfig != "":
-		rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+			&clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig},
+			&clientcmd.ConfigOverrides{CurrentContext: cfg.Context}).ClientConfig()
 		if err != nil {
+			if cfg.Context != "" {
+				return nil, "", fmt.Errorf("kubeconfig %q, context %q: %w", cfg.Kubeconfig, cfg.Context, err)
+			}
 			return nil, "", fmt.Errorf("kubeconfig %q: %w", cfg.Kubeconfig, err)
 		}
 		return rc, "kubeconfig", nil

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/keyhole-dev/keyhole/config"
@@ -56,5 +57,36 @@ func TestAPIServerProxy(t *testing.T) {
 				t.Fatalf("proxy for the API server: %v (%v), want %q", u, err, tc.want)
 			}
 		})
+	}
+}
+
+// context picks a kubeconfig context other than the current one, as
+// kubectl's --context does; an unknown one is an error that names it.
+func TestKubeconfigContext(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	body := `apiVersion: v1
+kind: Config
+clusters:
+- {name: a, cluster: {server: "https://a.example:6443"}}
+- {name: b, cluster: {server: "https://b.example:6443"}}
+users:
+- {name: u, user: {token: t}}
+contexts:
+- {name: kind-a, context: {cluster: a, user: u}}
+- {name: kind-b, context: {cluster: b, user: u}}
+current-context: kind-a
+`
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for ctx, want := range map[string]string{"": "https://a.example:6443", "kind-b": "https://b.example:6443"} {
+		rc, _, err := restConfig(config.Agent{Kubeconfig: path, Context: ctx})
+		if err != nil || rc.Host != want {
+			t.Errorf("context %q: host %v (%v), want %s", ctx, rc, err, want)
+		}
+	}
+	_, _, err := restConfig(config.Agent{Kubeconfig: path, Context: "kind-c"})
+	if err == nil || !strings.Contains(err.Error(), `context "kind-c"`) {
+		t.Errorf("unknown context: %v, want an error naming it", err)
 	}
 }
