@@ -54,14 +54,14 @@ main() {
 	fi
 	start=$SECONDS
 
-	# build MODULE_DIR VERSION PKG NAME: into a temporary name, checked, then
-	# renamed, so no half-written helm is ever runnable.
+	# build MODULE_DIR VERSION PKG NAME [LDFLAGS]: into a temporary name,
+	# checked, then renamed, so no half-written helm is ever runnable.
 	build() {
-		local mod="$1" version="$2" pkg="$3" name="$4" major
+		local mod="$1" version="$2" pkg="$3" name="$4" extra="${5:-}" major
 		major="$(basename "$mod")"
 		log "go build $pkg $version (cold: minutes; warm: seconds)"
 		(cd "$mod" && CGO_ENABLED=0 go build -trimpath \
-			-ldflags "-X helm.sh/helm/$major/internal/version.version=$version -X helm.sh/helm/$major/internal/version.gitTreeState=clean" \
+			-ldflags "-X helm.sh/helm/$major/internal/version.version=$version -X helm.sh/helm/$major/internal/version.gitTreeState=clean $extra" \
 			-o "$out/.$name.tmp" "$pkg")
 		local got
 		got="$("$out/.$name.tmp" version --template '{{.Version}}')"
@@ -73,7 +73,17 @@ main() {
 	}
 	rm -f "$out/.helm-stamp"
 	build "$root/hack/helm/v4" "$HELM_VERSION" helm.sh/helm/v4/cmd/helm helm
-	build "$root/hack/helm/v3" "$HELM3_VERSION" helm.sh/helm/v3/cmd/helm helm3
+	# Helm 3 takes the Kubernetes version it renders and lints for without a
+	# cluster (.Capabilities.KubeVersion, a chart's kubeVersion) from
+	# ldflags, derived from its client-go as its Makefile does (v0.37.x ->
+	# 1.37); without them it says v1.20. Helm 4 reads its build info.
+	local cg k8s3=""
+	cg="$(cd "$root/hack/helm/v3" && go list -f '{{.Version}}' -m k8s.io/client-go)" # v0.MINOR.PATCH
+	cg="${cg#v0.}"
+	for p in pkg/lint/rules pkg/chartutil; do
+		k8s3+=" -X helm.sh/helm/v3/$p.k8sVersionMajor=1 -X helm.sh/helm/v3/$p.k8sVersionMinor=${cg%%.*}"
+	done
+	build "$root/hack/helm/v3" "$HELM3_VERSION" helm.sh/helm/v3/cmd/helm helm3 "$k8s3"
 	echo "$stamp" >"$out/.helm-stamp"
 	log "installed helm $HELM_VERSION and helm3 $HELM3_VERSION into $out in $((SECONDS - start))s"
 }
