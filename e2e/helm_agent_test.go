@@ -152,6 +152,13 @@ func helmAgent(t *testing.T, c *kubetest.Cluster, h *helmCLI) {
 	for _, pod := range pods {
 		pod.stop()
 	}
+	// A new join secret (stub register --rotate) rolls them too.
+	h.must("upgrade", release, agentChart, "-n", ns, "-f", valuesFile, "--set", "config.log.level=info,joinSecret=khj_rotated-not-real")
+	d3 := deployment(t, c, ns, "keyhole-agent")
+	if d3.Generation <= d2.Generation || d3.Spec.Template.Annotations["checksum/secret"] == d2.Spec.Template.Annotations["checksum/secret"] {
+		t.Errorf("a new join secret did not roll the agents: generation %d -> %d, checksum/secret %s -> %s", d2.Generation, d3.Generation,
+			d2.Spec.Template.Annotations["checksum/secret"], d3.Spec.Template.Annotations["checksum/secret"])
+	}
 	h.must("uninstall", release, "-n", ns)
 	if left := releaseObjects(t, c, ns, release); len(left) > 0 {
 		t.Errorf("left after helm uninstall: %v", left)
