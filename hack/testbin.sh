@@ -33,6 +33,12 @@
 	# It also installs chromium (hack/browser.sh: Debian's Chromium for the
 	# browser tests), which is not part of the cache key: see main.
 	# <<< browser
+	# >>> browser
+	# And helm (Helm v4.3.1) and helm3 (Helm v3.22.0) for the chart tests,
+	# built by hack/helm.sh from the modules hack/helm/v4 and hack/helm/v3;
+	# like the browser they are not part of the cache key (hack/helm.sh
+	# keeps its own stamp), so adding or updating Helm rebuilds nothing else.
+	# <<< browser
 set -euo pipefail
 
 # Everything is inside main, which bash parses completely before running it,
@@ -111,6 +117,20 @@ main() {
 			[[ -x "$1/$b" ]] || return 1
 		done
 	}
+	# >>> browser
+	# Helm the same way (hack/helm.sh, its own stamp .helm-stamp): added to
+	# a complete cache directory here, or built with the rest below; a
+	# failure leaves the directory to everything but the Helm tests. Before
+	# the browser's lines: chromium must stay the last of bins.
+	if complete "$dir"; then
+		if ! "$root/hack/helm.sh" "$dir"; then
+			log "WARNING: could not add helm to $dir (hack/helm.sh failed above); the Helm tests will fail"
+			echo "$dir"
+			exit 0
+		fi
+	fi
+	bins+=(helm helm3)
+	# <<< browser
 	# >>> browser
 	# A cache directory complete but for the browser (or with a browser from
 	# an older hack/browser.sh) gets it added here; browser.sh takes a lock
@@ -218,6 +238,18 @@ main() {
 
 	# --- haproxy and tinyproxy (Debian packages; hostile-network e2e tests) ----
 	"$root/hack/middlebox.sh" "$tmp"
+	# >>> browser
+
+	# --- Helm (Go modules hack/helm/v4, hack/helm/v3; chart tests) -------------
+	if ! "$root/hack/helm.sh" "$tmp"; then
+		log "WARNING: could not build helm (hack/helm.sh failed above); the Helm tests will fail until a later run adds it"
+		nohelm=()
+		for b in "${bins[@]}"; do
+			[[ "$b" == helm || "$b" == helm3 ]] || nohelm+=("$b")
+		done
+		bins=("${nohelm[@]}")
+	fi
+	# <<< browser
 	# >>> browser
 
 	# --- Chromium (Debian packages; browser e2e tests) -------------------------
