@@ -225,7 +225,7 @@ func build(o options, log io.Writer) ([]summary, error) {
 			if err != nil {
 				return nil, err
 			}
-			doc, err := sbom(sbomInput{Spec: s, Arch: arch, Version: o.Version, Created: o.Created, Binary: bin, CAModule: caMod, CACount: caCount})
+			doc, err := sbom(sbomInput{Spec: s, Arch: arch, Version: o.Version, Revision: o.Revision, Created: o.Created, Binary: bin, CAModule: caMod, CACount: caCount})
 			if err != nil {
 				return nil, err
 			}

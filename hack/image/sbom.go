@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"debug/buildinfo"
 	"encoding/base64"
@@ -78,7 +79,9 @@ type sbomInput struct {
 	Spec    imageSpec
 	Arch    string
 	Version string
-	Created time.Time
+	// Revision is the commit built (the revision label).
+	Revision string
+	Created  time.Time
 	// Binary is the built binary's content.
 	Binary []byte
 	// CAModule is the CA bundle's module as this program was built with it
@@ -88,7 +91,7 @@ type sbomInput struct {
 }
 
 // sbom writes the SPDX document of one image: the image, the binary (the
-// main module, with the build settings and VCS revision Go embedded in it),
+// main module, with the build settings Go embedded in it, and the commit),
 // the Go standard library and every module linked in, from the binary's
 // own build information (debug/buildinfo), and the CA bundle's module.
 // Module hashes are go.sum's h1: hashes (base64 SHA-256 of the module's
@@ -154,7 +157,7 @@ func sbom(in sbomInput) ([]byte, error) {
 		ExternalRefs: []spdxRef{purl(bi.Main.Path, in.Version)},
 	})
 	rel("SPDXRef-Image", "CONTAINS", "SPDXRef-Binary")
-	if rev := settings["vcs.revision"]; rev != "" {
+	if rev := cmp.Or(settings["vcs.revision"], in.Revision); rev != "" {
 		doc.Packages[len(doc.Packages)-1].DownloadLocation = "git+" + sourceURL + "@" + rev
 	}
 
