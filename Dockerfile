@@ -6,6 +6,13 @@
 #   docker build --target stub  -t keyhole-stub  .
 #   docker build --target agent -t keyhole-agent .
 #
+# CI does not build this file (there is no Docker engine there): it builds
+# the same images without Docker, reproducibly, with SBOMs, for amd64 and
+# arm64 (hack/image.sh; docs/operations.md, "Images"), runs them with podman
+# (e2e/image_test.go), and checks that this file still describes them: same
+# binaries and paths, user, entrypoint, command and port
+# (hack/image/dockerfile_test.go). Change both together.
+#
 # Base images are pinned; bump them deliberately (BUILD_IMAGE by exact tag,
 # matching go.mod's toolchain; BASE_IMAGE by digest).
 ARG BUILD_IMAGE=golang:1.26.8-bookworm

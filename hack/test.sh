@@ -22,6 +22,11 @@ echo "== go vet" >&2
 go vet ./...
 echo "== go test -race ./..." >&2
 go test -race -count=1 -timeout 45m ./...
+echo "== hack/image: reproducible images (two builds, same digests), Dockerfile equivalence" >&2
+# A separate module (go-containerregistry, BuildKit's Dockerfile parser stay
+# out of Keyhole's go.mod). Cross-compiles both binaries for amd64 and arm64
+# twice (the second from the build cache; docs/operations.md, "Images").
+(cd hack/image && GOWORK=off go vet ./... && GOWORK=off go test -race -count=1 -timeout 30m ./...)
 echo "== benchmark smoke run (figures: docs/benchmarks.md)" >&2
 # BenchmarkStubScale with 200 streams here (its default, 10,000, takes minutes
 # and more than a GiB).

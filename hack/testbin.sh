@@ -39,6 +39,10 @@
 	# like the browser they are not part of the cache key (hack/helm.sh
 	# keeps its own stamp), so adding or updating Helm rebuilds nothing else.
 	# <<< browser
+	# >>> podman
+	# And it installs Debian's podman and runc (hack/podman.sh, into the
+	# system) for the image test, e2e/image_test.go; not part of the cache key.
+	# <<< podman
 set -euo pipefail
 
 # Everything is inside main, which bash parses completely before running it,
@@ -67,11 +71,21 @@ main() {
 	# rebuilding kube-apiserver and the rest. Keep every browser line inside
 	# markers, or every machine rebuilds everything.
 	keyscript="$(mktemp "${TMPDIR:-/tmp}/keyhole-testbin-key.XXXXXX")"
-	sed '/^\t# >>> browser$/,/^\t# <<< browser$/d' "$script" >"$keyscript"
+	# The same holds for "# >>> podman" blocks (hack/podman.sh).
+	sed -e '/^\t# >>> browser$/,/^\t# <<< browser$/d' -e '/^\t# >>> podman$/,/^\t# <<< podman$/d' "$script" >"$keyscript"
 	script="$keyscript"
 	# <<< browser
 
 	command -v go >/dev/null || { log "go is not on PATH"; exit 1; }
+	# >>> podman
+	# Debian's podman and runc at pinned versions for e2e/image_test.go,
+	# installed into the system (not the cache directory) and left out of
+	# the cache key: a cache hit gets them too. A second run is instant. A
+	# failure costs only the image test, which then names hack/podman.sh.
+	if ! "$root/hack/podman.sh"; then
+		log "WARNING: could not install podman (hack/podman.sh failed above); the image test will fail"
+	fi
+	# <<< podman
 
 	# Sane, reproducible Go settings for everything below.
 	export GOWORK=off
