@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 )
 
@@ -67,6 +68,12 @@ func TestHelpEveryCommand(t *testing.T) {
 		if c.Short == "" || c.Long == "" || !strings.HasPrefix(c.Example, "  ") {
 			t.Errorf("%q: Short %q, Long %d bytes, Example %q", c.CommandPath(), c.Short, len(c.Long), c.Example)
 		}
+		c.LocalFlags().VisitAll(func(f *pflag.Flag) {
+			// pflag takes a `quoted` word of the usage as the value's name.
+			if name, _ := pflag.UnquoteUsage(f); strings.Contains(name, " ") {
+				t.Errorf("%s --%s: its value is named %q", c.CommandPath(), f.Name, name)
+			}
+		})
 		path := strings.Fields(c.CommandPath())[1:]
 		out, _, err := stubCLI(append(path, "--help")...)
 		if err != nil || !strings.Contains(out, "Usage:\n  "+c.CommandPath()) || !strings.Contains(out, "Examples:\n") {

@@ -74,7 +74,7 @@ with their caller audience.`,
 		"with --oidc: the scope that asks the IdP for a token whose audience is a verifying cluster's caller audience (%s); Dex's cross-client form by default")
 	fs.StringArrayVar(&f.loginArgs, "login-arg", nil, "with --oidc: extra kubelogin argument, e.g. --login-arg=--grant-type=device-code (repeatable)")
 	fs.StringVar(&f.ci, "ci", "", "a kubeconfig for CI jobs on "+install.CIGitHubActions+" or "+install.CIGitLab+
-		": its user runs `stub ci-token` for the job's own ID token, again whenever the last one expired; it holds no secret")
+		": its user runs \"stub ci-token\" for the job's own ID token, again whenever the last one expired; it holds no secret")
 	fs.StringVar(&f.audience, "audience", "", "with --ci: the audience of the job's ID tokens (one of an authentication.jwt issuer's audiences)")
 	fs.StringVar(&f.tokenEnv, "token-env", install.DefaultCITokenEnv, "with --ci "+install.CIGitLab+": the variable of the job's id_tokens entry")
 	fs.StringVar(&f.ciCommand, "ci-command", "stub", "with --ci: the stub binary as the job runs it (a name on PATH or a path)")

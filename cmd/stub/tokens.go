@@ -148,7 +148,7 @@ their IdP, or dropped from the policy.`,
 			return revokeIDs(o.configPath(), ids, stderr)
 		},
 	}
-	cmd.Flags().StringVar(&user, "user", "", "revoke every static token of this user (as given to `stub kubeconfig --user`)")
+	cmd.Flags().StringVar(&user, "user", "", "revoke every static token of the user `NAME` (as given to \"stub kubeconfig --user\")")
 	return cmd
 }
 
@@ -171,7 +171,7 @@ within the stub's streams.recheckInterval.`,
 			return revokeUser(o.configPath(), user, stderr)
 		},
 	}
-	cmd.Flags().StringVar(&user, "user", "", "the user whose static tokens to revoke (as given to `stub kubeconfig --user`)")
+	cmd.Flags().StringVar(&user, "user", "", "the user `NAME` whose static tokens to revoke (as given to \"stub kubeconfig --user\")")
 	return cmd
 }
 
