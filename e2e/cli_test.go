@@ -2,8 +2,12 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/keyhole-dev/keyhole/internal/kubetest"
+	"github.com/keyhole-dev/keyhole/internal/testbed"
 )
 
 // TestStubAdminCommands runs the real stub binary's operator commands
@@ -29,10 +36,7 @@ func TestStubAdminCommands(t *testing.T) {
 		adminCommands(t, c, g, "cli-dir")
 	})
 	t.Run("hub", func(t *testing.T) {
-		ns := "keyhole-cli"
-		c.EnsureNamespace(t, ns)
-		hub := fmt.Sprintf("hub: {enabled: true, kubeconfig: %s, namespace: %s, replicaID: r0}\n", c.AdminKubeconfig, ns)
-		g := startGatewayWith(t, c, gatewayOptions{extra: hub})
+		g, hub := startHubGateway(t, c, "keyhole-cli")
 		adminCommands(t, c, g, "cli-hub")
 		// The hub's Secret holds the state: a config with an empty state
 		// directory of its own lists the same clusters and tokens.
@@ -48,6 +52,48 @@ func TestStubAdminCommands(t *testing.T) {
 			}
 		}
 	})
+}
+
+// startHubGateway is a stub whose state is the hub's Secret in namespace ns
+// of c (a set of one replica, with an operator certificate as replicas
+// need); hub is its config's hub and tls keys.
+func startHubGateway(t *testing.T, c *kubetest.Cluster, ns string) (g *gateway, hub string) {
+	stubBin, agentBin := binaries(t)
+	c.EnsureNamespace(t, ns)
+	ca, err := testbed.NewCA("keyhole-e2e-cli")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.Issue("stub", nil, true, []net.IP{net.ParseIP("127.0.0.1")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g = &gateway{t: t, c: c, dir: t.TempDir(), stubBin: stubBin, agentBin: agentBin, caPEM: ca.CertPEM}
+	certFile, keyFile := filepath.Join(g.dir, "tls.crt"), filepath.Join(g.dir, "tls.key")
+	writeFile(t, certFile, string(certPEM))
+	writeFile(t, keyFile, string(keyPEM))
+	port := freePort(t)
+	g.url = fmt.Sprintf("https://127.0.0.1:%d", port)
+	g.publicURL = g.url
+	g.metricsAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	g.cfg = filepath.Join(g.dir, "stub.yaml")
+	hub = fmt.Sprintf("tls: {certFile: %s, keyFile: %s}\nhub: {enabled: true, kubeconfig: %s, namespace: %s, replicaID: r0}\n", certFile, keyFile, c.AdminKubeconfig, ns)
+	writeFile(t, g.cfg, fmt.Sprintf(`apiVersion: keyhole.dev/v1alpha1
+kind: StubConfig
+listen: 127.0.0.1:%d
+publicURL: %s
+stateDir: %s
+log: {level: debug}
+audit: {path: %s}
+metrics: {listen: %s}
+`, port, g.url, filepath.Join(g.dir, "state"), filepath.Join(g.dir, "audit.log"), g.metricsAddr)+hub)
+	g.stub = startProcess(t, "stub", filepath.Join(g.dir, "stub.log"), nil, stubBin, "serve", "--config", g.cfg)
+	waitFor(t, 60*time.Second, "stub to listen", func() bool { return dialable(strings.TrimPrefix(g.url, "https://")) }, g.stub)
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(g.caPEM)
+	g.http = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 60 * time.Second}
+	t.Cleanup(g.http.CloseIdleConnections)
+	return g, hub
 }
 
 // cliClusters is `stub clusters -o json`.
@@ -103,7 +149,7 @@ func adminCommands(t *testing.T, c *kubetest.Cluster, g *gateway, id string) {
 	// uma's is set to expire in 3 s.
 	kcs, watches := map[string]string{}, map[string]*running{}
 	for _, u := range []string{"tina", "uma"} {
-		kcs[u] = g.kubeconfig(u)
+		kcs[u] = trustStub(t, g, g.kubeconfig(u))
 		g.bind(u, "cluster-admin")
 		watches[u] = g.startKubectl(t, u+" kubectl get -w", kcs[u], "--context", id, "get", "namespaces", "-w", "-o", "name")
 		if l := watches[u].next(t, 30*time.Second); !strings.HasPrefix(l, "namespace/") {
@@ -181,6 +227,25 @@ func adminCommands(t *testing.T, c *kubetest.Cluster, g *gateway, id string) {
 		t.Errorf("stub clusters without a stub: %v\n%s%s", err, out.String(), errb.String())
 	}
 	g.noSecretsLogged(t, map[string]string{"join secret": strings.TrimSpace(string(now))}, agent)
+}
+
+// trustStub gives the clusters of kubeconfig kc the stub's CA when they
+// have none (a stub with an operator certificate names no CA in the
+// kubeconfigs it prints) and returns kc.
+func trustStub(t *testing.T, g *gateway, kc string) string {
+	cfg, err := clientcmd.LoadFromFile(kc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cfg.Clusters {
+		if len(c.CertificateAuthorityData) == 0 {
+			c.CertificateAuthorityData = g.caPEM
+		}
+	}
+	if err := clientcmd.WriteToFile(*cfg, kc); err != nil {
+		t.Fatal(err)
+	}
+	return kc
 }
 
 // poll is waitFor at a pace for commands that start a process each time.

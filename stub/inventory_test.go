@@ -57,23 +57,26 @@ func inventoryOps(t *testing.T, st, reader *State) {
 		t.Errorf("bob, carol: %+v %+v", list[2], list[3])
 	}
 
-	// Expire one of alice's tokens in a second: refused from then on.
+	// Expire one of alice's tokens in two seconds: refused from then on.
+	waitFor(t, "alice's first token at the reader", func() bool { _, err := reader.AuthenticateToken(alice1); return err == nil })
 	if _, err := st.ExpireToken(ctx, TokenIDOf(alice1), now.Add(-time.Second)); err == nil {
 		t.Error("an expiry in the past was taken")
 	}
 	if _, err := st.ExpireToken(ctx, "000000000000", now.Add(time.Hour)); !errors.Is(err, ErrTokenNotFound) {
 		t.Errorf("unknown ID: %v", err)
 	}
-	at := time.Now().Add(1500 * time.Millisecond)
+	at := time.Now().Add(2 * time.Second)
 	ti, err := st.ExpireToken(ctx, TokenIDOf(alice1), at)
 	if err != nil || ti.Expires == nil || !ti.Expires.Equal(at.UTC().Truncate(time.Second)) {
 		t.Fatalf("expire: %+v %v", ti, err)
 	}
-	waitFor(t, "the new expiry at the reader", func() bool {
-		u, err := reader.AuthenticateToken(alice1)
-		return err == nil && !u.Expires.IsZero()
-	})
-	waitFor(t, "alice's first token to expire", func() bool { _, err := reader.AuthenticateToken(alice1); return err != nil })
+	if list, err := reader.TokenInfos(ctx); err != nil || list[0].Expires == nil || !list[0].Expires.Equal(*ti.Expires) {
+		t.Fatalf("the reader's list after the expiry: %+v %v", list, err)
+	}
+	waitFor(t, "alice's first token to expire at the reader", func() bool { _, err := reader.AuthenticateToken(alice1); return err != nil })
+	if time.Now().Before(*ti.Expires) {
+		t.Fatalf("alice's first token refused before its expiry %v", ti.Expires)
+	}
 	if _, err := reader.AuthenticateToken(alice2); err != nil {
 		t.Fatalf("alice's other token: %v", err)
 	}
