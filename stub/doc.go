@@ -24,8 +24,15 @@
 // for through their interfaces: tunnel.AgentAuthenticator and
 // tunnel.SessionChecker, authn.StaticTokens and proxy.ClusterRegistry.
 //
+// What operators see and change (inventory.go) goes through the same
+// backends: ClusterInfos and TokenInfos list the state without a secret, a
+// token or a hash of either (a token is named by TokenID, derived from its
+// hash), RevokeTokenIDs and ExpireToken change tokens. What only a running
+// stub knows, its agents and their health, is read from its metrics by
+// ReadLive (live.go).
+//
 // The command line's own wording ("use --rotate") lives in cmd/stub; this
 // package returns sentinel errors (ErrClusterExists, ErrClusterNotFound,
 // ErrAudienceInUse, ErrAudienceRetired, ErrInvalidClusterID,
-// ErrInvalidLabel).
+// ErrInvalidLabel, ErrTokenNotFound).
 package stub

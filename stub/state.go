@@ -44,9 +44,12 @@ type Cluster struct {
 	// handshake may use it, but sessions it opened stay up (so a rotation
 	// breaks nothing while agents get the new secret). Empty after a
 	// rotation with Disconnect: those sessions are closed.
-	PreviousSecretSHA256 string            `json:"previousSecretSHA256,omitempty"`
-	Labels               map[string]string `json:"labels,omitempty"`
-	Registered           time.Time         `json:"registered"`
+	PreviousSecretSHA256 string `json:"previousSecretSHA256,omitempty"`
+	// SecretRotated is when the current join secret was issued by a
+	// rotation (nil: the secret is the one issued at registration).
+	SecretRotated *time.Time        `json:"secretRotated,omitempty"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	Registered    time.Time         `json:"registered"`
 	// CallerAudience, when set, says that the cluster's agents verify
 	// callers themselves (stub register --caller-audience): the stub hands
 	// them a caller's ID token only when its audience includes this value,
@@ -406,7 +409,8 @@ func (s *State) Rotate(ctx context.Context, id string, o RotateOptions) (string,
 		if o.Disconnect {
 			c.PreviousSecretSHA256 = ""
 		}
-		c.SecretSHA256, c.SecretExpires = sum, o.Expires
+		now := s.now().UTC().Truncate(time.Second)
+		c.SecretSHA256, c.SecretExpires, c.SecretRotated = sum, o.Expires, &now
 		return nil
 	})
 	if err != nil {

@@ -2,15 +2,17 @@
 // which cluster it serves, and serves the stub's streams by calling its own
 // API server with its ServiceAccount and Impersonate-* headers.
 //
-//	agent --config FILE
+//	agent --config FILE       run (the config may also come from $KEYHOLE_CONFIG)
+//	agent version             (or agent --version)
+//	agent completion SHELL
 package main
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -20,11 +22,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/keyhole-dev/keyhole/authn"
+	"github.com/keyhole-dev/keyhole/cmd/internal/cli"
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/internal/logging"
 	"github.com/keyhole-dev/keyhole/proxy"
@@ -34,24 +38,58 @@ import (
 var version = "dev"
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "agent:", err)
-		os.Exit(1)
-	}
+	cli.Main("agent", func() error { return cli.Execute(newRoot(os.Stdout, os.Stderr), os.Args[1:]) })
 }
 
-func run(args []string) error {
-	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	cfgPath := fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the AgentConfig file")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(args); err != nil {
-		return err
+// newRoot builds the agent's command tree: the root runs the agent.
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	var cfgPath string
+	root := &cobra.Command{
+		Use:   "agent",
+		Short: "Keyhole agent: serves a private cluster's API to the stub through an outbound tunnel",
+		Long: `Keyhole agent runs inside (or beside) a private cluster. It dials the stub
+(through HTTPS_PROXY when set), proves which cluster it serves with the
+cluster's join secret, keeps the tunnel up, and serves the stub's streams:
+each becomes a request to its own API server, made with its ServiceAccount
+and Impersonate-* headers for the caller, so the cluster's RBAC decides.
+
+Its AgentConfig file names the stub, the cluster, the join secret file and how
+to reach the API server (in-cluster by default, or kubeconfig, or apiServer).
+"stub register" prints a manifest with all of it. It runs until SIGTERM, then
+drains streams in flight for drainTimeout.`,
+		Example: `  # In a pod (the manifest "stub register" prints)
+  agent --config=/etc/keyhole/config/agent.yaml
+
+  # Beside a cluster, with a kubeconfig in the config
+  KEYHOLE_CONFIG=agent.yaml agent`,
+		Version: version,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("config") {
+				cfgPath = os.Getenv("KEYHOLE_CONFIG")
+			}
+			return run(cfgPath)
+		},
 	}
-	if *showVersion {
-		fmt.Println(version)
-		return nil
-	}
-	cfg, err := config.LoadAgent(*cfgPath, config.DiscoverEnv())
+	root.Flags().StringVar(&cfgPath, "config", "", "path of the AgentConfig file (default $KEYHOLE_CONFIG)")
+	_ = root.MarkFlagFilename("config", "yaml", "yml")
+	root.AddCommand(&cobra.Command{
+		Use:     "version",
+		Short:   "Print the agent's version",
+		Long:    "Version prints the version the agent was built as (also: agent --version).",
+		Example: "  agent version",
+		Args:    cli.ExactArgs(),
+		RunE: func(*cobra.Command, []string) error {
+			_, err := io.WriteString(stdout, version+"\n")
+			return err
+		},
+	})
+	cli.Setup(root, stdout, stderr)
+	return root
+}
+
+// run runs the agent of the config at cfgPath until SIGTERM or Ctrl-C.
+func run(cfgPath string) error {
+	cfg, err := config.LoadAgent(cfgPath, config.DiscoverEnv())
 	if err != nil {
 		return err
 	}

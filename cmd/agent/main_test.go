@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/keyhole-dev/keyhole/cmd/internal/cli"
 	"github.com/keyhole-dev/keyhole/config"
 )
 
@@ -88,5 +91,61 @@ current-context: kind-a
 	_, _, err := restConfig(config.Agent{Kubeconfig: path, Context: "kind-c"})
 	if err == nil || !strings.Contains(err.Error(), `context "kind-c"`) {
 		t.Errorf("unknown context: %v, want an error naming it", err)
+	}
+}
+
+// agentCLI runs the agent's command line with args.
+func agentCLI(args ...string) (stdout string, err error) {
+	var out, errb bytes.Buffer
+	err = cli.Execute(newRoot(&out, &errb), args)
+	return out.String(), err
+}
+
+// The agent's command line: its version both ways, --config in both
+// spellings (the kustomize base passes --config=FILE; Go's flag package
+// also took -config FILE) and $KEYHOLE_CONFIG, mistakes that say what to
+// type, help, and a bash completion script that parses.
+func TestAgentCommandLine(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}} {
+		if out, err := agentCLI(args...); err != nil || out != "dev\n" {
+			t.Errorf("%q: %q %v", args, out, err)
+		}
+	}
+	missing := filepath.Join(t.TempDir(), "agent.yaml")
+	for _, args := range [][]string{{"--config=" + missing}, {"-config", missing}, {"--config", missing}} {
+		if _, err := agentCLI(args...); err == nil || !strings.Contains(err.Error(), missing) {
+			t.Errorf("%q: %v, want the config's read error", args, err)
+		}
+	}
+	t.Setenv("KEYHOLE_CONFIG", missing)
+	if _, err := agentCLI(); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("$KEYHOLE_CONFIG: %v", err)
+	}
+	for args, want := range map[string]string{
+		"vrsion":           "unknown command \"vrsion\" for \"agent\"\n\nDid you mean this?\n\tversion",
+		"--nosuch":         "unknown flag: --nosuch\nSee 'agent --help' for usage.",
+		"--config":         "flag needs an argument: --config",
+		"version extra":    "agent version takes no argument; got [\"extra\"]",
+		"completion bosh":  "bosh",
+		"--config=a extra": "unknown command \"extra\" for \"agent\"",
+	} {
+		if _, err := agentCLI(strings.Fields(args)...); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", args, err, want)
+		}
+	}
+	out, err := agentCLI("--help")
+	if err != nil || !strings.Contains(out, "Usage:\n  agent [flags]") || !strings.Contains(out, "Examples:") || !strings.Contains(out, "--config string") {
+		t.Errorf("--help: %v\n%s", err, out)
+	}
+	out, err = agentCLI("completion", "bash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(t.TempDir(), "agent.bash")
+	if err := os.WriteFile(script, []byte(out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command("bash", "-c", "set -e; bash -n "+script+"; source "+script+"; complete -p agent").CombinedOutput(); err != nil {
+		t.Fatalf("bash: %v\n%s", err, b)
 	}
 }

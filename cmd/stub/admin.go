@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/keyhole-dev/keyhole/cmd/internal/cli"
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/install"
 	"github.com/keyhole-dev/keyhole/stub"
@@ -23,12 +25,6 @@ const defaultImage = "ghcr.io/keyhole-dev/keyhole-agent"
 // stateTimeout bounds a command's reads and writes of a hub's shared state.
 const stateTimeout = 30 * time.Second
 
-// adminFlags is the flag set of an admin command, with its --config.
-func adminFlags(name string) (*flag.FlagSet, *string) {
-	fs := flag.NewFlagSet("stub "+name, flag.ContinueOnError)
-	return fs, fs.String("config", os.Getenv("KEYHOLE_CONFIG"), "path of the stub's StubConfig file")
-}
-
 // openState loads the config at cfgPath and opens the state it names.
 func openState(cfgPath string) (config.Stub, *stub.State, error) {
 	cfg, err := config.LoadStub(cfgPath, config.DiscoverEnv())
@@ -39,76 +35,143 @@ func openState(cfgPath string) (config.Stub, *stub.State, error) {
 	return cfg, st, err
 }
 
+// stateContext bounds one command's reads and writes of the state.
+func stateContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), stateTimeout)
+}
+
+// parseExpiry turns a lifetime flag (--expires) into an end (nil: none).
+func parseExpiry(flag string, d time.Duration) (*time.Time, error) {
+	switch {
+	case d < 0:
+		return nil, fmt.Errorf("%s %v: a lifetime must be positive, e.g. 720h; leave it out for no expiry", flag, d)
+	case d == 0:
+		return nil, nil
+	}
+	t := time.Now().Add(d).UTC().Truncate(time.Second)
+	return &t, nil
+}
+
+// secretFlags are the flags of a command that issues a join secret and
+// prints the agent manifest holding it (register, clusters rotate-secret).
+type secretFlags struct {
+	image, secretOut string
+	expires          time.Duration
+}
+
+func (f *secretFlags) add(cmd *cobra.Command) {
+	fs := cmd.Flags()
+	fs.StringVar(&f.image, "image", defaultImage+":"+imageTag(), "agent container image in the manifest")
+	fs.DurationVar(&f.expires, "expires", 0, "the join secret's lifetime, e.g. 2160h; afterwards agents must get a new one (default: no expiry)")
+	fs.StringVar(&f.secretOut, "secret-out", "", "also write the join secret to this file (mode 0600), for agents run outside a cluster or the kustomize install")
+	_ = cmd.MarkFlagFilename("secret-out")
+}
+
 // registerFlags are the choices of `stub register`.
 type registerFlags struct {
-	cfgPath, image, secretOut, audience *string
-	rotate, disconnect                  *bool
-	expires                             *time.Duration
-	labels                              stringList
+	secretFlags
+	audience           string
+	rotate, disconnect bool
+	labels             []string
 }
 
-func parseRegister(args []string) (registerFlags, string, error) {
-	fs, cfgPath := adminFlags("register")
-	f := registerFlags{cfgPath: cfgPath,
-		image:      fs.String("image", defaultImage+":"+imageTag(), "agent container image"),
-		rotate:     fs.Bool("rotate", false, "issue a new join secret for an already registered cluster (sessions of the old one stay up)"),
-		disconnect: fs.Bool("disconnect", false, "with --rotate: also close the sessions the old secret opened (a leaked secret)"),
-		expires:    fs.Duration("expires", 0, "the join secret's lifetime, e.g. 2160h; afterwards agents must get a new one (default: no expiry)"),
-		secretOut:  fs.String("secret-out", "", "also write the join secret to this file (mode 0600), for agents run outside a cluster"),
-		audience:   fs.String("caller-audience", "", "the cluster's agents verify callers themselves: hand them only ID tokens issued for this audience (e.g. an IdP client ID of its own), which are then accepted for this cluster only")}
-	fs.Var(&f.labels, "label", "cluster label key=value (repeatable)")
-	pos, err := parseInterspersed(fs, args)
+func newRegisterCmd(o rootOpts, stdout, stderr io.Writer) *cobra.Command {
+	var f registerFlags
+	cmd := &cobra.Command{
+		Use:   "register CLUSTER-ID",
+		Short: "Register a cluster and print its agent manifest (with a new join secret)",
+		Long: `Register adds a cluster and prints the manifest that installs its agent there:
+Namespace, ServiceAccount, RBAC, the Secret with the cluster's join secret
+(256 random bits; the stub keeps only its hash, so it is shown only now), the
+agent's ConfigMap and Deployment. Apply it in that cluster.
+
+With --rotate it issues a new join secret for a registered cluster instead
+(also spelt "stub clusters rotate-secret"): handshakes must use the new one at
+once, sessions of the old one stay up unless --disconnect (a leaked secret).`,
+		Example: `  # Register a cluster with a label for the policy, and install its agent
+  stub register prod --label env=prod > prod-agent.yaml
+  kubectl --context prod apply -f prod-agent.yaml
+
+  # A join secret valid for 90 days, also written to a file
+  stub register edge-1 --expires 2160h --secret-out edge-1.secret > edge-1-agent.yaml
+
+  # A leaked join secret: a new one, and the old one's sessions are closed
+  stub register prod --rotate --disconnect > prod-agent.yaml
+
+  # A cluster whose agents verify callers' ID tokens themselves
+  stub register pci --caller-audience keyhole-pci > pci-agent.yaml`,
+		Args:              cli.ExactArgs("CLUSTER-ID"),
+		ValidArgsFunction: noCompletion,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := f.check(cmd); err != nil {
+				return err
+			}
+			return register(o.configPath(), args[0], f, stdout, stderr)
+		},
+	}
+	f.secretFlags.add(cmd)
+	fs := cmd.Flags()
+	fs.BoolVar(&f.rotate, "rotate", false, "issue a new join secret for an already registered cluster (sessions of the old one stay up)")
+	fs.BoolVar(&f.disconnect, "disconnect", false, "with --rotate: also close the sessions the old secret opened (a leaked secret)")
+	fs.StringArrayVar(&f.labels, "label", nil, "cluster label key=value, for the policy's clusterSelector (repeatable)")
+	fs.StringVar(&f.audience, "caller-audience", "", "the cluster's agents verify callers themselves: hand them only ID tokens issued for this audience (e.g. an IdP client ID of its own), which are then accepted for this cluster only")
+	return cmd
+}
+
+// check refuses flag combinations that mean nothing.
+func (f registerFlags) check(cmd *cobra.Command) error {
 	switch {
-	case err != nil:
-		return f, "", err
-	case len(pos) != 1:
-		return f, "", errors.New("usage: stub register CLUSTER-ID [--config FILE] [--image IMG] [--label k=v] [--rotate [--disconnect]] [--expires DURATION] [--secret-out FILE] [--caller-audience AUD]")
-	case *f.disconnect && !*f.rotate:
-		return f, "", errors.New("--disconnect goes with --rotate")
-	case *f.audience != "" && *f.rotate:
-		return f, "", errors.New("--caller-audience is set at registration; unregister and register the cluster again to change it")
+	case f.disconnect && !f.rotate:
+		return cli.Usage(cmd, errors.New("--disconnect goes with --rotate"))
+	case f.audience != "" && f.rotate:
+		return errors.New("--caller-audience is set at registration; unregister and register the cluster again to change it")
 	}
-	return f, pos[0], nil
+	return nil
 }
 
-func register(args []string, stdout, stderr io.Writer) error {
-	f, id, err := parseRegister(args)
-	if err != nil {
-		return err
-	}
+func register(cfgPath, id string, f registerFlags, stdout, stderr io.Writer) error {
 	lm, err := parseLabels(f.labels)
 	if err != nil {
 		return err
 	}
-	expires, err := parseExpiry(*f.expires)
+	expires, err := parseExpiry("--expires", f.expires)
 	if err != nil {
 		return err
 	}
-	cfg, st, err := openState(*f.cfgPath)
+	cfg, st, err := openState(cfgPath)
 	if err != nil {
 		return err
 	}
-	if err := checkCallerAudience(cfg, id, *f.audience); err != nil {
+	if err := checkCallerAudience(cfg, id, f.audience); err != nil {
 		return err
 	}
+	return issueSecret(cfg, id, f.secretFlags, stdout, stderr, func() (string, error) {
+		return registerOrRotate(st, id, f.rotate, f.disconnect, stub.RegisterOptions{Labels: lm, Expires: expires, CallerAudience: f.audience})
+	}, fmt.Sprintf("registered cluster %q. The manifest on stdout holds its join secret (shown only now): apply it in that cluster with `kubectl apply -f -`.", id))
+}
+
+// issueSecret runs change (a registration or rotation that returns the new
+// join secret), writes --secret-out and prints the agent manifest with the
+// secret, then note on stderr.
+func issueSecret(cfg config.Stub, id string, f secretFlags, stdout, stderr io.Writer, change func() (string, error), note string) error {
 	bundle, err := stub.LoadBundle(cfg)
 	if err != nil {
 		return err
 	}
-	secretFile, err := openSecretOut(*f.secretOut) // before the state changes: a bad path changes nothing
+	secretFile, err := openSecretOut(f.secretOut) // before the state changes: a bad path changes nothing
 	if err != nil {
 		return err
 	}
-	secret, err := registerOrRotate(st, id, *f.rotate, *f.disconnect, stub.RegisterOptions{Labels: lm, Expires: expires, CallerAudience: *f.audience})
+	secret, err := change()
 	if err := secretFile.finish(secret, err); err != nil {
 		return err
 	}
-	manifest, err := install.AgentManifest(install.AgentParams{Cluster: id, StubURL: cfg.PublicURL, StubCAPEM: bundle.CAPEM, JoinSecret: secret, Image: *f.image})
+	manifest, err := install.AgentManifest(install.AgentParams{Cluster: id, StubURL: cfg.PublicURL, StubCAPEM: bundle.CAPEM, JoinSecret: secret, Image: f.image})
 	if err != nil {
 		return err
 	}
 	_, err = stdout.Write(manifest)
-	fmt.Fprintf(stderr, "registered cluster %q. The manifest on stdout holds its join secret (shown only now): apply it in that cluster with `kubectl apply -f -`.\n", id)
+	fmt.Fprintln(stderr, note)
 	if u, perr := url.Parse(cfg.PublicURL); perr == nil && isLoopback(u.Hostname()) {
 		fmt.Fprintf(stderr, "note: the manifest sends agents to %s (publicURL), which is this machine only: an agent in a cluster cannot reach it. Set publicURL in the config to an address the cluster can reach.\n", cfg.PublicURL)
 	}
@@ -179,7 +242,7 @@ func (o *secretOut) finish(secret string, regErr error) error {
 // registerOrRotate does register's change of the state and words its
 // refusals for the command line.
 func registerOrRotate(st *stub.State, id string, rotate, disconnect bool, o stub.RegisterOptions) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
+	ctx, cancel := stateContext()
 	defer cancel()
 	if !rotate {
 		secret, err := st.Register(ctx, id, o)
@@ -216,58 +279,40 @@ func parseLabels(labels []string) (map[string]string, error) {
 	return lm, nil
 }
 
+func newUnregisterCmd(o rootOpts, stderr io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "unregister CLUSTER-ID",
+		Short: "Remove a cluster: its join secret stops working, its agents are disconnected",
+		Long: `Unregister removes a cluster: its join secret is refused from now on, and every
+stub closes its agents' sessions within a few seconds (ending the streams
+they carried). A caller audience it had is retired: tokens issued for it are
+refused everywhere, and no cluster may take it again. Delete the agent from
+that cluster afterwards.`,
+		Example: `  stub unregister prod
+  kubectl --context prod delete namespace keyhole-system`,
+		Args:              cli.ExactArgs("CLUSTER-ID"),
+		ValidArgsFunction: completeClusters(o),
+		RunE: func(_ *cobra.Command, args []string) error {
+			return unregister(o.configPath(), args[0], stderr)
+		},
+	}
+}
+
 // unregister removes a cluster: its join secret stops working and its
 // agents' sessions are closed within tunnel.SessionCheckInterval.
-func unregister(args []string, stderr io.Writer) error {
-	fs, cfgPath := adminFlags("unregister")
-	pos, err := parseInterspersed(fs, args)
+func unregister(cfgPath, id string, stderr io.Writer) error {
+	_, st, err := openState(cfgPath)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return errors.New("usage: stub unregister CLUSTER-ID [--config FILE]")
-	}
-	_, st, err := openState(*cfgPath)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
+	ctx, cancel := stateContext()
 	defer cancel()
-	if err := st.Unregister(ctx, pos[0]); errors.Is(err, stub.ErrClusterNotFound) {
-		return fmt.Errorf("cluster %q is not registered", pos[0])
+	if err := st.Unregister(ctx, id); errors.Is(err, stub.ErrClusterNotFound) {
+		return fmt.Errorf("cluster %q is not registered (`stub clusters` lists them)", id)
 	} else if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "unregistered cluster %q: its agents are disconnected within %v; delete the agent from that cluster.\n", pos[0], tunnel.SessionCheckInterval)
-	return nil
-}
-
-// revoke removes every static token of a user: requests with them are
-// refused at once and their open watches and exec sessions end within
-// streams.recheckInterval.
-func revoke(args []string, stderr io.Writer) error {
-	fs, cfgPath := adminFlags("revoke")
-	user := fs.String("user", "", "the user whose static tokens to revoke (as given to `stub kubeconfig --user`)")
-	if _, err := parseInterspersed(fs, args); err != nil {
-		return err
-	}
-	if *user == "" {
-		return errors.New("usage: stub revoke --user NAME [--config FILE]")
-	}
-	_, st, err := openState(*cfgPath)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), stateTimeout)
-	defer cancel()
-	n, err := st.RevokeTokens(ctx, *user)
-	if err != nil {
-		return err
-	}
-	if n == 0 {
-		return fmt.Errorf("user %q has no static token (OIDC users are revoked at their IdP, or dropped from the policy)", *user)
-	}
-	fmt.Fprintf(stderr, "revoked %d static token(s) of %q: refused from now on; their open streams end within the stub's streams.recheckInterval.\n", n, *user)
+	fmt.Fprintf(stderr, "unregistered cluster %q: its agents are disconnected within %v; delete the agent from that cluster.\n", id, tunnel.SessionCheckInterval)
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/keyhole-dev/keyhole/cmd/internal/cli"
 	"github.com/keyhole-dev/keyhole/credplugin"
 )
 
@@ -240,11 +242,16 @@ authentication:
 		{[]string{"kubeconfig", "--ci", "github-actions", "--audience", "keyhole", "--token-env", "X"}, "--token-env goes with --ci gitlab"},
 		{[]string{"kubeconfig", "--ci", "github-actions", "--audience", "keyhole", "--group", "deployers"}, "a CI job's groups come from its token's claims"},
 		{[]string{"kubeconfig", "--ci", "gitlab", "--audience", "keyhole", "--cluster", "acc"}, `--cluster "acc": its agents verify callers themselves and accept only ID tokens for audience "keyhole-acc"`},
-		{[]string{"kubeconfig", "--ci", "gitlab", "--audience", "keyhole", "--user", "bob"}, "usage:"},
+		{[]string{"kubeconfig", "--ci", "gitlab", "--audience", "keyhole", "--user", "bob"}, "choose one kind of kubeconfig"},
 		{[]string{"kubeconfig", "--user", "bob", "--audience", "keyhole"}, "--audience goes with --ci"},
 	} {
 		if _, err := stubRun(tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
 		}
 	}
+}
+
+// ciTokenWith runs `stub ci-token args` with env as its environment.
+func ciTokenWith(args []string, stdout, stderr io.Writer, env credplugin.Env) error {
+	return cli.Execute(newRoot(stdout, stderr, func() credplugin.Env { return env }), append([]string{"ci-token"}, args...))
 }

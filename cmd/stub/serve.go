@@ -5,12 +5,43 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
+	"github.com/spf13/cobra"
+
+	"github.com/keyhole-dev/keyhole/cmd/internal/cli"
 	"github.com/keyhole-dev/keyhole/config"
 	"github.com/keyhole-dev/keyhole/internal/logging"
 	"github.com/keyhole-dev/keyhole/stub"
 )
+
+func newServeCmd(o rootOpts, stderr io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "serve",
+		Short: "Run the gateway (what stub does with no command)",
+		Long: `Serve runs the gateway until SIGTERM or Ctrl-C: the HTTPS port that kubectl,
+browsers and agents share, health probes, metrics (metrics.listen) and, with
+hub.enabled, its part in a set of replicas. It then stops in order: readiness
+off, shutdownDelay, in-flight requests finish, long-running streams end cleanly.
+
+Without a config it runs on the embedded defaults: :8443, a self-signed
+certificate, state in ~/.local/state/keyhole.`,
+		Example: `  # A first run on the embedded defaults
+  stub serve
+
+  # With a config file
+  stub serve --config /etc/keyhole/stub.yaml
+  KEYHOLE_CONFIG=/etc/keyhole/stub.yaml stub`,
+		Args: cli.ExactArgs(),
+		RunE: func(*cobra.Command, []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return serve(ctx, o.configPath(), stderr)
+		},
+	}
+}
 
 // serve runs the gateway until ctx ends (SIGTERM, Ctrl-C).
 func serve(ctx context.Context, cfgPath string, stderr io.Writer) error {
