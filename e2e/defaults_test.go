@@ -45,7 +45,7 @@ func TestEmbeddedDefaults(t *testing.T) {
 		}
 		close(lines)
 	}()
-	for !strings.Contains(out.String(), "kubectl --kubeconfig keyhole.kubeconfig get ns") {
+	for !strings.Contains(out.String(), "kubectl --kubeconfig keyhole.kubeconfig get pods -A") {
 		select {
 		case l, ok := <-lines:
 			if !ok {
@@ -60,7 +60,7 @@ func TestEmbeddedDefaults(t *testing.T) {
 		for range lines {
 		}
 	}()
-	for _, want := range []string{"Keyhole stub is up on https://localhost:8443", "self-signed CA: " + filepath.Join(home, ".local/state/keyhole/tls/ca.crt"), "stub register my-cluster"} {
+	for _, want := range []string{"Keyhole stub is up on https://localhost:8443", "self-signed CA: " + filepath.Join(home, ".local/state/keyhole/tls/ca.crt"), "stub register my-cluster --agent-config --secret-out my-cluster.secret > agent.yaml", "/agent --config agent.yaml"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("start-up text lacks %q:\n%s", want, out.String())
 		}

@@ -8,10 +8,12 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/keyhole-dev/keyhole/cmd/internal/cli"
 	"github.com/keyhole-dev/keyhole/config"
@@ -57,14 +59,53 @@ func parseExpiry(flag string, d time.Duration) (*time.Time, error) {
 type secretFlags struct {
 	image, secretOut string
 	expires          time.Duration
+	// What goes to stdout instead of the manifest.
+	helmValues, agentConfig bool
+	kubeconfig, context     string // --agent-config: how the agent reaches its API server
 }
 
 func (f *secretFlags) add(cmd *cobra.Command) {
 	fs := cmd.Flags()
-	fs.StringVar(&f.image, "image", defaultImage+":"+imageTag(), "agent container image in the manifest")
+	fs.StringVar(&f.image, "image", defaultImage+":"+imageTag(), "agent container image in the manifest (build it with hack/image.sh; see the README)")
 	fs.DurationVar(&f.expires, "expires", 0, "the join secret's lifetime, e.g. 2160h; afterwards agents must get a new one (default: no expiry)")
 	fs.StringVar(&f.secretOut, "secret-out", "", "also write the join secret to this file (mode 0600), for agents run outside a cluster or the kustomize install")
 	_ = cmd.MarkFlagFilename("secret-out")
+	fs.BoolVar(&f.helmValues, "helm-values", false, "print values for the keyhole-agent Helm chart (install/helm/keyhole-agent) instead of the manifest")
+	fs.BoolVar(&f.agentConfig, "agent-config", false, "print an AgentConfig for an agent run on this machine with a kubeconfig (go run ./cmd/agent --config FILE) instead of the manifest; needs --secret-out")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "with --agent-config: the kubeconfig that reaches the cluster's API server (default: the first file of $KUBECONFIG, else ~/.kube/config)")
+	fs.StringVar(&f.context, "context", "", "with --agent-config: the kubeconfig context of that cluster (default: its current-context)")
+	_ = cmd.MarkFlagFilename("kubeconfig")
+	cmd.MarkFlagsMutuallyExclusive("helm-values", "agent-config")
+}
+
+// checkOutput refuses output flags that do not go together.
+func (f secretFlags) checkOutput(cmd *cobra.Command) error {
+	switch {
+	case f.agentConfig && f.secretOut == "":
+		return cli.Usage(cmd, errors.New("--agent-config writes a config that names the join secret's file: add --secret-out FILE, e.g. --secret-out my-cluster.secret"))
+	case !f.agentConfig && (f.kubeconfig != "" || f.context != ""):
+		return cli.Usage(cmd, errors.New("--kubeconfig and --context are for --agent-config (an agent run on this machine); the manifest's agents use their ServiceAccount"))
+	case f.agentConfig && cmd.Flags().Changed("image"):
+		return cli.Usage(cmd, errors.New("--image is for the manifest and --helm-values; an agent run with --agent-config is this machine's binary"))
+	}
+	return nil
+}
+
+// agentKubeconfig is --kubeconfig, or kubectl's default: the first file of
+// $KUBECONFIG, else ~/.kube/config; as an absolute path.
+func (f secretFlags) agentKubeconfig() (string, error) {
+	path := f.kubeconfig
+	if path == "" {
+		path = clientcmd.NewDefaultClientConfigLoadingRules().GetDefaultFilename()
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return "", fmt.Errorf("--agent-config: kubeconfig %s: %w; name the cluster's kubeconfig with --kubeconfig FILE", abs, err)
+	}
+	return abs, nil
 }
 
 // registerFlags are the choices of `stub register`.
@@ -104,6 +145,9 @@ once, sessions of the old one stay up unless --disconnect (a leaked secret).`,
 		ValidArgsFunction: noCompletion,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := f.check(cmd); err != nil {
+				return err
+			}
+			if err := f.checkOutput(cmd); err != nil {
 				return err
 			}
 			return register(o.configPath(), args[0], f, stdout, stderr)
@@ -147,7 +191,7 @@ func register(cfgPath, id string, f registerFlags, stdout, stderr io.Writer) err
 	}
 	return issueSecret(cfg, id, f.secretFlags, stdout, stderr, func() (string, error) {
 		return registerOrRotate(st, id, f.rotate, f.disconnect, stub.RegisterOptions{Labels: lm, Expires: expires, CallerAudience: f.audience})
-	}, fmt.Sprintf("registered cluster %q. The manifest on stdout holds its join secret (shown only now): apply it in that cluster with `kubectl apply -f -`.", id))
+	}, fmt.Sprintf("registered cluster %q.", id))
 }
 
 // issueSecret runs change (a registration or rotation that returns the new
@@ -158,6 +202,12 @@ func issueSecret(cfg config.Stub, id string, f secretFlags, stdout, stderr io.Wr
 	if err != nil {
 		return err
 	}
+	kubeconfig := ""
+	if f.agentConfig { // before the state changes, as the next
+		if kubeconfig, err = f.agentKubeconfig(); err != nil {
+			return err
+		}
+	}
 	secretFile, err := openSecretOut(f.secretOut) // before the state changes: a bad path changes nothing
 	if err != nil {
 		return err
@@ -166,16 +216,53 @@ func issueSecret(cfg config.Stub, id string, f secretFlags, stdout, stderr io.Wr
 	if err := secretFile.finish(secret, err); err != nil {
 		return err
 	}
-	manifest, err := install.AgentManifest(install.AgentParams{Cluster: id, StubURL: cfg.PublicURL, StubCAPEM: bundle.CAPEM, JoinSecret: secret, Image: f.image})
+	var out []byte
+	p := install.AgentParams{Cluster: id, StubURL: cfg.PublicURL, StubCAPEM: bundle.CAPEM, JoinSecret: secret, Image: f.image}
+	switch {
+	case f.agentConfig:
+		out, err = localAgentConfig(id, cfg.PublicURL, bundle.CAPEM, f.secretOut, kubeconfig, f.context)
+		note += fmt.Sprintf(" The join secret is in %s. Run the agent on this machine with the AgentConfig on stdout: go run ./cmd/agent --config FILE (or: agent --config FILE).", f.secretOut)
+	case f.helmValues:
+		out, err = install.AgentHelmValues(p)
+		note += " The Helm values on stdout hold the join secret (shown only now): install the keyhole-agent chart in that cluster with them (the command is at their top)."
+	default:
+		out, err = install.AgentManifest(p)
+		note += " The manifest on stdout holds the join secret (shown only now): apply it in that cluster with `kubectl apply -f -`."
+	}
 	if err != nil {
 		return err
 	}
-	_, err = stdout.Write(manifest)
+	_, err = stdout.Write(out)
 	fmt.Fprintln(stderr, note)
+	if f.agentConfig {
+		return err
+	}
 	if u, perr := url.Parse(cfg.PublicURL); perr == nil && isLoopback(u.Hostname()) {
-		fmt.Fprintf(stderr, "note: the manifest sends agents to %s (publicURL), which is this machine only: an agent in a cluster cannot reach it. Set publicURL in the config to an address the cluster can reach.\n", cfg.PublicURL)
+		fmt.Fprintf(stderr, "note: agents in the cluster will dial %s (publicURL), which is this machine only: a pod cannot reach it. Set publicURL in the config to an address the cluster can reach (README: \"An agent in the cluster\"), or run the agent on this machine instead: %s register %s --rotate --agent-config --secret-out %s.secret\n", cfg.PublicURL, self(), id, id)
+	}
+	if version == "dev" && f.image == defaultImage+":"+imageTag() {
+		fmt.Fprintf(stderr, "note: the image %s is not published: build it with hack/image.sh --platforms amd64 out/ and load out/keyhole-agent-linux-amd64.tar into the cluster (kind: kind load image-archive out/keyhole-agent-linux-amd64.tar), or give --image of your own.\n", f.image)
 	}
 	return err
+}
+
+// localAgentConfig is the AgentConfig of --agent-config: the join secret in
+// --secret-out's file (written already), the stub's CA (when it has its own)
+// in a file beside it, and the kubeconfig of the cluster.
+func localAgentConfig(id, publicURL string, caPEM []byte, secretOut, kubeconfig, context string) ([]byte, error) {
+	secretPath, err := filepath.Abs(secretOut)
+	if err != nil {
+		return nil, err
+	}
+	caPath := ""
+	if caPEM != nil {
+		caPath = filepath.Join(filepath.Dir(secretPath), id+"-stub-ca.crt")
+		if err := os.WriteFile(caPath, caPEM, 0o644); err != nil {
+			return nil, fmt.Errorf("writing the stub's CA beside the join secret: %w", err)
+		}
+	}
+	return install.LocalAgentConfig(install.LocalAgentParams{Cluster: id, StubURL: publicURL, StubCAFile: caPath,
+		JoinSecretFile: secretPath, Kubeconfig: kubeconfig, Context: context})
 }
 
 // checkCallerAudience refuses a caller audience that everyday logins carry
@@ -316,9 +403,6 @@ func unregister(cfgPath, id string, stderr io.Writer) error {
 	return nil
 }
 
-func imageTag() string {
-	if version == "dev" {
-		return "latest"
-	}
-	return version
-}
+// imageTag is the agent image's tag: this binary's version; "dev" (what
+// hack/image.sh builds by default) for a build without one.
+func imageTag() string { return version }

@@ -17,6 +17,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
+
+	"github.com/keyhole-dev/keyhole/config"
 )
 
 // stubEnv is a config for the admin commands with a state directory and a
@@ -194,6 +196,11 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"register", "x", "--nosuch"}, []string{"unknown flag: --nosuch", "See 'stub register --help' for usage."}},
 		{[]string{"unregister", "nosuch"}, []string{`cluster "nosuch" is not registered`}},
 		{[]string{"clusters", "rotate-secret", "nosuch"}, []string{`cluster "nosuch" is not registered`, "stub register nosuch"}},
+		{[]string{"register", "x", "--agent-config"}, []string{"--agent-config writes a config that names the join secret's file: add --secret-out FILE"}},
+		{[]string{"register", "x", "--kubeconfig", "k"}, []string{"--kubeconfig and --context are for --agent-config"}},
+		{[]string{"register", "x", "--agent-config", "--secret-out", "s", "--image", "i"}, []string{"--image is for the manifest and --helm-values"}},
+		{[]string{"register", "x", "--agent-config", "--helm-values", "--secret-out", "s"}, []string{"[agent-config helm-values] were all set"}},
+		{[]string{"register", "x", "--agent-config", "--secret-out", "s", "--kubeconfig", "/nonexistent/kc"}, []string{"kubeconfig /nonexistent/kc", "--kubeconfig FILE"}},
 		{[]string{"clusters", "-o", "xml"}, []string{`--output "xml": use table, json or yaml`}},
 		{[]string{"tokens", "list", "-o", "wide"}, []string{`--output "wide": use table, json or yaml`}},
 		{[]string{"tokens", "revoke"}, []string{"name the tokens to revoke: their IDs, or --user NAME"}},
@@ -437,5 +444,52 @@ func TestClustersCommands(t *testing.T) {
 	mustRun(t, "unregister", "dev", "--config", cfg)
 	if out, _ := mustRun(t, "clusters", "-o", "json", "--config", cfg); strings.Contains(out, `"dev"`) {
 		t.Errorf("dev is still listed:\n%s", out)
+	}
+}
+
+// register (and rotate-secret) print, besides the manifest, Helm values
+// for the agent chart and an AgentConfig for an agent run on this machine
+// with a kubeconfig; both carry what the manifest would.
+func TestRegisterOutputs(t *testing.T) {
+	cfg := stubEnv(t)
+	dir := t.TempDir()
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kc, []byte("apiVersion: v1\nkind: Config\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("KUBECONFIG", kc+string(os.PathListSeparator)+"/other")
+	secret := filepath.Join(dir, "edge.secret")
+	out, errs := mustRun(t, "register", "edge", "--agent-config", "--secret-out", secret, "--context", "kind-kind", "--config", cfg)
+	c, err := config.ParseAgent("agent.yaml", []byte(out), config.Env{Nonce: "x"})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if c.Cluster != "edge" || c.StubURL != "https://keyhole.example.com" || c.JoinSecretFile != secret || c.Kubeconfig != kc || c.Context != "kind-kind" {
+		t.Errorf("AgentConfig %+v", c)
+	}
+	if b, err := os.ReadFile(c.StubCAFile); err != nil || !strings.Contains(string(b), "BEGIN CERTIFICATE") {
+		t.Errorf("stub CA file %q: %v", c.StubCAFile, err)
+	}
+	if b, err := os.ReadFile(secret); err != nil || len(strings.TrimSpace(string(b))) < 40 {
+		t.Errorf("join secret file: %q %v", b, err)
+	}
+	if !strings.Contains(errs, "go run ./cmd/agent --config") || strings.Contains(errs, "not published") {
+		t.Errorf("stderr: %s", errs)
+	}
+
+	out, errs = mustRun(t, "register", "edge", "--rotate", "--helm-values", "--image", "registry.example/keyhole-agent:v1", "--config", cfg)
+	var v struct {
+		Cluster, StubURL, JoinSecret, StubCA string
+		Image                                struct{ Repository, Tag string }
+	}
+	if err := yaml.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if v.Cluster != "edge" || v.StubURL != "https://keyhole.example.com" || len(v.JoinSecret) < 40 || !strings.Contains(v.StubCA, "BEGIN CERTIFICATE") ||
+		v.Image.Repository != "registry.example/keyhole-agent" || v.Image.Tag != "v1" {
+		t.Errorf("Helm values %+v", v)
+	}
+	if !strings.Contains(errs, "keyhole-agent chart") {
+		t.Errorf("stderr: %s", errs)
 	}
 }

@@ -194,7 +194,10 @@ registration stay.`,
   stub clusters rotate-secret prod --disconnect --secret-out prod.secret > prod-agent.yaml`,
 		Args:              cli.ExactArgs("CLUSTER-ID"),
 		ValidArgsFunction: completeClusters(o),
-		RunE: func(_ *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := f.checkOutput(cmd); err != nil {
+				return err
+			}
 			return rotateSecret(o.configPath(), args[0], f, disconnect, stdout, stderr)
 		},
 	}
@@ -212,9 +215,9 @@ func rotateSecret(cfgPath, id string, f secretFlags, disconnect bool, stdout, st
 	if err != nil {
 		return err
 	}
-	note := fmt.Sprintf("new join secret for cluster %q: handshakes must use it from now on; sessions of the old one stay up. The manifest on stdout holds it (shown only now): apply it in that cluster with `kubectl apply -f -`.", id)
+	note := fmt.Sprintf("new join secret for cluster %q: handshakes must use it from now on; sessions of the old one stay up.", id)
 	if disconnect {
-		note = fmt.Sprintf("new join secret for cluster %q: the old secret's sessions are closed within %v, so the cluster is offline until its agents have the new one. The manifest on stdout holds it (shown only now): apply it in that cluster with `kubectl apply -f -`.", id, tunnel.SessionCheckInterval)
+		note = fmt.Sprintf("new join secret for cluster %q: the old secret's sessions are closed within %v, so the cluster is offline until its agents have the new one.", id, tunnel.SessionCheckInterval)
 	}
 	return issueSecret(cfg, id, f, stdout, stderr, func() (string, error) {
 		ctx, cancel := stateContext()

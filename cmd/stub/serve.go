@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
+	"path/filepath"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -87,14 +89,34 @@ func banner(w io.Writer, st stub.Started, cfgPath string) {
 	if cfgPath != "" {
 		flag = " --config " + cfgPath
 	}
+	step1 := fmt.Sprintf(`  1. register a cluster and install its agent there:
+       %[1]s register my-cluster%[2]s > agent.yaml && kubectl apply -f agent.yaml`, self(), flag)
+	if u, err := url.Parse(st.PublicURL); err == nil && isLoopback(u.Hostname()) {
+		// Pods cannot reach this machine's loopback: the agent runs here.
+		step1 = fmt.Sprintf(`  1. register a cluster and run its agent on this machine, with your kubeconfig's
+     current context (agents in the cluster need a publicURL it reaches: README):
+       %[1]s register my-cluster%[2]s --agent-config --secret-out my-cluster.secret > agent.yaml
+       %[3]s --config agent.yaml`, self(), flag, agentCommand())
+	}
 	fmt.Fprintf(w, `
 Keyhole stub is up on %s (listening on %s; %s).
 Next steps:
-  1. register a cluster and install its agent there:
-       %[5]s register my-cluster%[4]s > agent.yaml && kubectl apply -f agent.yaml
-  2. give yourself a kubeconfig:
-       %[5]s kubeconfig --user you@example.com%[4]s > keyhole.kubeconfig
-       kubectl --kubeconfig keyhole.kubeconfig get ns
+%s
+  2. give yourself a kubeconfig, and a role in the cluster:
+       %s kubeconfig --user you@example.com%s > keyhole.kubeconfig
+       kubectl create clusterrolebinding you-view --clusterrole=view --user=you@example.com
+       kubectl --kubeconfig keyhole.kubeconfig get pods -A
 
-`, st.PublicURL, st.Addr, st.TLS, flag, self())
+`, st.PublicURL, st.Addr, st.TLS, step1, self(), flag)
+}
+
+// agentCommand is how to run the agent beside this stub: go run from the
+// checkout when the stub runs that way, else the agent binary named as
+// this one is (stub: agent, keyhole-stub: keyhole-agent).
+func agentCommand() string {
+	if s := self(); s != "go run ./cmd/stub" {
+		dir, base := filepath.Split(s)
+		return dir + strings.Replace(base, "stub", "agent", 1)
+	}
+	return "go run ./cmd/agent"
 }
