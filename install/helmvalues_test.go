@@ -155,8 +155,9 @@ func TestHelmSchemaConfigKeys(t *testing.T) {
 	}
 	// The agent chart sets these itself (the Deployment's mounts and port
 	// depend on them); agentID would be one ID for every replica, and a
-	// kubeconfig has no place in a pod, which uses its ServiceAccount.
-	notInValues := []string{"apiVersion", "kind", "stubURL", "cluster", "joinSecretFile", "stubCAFile", "healthListen", "agentID", "kubeconfig"}
+	// kubeconfig (and its context) has no place in a pod, which uses its
+	// ServiceAccount.
+	notInValues := []string{"apiVersion", "kind", "stubURL", "cluster", "joinSecretFile", "stubCAFile", "healthListen", "agentID", "kubeconfig", "context"}
 	var want []string
 	for _, k := range jsonKeys(config.Agent{}) {
 		if !slices.Contains(notInValues, k) {
