@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,6 +64,15 @@ type secretFlags struct {
 	// What goes to stdout instead of the manifest.
 	helmValues, agentConfig bool
 	kubeconfig, context     string // --agent-config: how the agent reaches its API server
+	cfgPath                 string // --config, to repeat in advice
+}
+
+// configFlag is " --config PATH" to repeat in a suggested command, or "".
+func configFlag(path string) string {
+	if path == "" {
+		return ""
+	}
+	return " --config " + path
 }
 
 func (f *secretFlags) add(cmd *cobra.Command) {
@@ -91,21 +102,37 @@ func (f secretFlags) checkOutput(cmd *cobra.Command) error {
 	return nil
 }
 
-// agentKubeconfig is --kubeconfig, or kubectl's default: the first file of
-// $KUBECONFIG, else ~/.kube/config; as an absolute path.
-func (f secretFlags) agentKubeconfig() (string, error) {
-	path := f.kubeconfig
+// agentKubeconfig is --kubeconfig, or kubectl's default (the first file of
+// $KUBECONFIG, else ~/.kube/config), as an absolute path, and the context
+// the agent is to use: --context, else that file's current-context, pinned
+// so that a later `kubectl config use-context` cannot point the agent at
+// another cluster. Both are checked before anything is registered.
+func (f secretFlags) agentKubeconfig() (path, context string, err error) {
+	path = f.kubeconfig
 	if path == "" {
 		path = clientcmd.NewDefaultClientConfigLoadingRules().GetDefaultFilename()
 	}
-	abs, err := filepath.Abs(path)
+	if path, err = filepath.Abs(path); err != nil {
+		return "", "", err
+	}
+	kc, err := clientcmd.LoadFromFile(path)
 	if err != nil {
-		return "", err
+		return "", "", fmt.Errorf("--agent-config: kubeconfig %s: %w; name the cluster's kubeconfig with --kubeconfig FILE (nothing was registered)", path, err)
 	}
-	if _, err := os.Stat(abs); err != nil {
-		return "", fmt.Errorf("--agent-config: kubeconfig %s: %w; name the cluster's kubeconfig with --kubeconfig FILE", abs, err)
+	context = f.context
+	if context == "" {
+		if context = kc.CurrentContext; context == "" {
+			return "", "", fmt.Errorf("--agent-config: kubeconfig %s has no current-context: name the cluster's with --context NAME (`kubectl config get-contexts` lists them; nothing was registered)", path)
+		}
 	}
-	return abs, nil
+	if _, ok := kc.Contexts[context]; !ok {
+		names := slices.Sorted(maps.Keys(kc.Contexts))
+		return "", "", fmt.Errorf("--agent-config: context %q is not in kubeconfig %s (it has %v): pick one with --context NAME, or name the file that has it with --kubeconfig FILE (nothing was registered)", context, path, names)
+	}
+	if _, err := clientcmd.NewNonInteractiveClientConfig(*kc, context, &clientcmd.ConfigOverrides{}, nil).ClientConfig(); err != nil {
+		return "", "", fmt.Errorf("--agent-config: kubeconfig %s, context %q: %w (nothing was registered)", path, context, err)
+	}
+	return path, context, nil
 }
 
 // registerFlags are the choices of `stub register`.
@@ -189,7 +216,8 @@ func register(cfgPath, id string, f registerFlags, stdout, stderr io.Writer) err
 	if err := checkCallerAudience(cfg, id, f.audience); err != nil {
 		return err
 	}
-	return issueSecret(cfg, id, f.secretFlags, stdout, stderr, func() (string, error) {
+	f.cfgPath = cfgPath
+	return issueSecret(cfg, id, f.secretFlags, f.rotate, stdout, stderr, func() (string, error) {
 		return registerOrRotate(st, id, f.rotate, f.disconnect, stub.RegisterOptions{Labels: lm, Expires: expires, CallerAudience: f.audience})
 	}, fmt.Sprintf("registered cluster %q.", id))
 }
@@ -197,18 +225,18 @@ func register(cfgPath, id string, f registerFlags, stdout, stderr io.Writer) err
 // issueSecret runs change (a registration or rotation that returns the new
 // join secret), writes --secret-out and prints the agent manifest with the
 // secret, then note on stderr.
-func issueSecret(cfg config.Stub, id string, f secretFlags, stdout, stderr io.Writer, change func() (string, error), note string) error {
+func issueSecret(cfg config.Stub, id string, f secretFlags, rotating bool, stdout, stderr io.Writer, change func() (string, error), note string) error {
 	bundle, err := stub.LoadBundle(cfg)
 	if err != nil {
 		return err
 	}
-	kubeconfig := ""
+	kubeconfig, kubeContext := "", ""
 	if f.agentConfig { // before the state changes, as the next
-		if kubeconfig, err = f.agentKubeconfig(); err != nil {
+		if kubeconfig, kubeContext, err = f.agentKubeconfig(); err != nil {
 			return err
 		}
 	}
-	secretFile, err := openSecretOut(f.secretOut) // before the state changes: a bad path changes nothing
+	secretFile, err := openSecretOut(f.secretOut, rotating) // before the state changes: a bad path changes nothing
 	if err != nil {
 		return err
 	}
@@ -220,7 +248,7 @@ func issueSecret(cfg config.Stub, id string, f secretFlags, stdout, stderr io.Wr
 	p := install.AgentParams{Cluster: id, StubURL: cfg.PublicURL, StubCAPEM: bundle.CAPEM, JoinSecret: secret, Image: f.image}
 	switch {
 	case f.agentConfig:
-		out, err = localAgentConfig(id, cfg.PublicURL, bundle.CAPEM, f.secretOut, kubeconfig, f.context)
+		out, err = localAgentConfig(id, cfg.PublicURL, bundle.CAPEM, f.secretOut, kubeconfig, kubeContext)
 		note += fmt.Sprintf(" The join secret is in %s. Run the agent on this machine with the AgentConfig on stdout: go run ./cmd/agent --config FILE (or: agent --config FILE).", f.secretOut)
 	case f.helmValues:
 		out, err = install.AgentHelmValues(p)
@@ -238,7 +266,7 @@ func issueSecret(cfg config.Stub, id string, f secretFlags, stdout, stderr io.Wr
 		return err
 	}
 	if u, perr := url.Parse(cfg.PublicURL); perr == nil && isLoopback(u.Hostname()) {
-		fmt.Fprintf(stderr, "note: agents in the cluster will dial %s (publicURL), which is this machine only: a pod cannot reach it. Set publicURL in the config to an address the cluster can reach (README: \"An agent in the cluster\"), or run the agent on this machine instead: %s register %s --rotate --agent-config --secret-out %s.secret\n", cfg.PublicURL, self(), id, id)
+		fmt.Fprintf(stderr, "note: agents in the cluster will dial %s (publicURL), which is this machine only: a pod cannot reach it. Set publicURL in the config to an address the cluster can reach (README: \"An agent in the cluster\"), or run the agent on this machine instead: %s register %s%s --rotate --agent-config --secret-out %s.secret\n", cfg.PublicURL, self(), id, configFlag(f.cfgPath), id)
 	}
 	if version == "dev" && f.image == defaultImage+":"+imageTag() {
 		fmt.Fprintf(stderr, "note: the image %s is not published: build it with hack/image.sh --platforms amd64 out/ and load out/keyhole-agent-linux-amd64.tar into the cluster (kind: kind load image-archive out/keyhole-agent-linux-amd64.tar), or give --image of your own.\n", f.image)
@@ -292,16 +320,45 @@ type secretOut struct {
 }
 
 // openSecretOut opens path for the join secret without changing it yet.
-func openSecretOut(path string) (*secretOut, error) {
+func openSecretOut(path string, rotating bool) (*secretOut, error) {
 	if path == "" {
 		return &secretOut{}, nil
 	}
-	_, statErr := os.Stat(path)
+	fi, statErr := os.Lstat(path)
+	switch {
+	case errors.Is(statErr, os.ErrNotExist):
+	case statErr != nil:
+		return nil, fmt.Errorf("--secret-out %q: %w (nothing was registered)", path, statErr)
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("--secret-out %q is a %s, not a regular file: name a file to create (nothing was registered)", path, kindOf(fi.Mode()))
+	case !rotating:
+		// It may hold another cluster's secret: never overwrite it by a
+		// registration. A rotation rewrites its own cluster's file.
+		return nil, fmt.Errorf("--secret-out %q exists: name a new file, or remove it first; only a rotation (--rotate, clusters rotate-secret) rewrites a secret file (nothing was registered)", path)
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("--secret-out %q: %w (nothing was registered)", path, err)
 	}
-	return &secretOut{f: f, created: errors.Is(statErr, os.ErrNotExist)}, nil
+	if err := f.Chmod(0o600); err != nil { // a file that was there keeps its mode otherwise
+		f.Close()
+		return nil, fmt.Errorf("--secret-out %q: %w (nothing was registered)", path, err)
+	}
+	return &secretOut{f: f, created: statErr != nil}, nil
+}
+
+// kindOf names a non-regular file's type for an error.
+func kindOf(m os.FileMode) string {
+	switch {
+	case m&os.ModeSymlink != 0:
+		return "symbolic link"
+	case m.IsDir():
+		return "directory"
+	case m&os.ModeDevice != 0:
+		return "device"
+	default:
+		return "special file"
+	}
 }
 
 // finish writes the secret if the registration (regErr) succeeded, and

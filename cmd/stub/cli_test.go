@@ -454,7 +454,17 @@ func TestRegisterOutputs(t *testing.T) {
 	cfg := stubEnv(t)
 	dir := t.TempDir()
 	kc := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kc, []byte("apiVersion: v1\nkind: Config\n"), 0o600); err != nil {
+	if err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters:
+- {name: a, cluster: {server: "https://a.example:6443"}}
+users:
+- {name: u, user: {token: t}}
+contexts:
+- {name: kind-kind, context: {cluster: a, user: u}}
+- {name: other, context: {cluster: a, user: u}}
+current-context: other
+`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("KUBECONFIG", kc+string(os.PathListSeparator)+"/other")
@@ -475,6 +485,50 @@ func TestRegisterOutputs(t *testing.T) {
 	}
 	if !strings.Contains(errs, "go run ./cmd/agent --config") || strings.Contains(errs, "not published") {
 		t.Errorf("stderr: %s", errs)
+	}
+
+	// Without --context: the current one, pinned.
+	out, _ = mustRun(t, "register", "edge", "--rotate", "--agent-config", "--secret-out", secret, "--config", cfg)
+	if c, err := config.ParseAgent("agent.yaml", []byte(out), config.Env{Nonce: "x"}); err != nil || c.Context != "other" {
+		t.Errorf("context %q (%v), want the current one pinned", c.Context, err)
+	}
+	if fi, err := os.Stat(secret); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("rewritten secret file: %v %v, want mode 0600", fi.Mode(), err)
+	}
+	// Bad kubeconfigs and contexts, an existing or odd --secret-out: refused,
+	// and nothing registered.
+	noCtx := filepath.Join(dir, "nocontext")
+	if err := os.WriteFile(noCtx, []byte("apiVersion: v1\nkind: Config\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	world := filepath.Join(dir, "world.secret")
+	if err := os.WriteFile(world, []byte("x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.secret")
+	if err := os.Symlink(world, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--agent-config", "--secret-out", filepath.Join(dir, "n1"), "--context", "nope"}, `context "nope" is not in kubeconfig ` + kc + ` (it has [kind-kind other])`},
+		{[]string{"--agent-config", "--secret-out", filepath.Join(dir, "n2"), "--kubeconfig", noCtx}, "has no current-context: name the cluster's with --context NAME"},
+		{[]string{"--secret-out", world}, "exists: name a new file, or remove it first"},
+		{[]string{"--secret-out", link}, "is a symbolic link, not a regular file"},
+		{[]string{"--secret-out", dir}, "is a directory, not a regular file"},
+	} {
+		_, _, err := stubCLI(append([]string{"register", "new", "--config", cfg}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "nothing was registered") {
+			t.Errorf("%q: %v, want %q and nothing registered", tc.args, err, tc.want)
+		}
+	}
+	if out, _ := mustRun(t, "clusters", "-o", "json", "--config", cfg); strings.Contains(out, `"new"`) {
+		t.Errorf("a refused registration changed the state:\n%s", out)
+	}
+	if b, _ := os.ReadFile(world); string(b) != "x\n" {
+		t.Errorf("an existing file was overwritten: %q", b)
 	}
 
 	out, errs = mustRun(t, "register", "edge", "--rotate", "--helm-values", "--image", "registry.example/keyhole-agent:v1", "--config", cfg)

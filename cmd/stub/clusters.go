@@ -219,7 +219,8 @@ func rotateSecret(cfgPath, id string, f secretFlags, disconnect bool, stdout, st
 	if disconnect {
 		note = fmt.Sprintf("new join secret for cluster %q: the old secret's sessions are closed within %v, so the cluster is offline until its agents have the new one.", id, tunnel.SessionCheckInterval)
 	}
-	return issueSecret(cfg, id, f, stdout, stderr, func() (string, error) {
+	f.cfgPath = cfgPath
+	return issueSecret(cfg, id, f, true, stdout, stderr, func() (string, error) {
 		ctx, cancel := stateContext()
 		defer cancel()
 		secret, err := st.Rotate(ctx, id, stub.RotateOptions{Disconnect: disconnect, Expires: expires})

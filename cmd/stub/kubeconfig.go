@@ -78,7 +78,7 @@ with their caller audience.`,
 	fs.StringVar(&f.audience, "audience", "", "with --ci: the audience of the job's ID tokens (one of an authentication.jwt issuer's audiences)")
 	fs.StringVar(&f.tokenEnv, "token-env", install.DefaultCITokenEnv, "with --ci "+install.CIGitLab+": the variable of the job's id_tokens entry")
 	fs.StringVar(&f.ciCommand, "ci-command", "stub", "with --ci: the stub binary as the job runs it (a name on PATH or a path)")
-	fs.StringArrayVar(&f.clusters, "cluster", nil, "only this cluster (repeatable; default: every registered cluster the kubeconfig's user can reach)")
+	fs.StringArrayVar(&f.clusters, "cluster", nil, "write contexts for only this cluster (repeatable; default: every registered cluster the user can reach); the token itself reaches what the policy allows")
 	_ = cmd.RegisterFlagCompletionFunc("ci", cobra.FixedCompletions([]string{install.CIGitHubActions, install.CIGitLab}, cobra.ShellCompDirectiveNoFileComp))
 	_ = cmd.RegisterFlagCompletionFunc("cluster", completeClusters(o))
 	return cmd

@@ -85,10 +85,7 @@ func self() string {
 
 // banner tells a person who just started the stub what to do next.
 func banner(w io.Writer, st stub.Started, cfgPath string) {
-	flag := ""
-	if cfgPath != "" {
-		flag = " --config " + cfgPath
-	}
+	flag := configFlag(cfgPath)
 	step1 := fmt.Sprintf(`  1. register a cluster and install its agent there:
        %[1]s register my-cluster%[2]s > agent.yaml && kubectl apply -f agent.yaml`, self(), flag)
 	if u, err := url.Parse(st.PublicURL); err == nil && isLoopback(u.Hostname()) {
