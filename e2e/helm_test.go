@@ -1,12 +1,10 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"os"
 	"os/exec"
@@ -24,7 +22,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
 
@@ -127,19 +124,8 @@ var helmLabelKeys = []string{"app.kubernetes.io/instance", "app.kubernetes.io/ma
 // what the kustomize bases and AgentManifest render.
 func typedObjects(t testing.TB, manifest, chart, release string) []runtime.Object {
 	t.Helper()
-	r := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(manifest)))
 	var objs []runtime.Object
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return objs
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(bytes.TrimSpace(doc)) == 0 {
-			continue
-		}
+	for _, doc := range yamlDocs(t, manifest) {
 		j, err := yaml.YAMLToJSON(doc)
 		if err != nil {
 			t.Fatalf("%v:\n%s", err, doc)
@@ -203,6 +189,7 @@ func typedObjects(t testing.TB, manifest, chart, release string) []runtime.Objec
 		}
 		objs = append(objs, obj)
 	}
+	return objs
 }
 
 // deleteKeys deletes the keys from every map in v, however deep.

@@ -212,24 +212,33 @@ func TestInstallBases(t *testing.T) {
 // decodeObjects decodes a multi-document manifest into typed objects.
 func decodeObjects(t *testing.T, manifest string) []runtime.Object {
 	t.Helper()
-	r := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(manifest)))
 	var objs []runtime.Object
-	for {
-		doc, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return objs
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(bytes.TrimSpace(doc)) == 0 {
-			continue
-		}
+	for _, doc := range yamlDocs(t, manifest) {
 		o, _, err := scheme.Codecs.UniversalDeserializer().Decode(doc, nil, nil)
 		if err != nil {
 			t.Fatalf("decoding %s: %v", doc, err)
 		}
 		objs = append(objs, o)
+	}
+	return objs
+}
+
+// yamlDocs splits a multi-document manifest, leaving out empty documents.
+func yamlDocs(t testing.TB, manifest string) [][]byte {
+	t.Helper()
+	r := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(manifest)))
+	var docs [][]byte
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return docs
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(bytes.TrimSpace(doc)) != 0 {
+			docs = append(docs, doc)
+		}
 	}
 }
 
