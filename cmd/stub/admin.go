@@ -236,6 +236,12 @@ func issueSecret(cfg config.Stub, id string, f secretFlags, rotating bool, stdou
 			return err
 		}
 	}
+	p := install.AgentParams{Cluster: id, StubURL: cfg.PublicURL, StubCAPEM: bundle.CAPEM, JoinSecret: "not-yet", Image: f.image}
+	if f.helmValues { // rendered once before the state changes: a value it refuses (an image) changes nothing
+		if _, err := install.AgentHelmValues(p); err != nil {
+			return fmt.Errorf("%w (nothing was registered)", err)
+		}
+	}
 	secretFile, err := openSecretOut(f.secretOut, rotating) // before the state changes: a bad path changes nothing
 	if err != nil {
 		return err
@@ -245,7 +251,7 @@ func issueSecret(cfg config.Stub, id string, f secretFlags, rotating bool, stdou
 		return err
 	}
 	var out []byte
-	p := install.AgentParams{Cluster: id, StubURL: cfg.PublicURL, StubCAPEM: bundle.CAPEM, JoinSecret: secret, Image: f.image}
+	p.JoinSecret = secret
 	switch {
 	case f.agentConfig:
 		out, err = localAgentConfig(id, cfg.PublicURL, bundle.CAPEM, f.secretOut, kubeconfig, kubeContext)
