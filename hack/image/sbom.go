@@ -157,7 +157,7 @@ func sbom(in sbomInput) ([]byte, error) {
 		ExternalRefs: []spdxRef{purl(bi.Main.Path, in.Version)},
 	})
 	rel("SPDXRef-Image", "CONTAINS", "SPDXRef-Binary")
-	if rev := cmp.Or(settings["vcs.revision"], in.Revision); rev != "" {
+	if rev := cmp.Or(in.Revision, settings["vcs.revision"]); rev != "" { // the revision label's commit, as --revision gives it
 		doc.Packages[len(doc.Packages)-1].DownloadLocation = "git+" + sourceURL + "@" + rev
 	}
 
