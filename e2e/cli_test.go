@@ -251,15 +251,5 @@ func trustStub(t *testing.T, g *gateway, kc string) string {
 // poll is waitFor at a pace for commands that start a process each time.
 func poll(t *testing.T, timeout time.Duration, what string, ok func() bool, logs ...*process) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			var b strings.Builder
-			for _, p := range logs {
-				fmt.Fprintf(&b, "\n--- %s log:\n%s", p.name, p.tail(30))
-			}
-			t.Fatalf("timed out after %v waiting for %s%s", timeout, what, b.String())
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+	waitEvery(t, timeout, 250*time.Millisecond, what, ok, logs...)
 }

@@ -240,6 +240,13 @@ func writeFile(t testing.TB, path, body string) {
 
 func waitFor(t testing.TB, timeout time.Duration, what string, ok func() bool, logs ...*process) {
 	t.Helper()
+	waitEvery(t, timeout, 20*time.Millisecond, what, ok, logs...)
+}
+
+// waitEvery asks ok every interval until it holds, failing t with the
+// tails of logs after timeout.
+func waitEvery(t testing.TB, timeout, interval time.Duration, what string, ok func() bool, logs ...*process) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !ok() {
 		if time.Now().After(deadline) {
@@ -249,7 +256,7 @@ func waitFor(t testing.TB, timeout time.Duration, what string, ok func() bool, l
 			}
 			t.Fatalf("timed out after %v waiting for %s%s", timeout, what, b.String())
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 
